@@ -1,0 +1,341 @@
+"""Test images: built-in phantoms, bundled DICOMs, readers for user files, scaling and resizing.
+
+Everything here works offline: Shepp-Logan comes with scikit-image, the two small DICOMs with
+pydicom, ellipse phantoms are generated from a seed. Readers return a :class:`LoadedImage`
+(a 2-D float32 or complex64 array plus metadata) and raise :class:`ImageReadError`, whose
+message names the file and the problem, on anything they cannot read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ImageReadError",
+    "LoadedImage",
+    "builtin_images",
+    "dicom_example",
+    "random_ellipses",
+    "read_image",
+    "resize_image",
+    "scale_to_range",
+    "shepp_logan",
+]
+
+#: DICOM attributes kept as metadata. Patient and institution identifiers are never kept.
+DICOM_KEYS = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "SliceThickness",
+    "BitsStored",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "MagneticFieldStrength",
+    "KVP",
+    "SeriesDescription",
+)
+
+SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".dcm", ".nii", ".nii.gz")
+
+
+class ImageReadError(ValueError):
+    """A test image could not be read or used; the message names the file and the problem."""
+
+    def __init__(self, source: str | Path, problem: str) -> None:
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A 2-D image (float32, or complex64 for complex MRI data) and where it came from."""
+
+    array: np.ndarray
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ phantoms
+def shepp_logan(size: int = 256) -> np.ndarray:
+    """The (modified) Shepp-Logan phantom of scikit-image, resized to ``size``, in ``[0, 1]``."""
+    from skimage.data import shepp_logan_phantom
+
+    image = shepp_logan_phantom().astype(np.float64)
+    if image.shape != (size, size):
+        image = resize_image(image, (size, size))
+    return scale_to_range(image, (0.0, 1.0))
+
+
+def random_ellipses(
+    count: int,
+    size: int = 256,
+    seed: int = 0,
+    *,
+    ellipses: tuple[int, int] = (7, 15),
+    axes: tuple[float, float] = (0.05, 0.45),
+    supersample: int = 2,
+) -> np.ndarray:
+    """``count`` random-ellipse phantoms ``[count, size, size]`` in ``[0, 1]``, seeded.
+
+    Each image holds a random number of ellipses in ``ellipses`` (inclusive), with semi-axes
+    uniform in ``axes`` (fractions of the half-width), random orientation, and random signed
+    intensities added on top of each other; everything lies inside the inscribed circle (as CT
+    needs). Pixels are averaged over ``supersample**2`` sub-pixels to soften aliasing.
+
+    >>> batch = random_ellipses(2, 32, seed=5)
+    >>> batch.shape, float(batch.min()) >= 0.0, float(batch.max()) <= 1.0
+    ((2, 32, 32), True, True)
+    >>> bool(np.array_equal(batch, random_ellipses(2, 32, seed=5)))
+    True
+    """
+    if count < 1 or size < 4:
+        raise ValueError("count must be >= 1 and size >= 4")
+    rng = np.random.default_rng(seed)
+    fine = size * supersample
+    coords = (np.arange(fine) + 0.5) / fine * 2.0 - 1.0
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    out = np.empty((count, size, size), dtype=np.float32)
+    for i in range(count):
+        image = np.zeros((fine, fine))
+        for _ in range(int(rng.integers(ellipses[0], ellipses[1] + 1))):
+            a, b = rng.uniform(*axes, size=2)
+            radius = max(a, b)
+            # centre such that the whole ellipse stays inside the circle of radius 0.95
+            r = rng.uniform(0.0, max(0.95 - radius, 0.0))
+            phi = rng.uniform(0.0, 2 * math.pi)
+            cy, cx = r * math.sin(phi), r * math.cos(phi)
+            rot = rng.uniform(0.0, math.pi)
+            dy, dx = yy - cy, xx - cx
+            u = dx * math.cos(rot) + dy * math.sin(rot)
+            v = -dx * math.sin(rot) + dy * math.cos(rot)
+            image += rng.uniform(-0.5, 1.0) * ((u / a) ** 2 + (v / b) ** 2 <= 1.0)
+        image = np.clip(image, 0.0, None)
+        small = image.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
+        peak = small.max()
+        out[i] = small / peak if peak > 0 else small
+    return out
+
+
+def dicom_example(name: str = "CT_small") -> LoadedImage:
+    """One of pydicom's bundled test images: ``"CT_small"`` (128x128) or ``"MR_small"`` (64x64)."""
+    if name not in ("CT_small", "MR_small"):
+        raise ValueError(f"unknown bundled DICOM {name!r}: use 'CT_small' or 'MR_small'")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(f"{name}.dcm")
+    if path is None:  # pragma: no cover - pydicom always ships these two
+        raise ImageReadError(f"{name}.dcm", "not found in pydicom's bundled test files")
+    return read_image(path)
+
+
+def builtin_images(size: int = 128, *, ellipses: int = 2, seed: int = 0) -> list[LoadedImage]:
+    """The built-in test set: Shepp-Logan, seeded ellipse phantoms and the bundled DICOMs,
+    each resized to ``size`` and scaled to ``[0, 1]``."""
+    images = [LoadedImage(shepp_logan(size), "builtin:shepp-logan", {"kind": "phantom"})]
+    for i, image in enumerate(random_ellipses(ellipses, size, seed)):
+        images.append(
+            LoadedImage(image, f"builtin:ellipses-{seed}-{i}", {"kind": "phantom", "seed": seed})
+        )
+    for name in ("CT_small", "MR_small"):
+        loaded = dicom_example(name)
+        array = scale_to_range(resize_image(loaded.array, (size, size)), (0.0, 1.0))
+        images.append(LoadedImage(array, f"builtin:{name}", loaded.metadata))
+    return images
+
+
+# ------------------------------------------------------------------------------ readers
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_image(
+    path: str | Path, *, slice_index: int | None = None, axis: int = -1
+) -> LoadedImage:
+    """Read a 2-D test image from PNG, TIFF, NPY, DICOM or NIfTI.
+
+    Volumes (3-D NPY/TIFF/NIfTI, multi-frame DICOM) give one slice along ``axis``:
+    ``slice_index`` or, by default, the middle one. RGB images are converted to luminance.
+    NPY files are read with ``allow_pickle=False``. DICOM pixel values get the rescale slope and
+    intercept applied.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(p, "no such file")
+    suffix = _suffix(p)
+    readers = {
+        ".png": _read_pillow,
+        ".tif": _read_tiff,
+        ".tiff": _read_tiff,
+        ".npy": _read_npy,
+        ".dcm": _read_dicom,
+        ".nii": _read_nifti,
+        ".nii.gz": _read_nifti,
+    }
+    reader = readers.get(suffix)
+    if reader is None:
+        raise ImageReadError(
+            p, f"unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}"
+        )
+    try:
+        array, metadata = reader(p)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # every library has its own errors; report them uniformly
+        raise ImageReadError(p, f"cannot read as {suffix}: {exc}") from exc
+    array = _to_2d(p, array, slice_index, axis, metadata)
+    if not np.all(np.isfinite(array)):
+        raise ImageReadError(p, "the image contains NaN or infinite values")
+    dtype = np.complex64 if np.iscomplexobj(array) else np.float32
+    return LoadedImage(np.ascontiguousarray(array, dtype=dtype), str(p), metadata)
+
+
+def _to_2d(
+    p: Path, array: np.ndarray, slice_index: int | None, axis: int, metadata: dict[str, Any]
+) -> np.ndarray:
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3:
+        raise ImageReadError(p, f"expected a 2-D image or a 3-D volume, got shape {array.shape}")
+    n = array.shape[axis]
+    index = n // 2 if slice_index is None else slice_index
+    if not -n <= index < n:
+        raise ImageReadError(p, f"slice {index} is out of range for {n} slices along axis {axis}")
+    metadata.update(volume_shape=list(array.shape), slice_axis=axis, slice_index=index % n)
+    return np.take(array, index, axis=axis)
+
+
+def _luminance(array: np.ndarray, metadata: dict[str, Any]) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        metadata["converted"] = "RGB to luminance (ITU-R BT.601)"
+        weights = np.array([0.299, 0.587, 0.114])
+        return np.asarray(array[..., :3].astype(np.float64) @ weights)
+    return array
+
+
+def _read_pillow(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    from PIL import Image
+
+    with Image.open(p) as im:
+        metadata: dict[str, Any] = {"format": im.format, "mode": im.mode}
+        if im.mode == "P":
+            im = im.convert("RGB")
+        array = np.asarray(im)
+    return _luminance(array, metadata), metadata
+
+
+def _read_tiff(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    import tifffile
+
+    array = tifffile.imread(p)
+    metadata: dict[str, Any] = {"format": "TIFF", "dtype": str(array.dtype)}
+    return _luminance(array, metadata), metadata
+
+
+def _read_npy(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    try:
+        array = np.load(p, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ImageReadError(p, "pickled object arrays are refused; save a numeric array") from exc
+        raise
+    if not isinstance(array, np.ndarray):
+        raise ImageReadError(p, "expected a single .npy array, not an archive")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ImageReadError(p, f"expected a numeric array, got dtype {array.dtype}")
+    return array, {"format": "NPY", "dtype": str(array.dtype)}
+
+
+def _read_dicom(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    import pydicom
+
+    dataset = pydicom.dcmread(p)
+    if "PixelData" not in dataset:
+        raise ImageReadError(p, "the DICOM file holds no pixel data")
+    try:
+        array = dataset.pixel_array.astype(np.float64)
+    except Exception as exc:
+        raise ImageReadError(
+            p, f"cannot decode the pixel data (transfer syntax "
+            f"{dataset.file_meta.get('TransferSyntaxUID', 'unknown')}): {exc}"
+        ) from exc
+    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+    metadata: dict[str, Any] = {"format": "DICOM"}
+    for key in DICOM_KEYS:
+        if key in dataset:
+            value = dataset.get(key)
+            metadata[key] = [float(v) for v in value] if key == "PixelSpacing" else _plain(value)
+    return array * slope + intercept, metadata
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, int | float | str):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _read_nifti(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    import nibabel
+
+    image = nibabel.load(p)
+    array = np.asarray(image.dataobj)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim > 3:
+        raise ImageReadError(p, f"expected a 2-D or 3-D NIfTI image, got shape {array.shape}")
+    zooms = [float(z) for z in image.header.get_zooms()[: array.ndim]]
+    return array.astype(np.float64), {"format": "NIfTI", "voxel_size": zooms}
+
+
+# ------------------------------------------------------------------------ preparation
+def scale_to_range(image: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
+    """Map an image linearly onto ``intensity_range`` (its min to ``lo``, its max to ``hi``).
+
+    Complex images keep their phase: the magnitude is scaled so that its maximum is ``hi``
+    (``lo`` must then be 0).
+    """
+    lo, hi = (float(v) for v in intensity_range)
+    if not hi > lo:
+        raise ValueError(f"intensity_range must have lo < hi, got {intensity_range!r}")
+    a = np.asarray(image)
+    if np.iscomplexobj(a):
+        if lo != 0.0:
+            raise ValueError("complex images can only be scaled to a range starting at 0")
+        peak = float(np.abs(a).max())
+        if peak == 0.0:
+            raise ValueError("cannot scale an all-zero image")
+        return (a * (hi / peak)).astype(np.complex64)
+    vmin, vmax = float(a.min()), float(a.max())
+    if vmax == vmin:
+        raise ValueError("cannot scale a constant image to an intensity range")
+    return ((a - vmin) * ((hi - lo) / (vmax - vmin)) + lo).astype(np.float32)
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize with anti-aliasing (scikit-image), real and imaginary parts separately."""
+    from skimage.transform import resize
+
+    a = np.asarray(image)
+    if a.shape == tuple(shape):
+        return a
+    if np.iscomplexobj(a):
+        return resize_image(a.real, shape) + 1j * resize_image(a.imag, shape)
+    out: np.ndarray = resize(
+        a.astype(np.float64), shape, order=1, anti_aliasing=True, preserve_range=True
+    )
+    return out
