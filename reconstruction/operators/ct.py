@@ -12,7 +12,9 @@ interchangeable up to the axis order):
 ``A`` is pixel-driven: every pixel spreads its value over the two nearest detector bins with
 linear-interpolation weights, for each angle. The weights form a sparse matrix, built once per
 geometry (cached) and applied as a CSR matrix product; ``A_adjoint`` uses the exact transpose,
-which is the linear-interpolation backprojector of filtered backprojection. Images should vanish
+which is the linear-interpolation backprojector of filtered backprojection (FBP also
+backprojects the filtered signal one bin beyond each end of the detector, where the ramp filter
+leaves it non-zero). Images should vanish
 outside the inscribed circle when ``D = N`` (the default), as for scikit-image.
 """
 
@@ -52,24 +54,30 @@ def _angles_array(angles: Any) -> np.ndarray:
 def _system_matrices(
     n: int, angles: tuple[float, ...], detectors: int
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """``(A, A^T)`` as float64 CSR matrices with int32 indices, for one geometry."""
+    """``(A_ext, A_ext^T)`` as float64 CSR matrices with int32 indices, for one geometry.
+
+    ``A_ext`` projects onto ``detectors + 2`` bins per angle: one virtual bin beyond each end
+    of the detector. ``A`` drops the two virtual bins; filtered backprojection uses them,
+    because the ramp-filtered sinogram is not zero there.
+    """
     theta = np.asarray(angles)
+    bins_ext = detectors + 2
     rr, cc = np.meshgrid(np.arange(n) - n // 2, np.arange(n) - n // 2, indexing="ij")
-    # [pixels, angles]: detector position of every pixel centre at every angle
-    t = cc.reshape(-1, 1) * np.cos(theta) - rr.reshape(-1, 1) * np.sin(theta) + detectors // 2
+    # [pixels, angles]: extended-bin position of every pixel centre at every angle
+    t = cc.reshape(-1, 1) * np.cos(theta) - rr.reshape(-1, 1) * np.sin(theta) + detectors // 2 + 1
     lower = np.floor(t)
     upper_weight = t - lower
     lower_bin = lower.astype(np.int64)
     # [pixels, angles, 2]: each pixel touches two bins per angle (rows of A^T in CSR order)
     bins = np.stack([lower_bin, lower_bin + 1], axis=-1)
     weights = np.stack([1.0 - upper_weight, upper_weight], axis=-1)
-    inside = (bins >= 0) & (bins < detectors) & (weights > 0)
-    columns = bins + (np.arange(theta.size) * detectors)[None, :, None]
+    inside = (bins >= 0) & (bins < bins_ext) & (weights > 0)
+    columns = bins + (np.arange(theta.size) * bins_ext)[None, :, None]
     counts = inside.reshape(n * n, -1).sum(axis=1)
     indptr = np.concatenate([[0], np.cumsum(counts)])
     at = sp.csr_matrix(
         (weights[inside], columns[inside].astype(np.int32), indptr.astype(np.int32)),
-        shape=(n * n, theta.size * detectors),
+        shape=(n * n, theta.size * bins_ext),
     )
     a = at.T.tocsr()
     a.sort_indices()
@@ -199,12 +207,16 @@ class ParallelBeamCT(LinearOperator):
     def _forward(self, x: Tensor) -> Tensor:
         a, at = self._matrices(x)
         y = _CSRProduct.apply(x.reshape(x.shape[0], -1), a, at)
-        return y.reshape(x.shape[0], *self.out_shape)
+        return y.reshape(x.shape[0], self.angles.size, self.detectors + 2)[..., 1:-1]
 
     def _adjoint(self, y: Tensor) -> Tensor:
-        a, at = self._matrices(y)
-        x = _CSRProduct.apply(y.reshape(y.shape[0], -1), at, a)
-        return x.reshape(y.shape[0], *self.in_shape)
+        return self._backproject(torch.nn.functional.pad(y, (1, 1)))
+
+    def _backproject(self, y_ext: Tensor) -> Tensor:
+        """Adjoint of the extended projector, for sinograms ``[B, n_angles, D + 2]``."""
+        a, at = self._matrices(y_ext)
+        x = _CSRProduct.apply(y_ext.reshape(y_ext.shape[0], -1), at, a)
+        return x.reshape(y_ext.shape[0], *self.in_shape)
 
     def _dagger(self, y: Tensor) -> Tensor:
         return self._fbp(y, self.filter)
@@ -222,6 +234,8 @@ class ParallelBeamCT(LinearOperator):
             y.dtype,
         )
         spectrum = torch.fft.rfft(y, n=self._padded, dim=-1) * response
-        filtered = torch.fft.irfft(spectrum, n=self._padded, dim=-1)[..., : self.detectors]
+        filtered = torch.fft.irfft(spectrum, n=self._padded, dim=-1)
+        # bins -1 .. D of the (linear) filtered sinogram; bin -1 wraps to the end of the padding
+        extended = torch.cat([filtered[..., -1:], filtered[..., : self.detectors + 1]], dim=-1)
         weights = self._buffer("angle_weights", self._angle_weights, y.device, y.dtype)
-        return self._adjoint(filtered * weights[:, None])
+        return self._backproject(extended * weights[:, None])
