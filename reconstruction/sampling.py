@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "angle_subsets",
     "cartesian_lines",
+    "extend_angles",
     "extend_mask",
     "mask_ratio",
     "radial_lines",
@@ -62,6 +63,17 @@ def _count(ratio: float, total: int) -> int:
 def _centred_coordinates(n: int) -> np.ndarray:
     """Distance of each index from the centre index ``n // 2``."""
     return np.arange(n) - n // 2
+
+
+def _centre_block(n: int, fraction: float) -> np.ndarray:
+    """The ``round(fraction * n)`` indices around the centre index ``n // 2`` (1-D mask)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"center_fraction must be in [0, 1], got {fraction}")
+    count = round(fraction * n)
+    block = np.zeros(n, dtype=bool)
+    start = n // 2 - count // 2
+    block[start : start + count] = True
+    return block
 
 
 def _centre_priority(distance: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -104,8 +116,7 @@ def variable_density(
     density = (1.0 - np.clip(rho, 0.0, 1.0)) ** decay + 1e-3
     rng = np.random.default_rng(seed)
     priority = rng.random((h, w)) / density
-    half_h, half_w = center_fraction * h / 2, center_fraction * w / 2
-    centre = (np.abs(ky * h / 2) <= half_h) & (np.abs(kx * w / 2) <= half_w)
+    centre = np.outer(_centre_block(h, center_fraction), _centre_block(w, center_fraction))
     priority = np.minimum(priority, _centre_priority(rho, centre))
     return _first(priority, _count(ratio, h * w))
 
@@ -126,18 +137,39 @@ def _line_density(kind: LineKind, n: int, rng: np.random.Generator, sigma: float
 def _farthest_point_order(n: int, *, start: int, period: float) -> np.ndarray:
     """Rank of each of ``n`` equispaced points on a circle in a greedy farthest-point order."""
     positions = np.arange(n) * (period / n)
-    rank = np.full(n, n, dtype=np.int64)
-    gap = np.full(n, np.inf)
-    current = start % n
-    for step in range(n):
-        rank[current] = step
-        delta = np.abs(positions - positions[current])
-        gap = np.minimum(gap, np.minimum(delta, period - delta))
-        gap[current] = -1.0
-        # ties go to the lowest index after ``start`` for determinism
-        current = int(np.argmax(np.roll(gap, -start))) + start
-        current %= n
+    order = _spread(positions, period, [start % n], np.arange(n))
+    return _ranks(order, n)
+
+
+def _ranks(order: list[int], n: int) -> np.ndarray:
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.asarray(order, dtype=np.int64)] = np.arange(n)
     return rank
+
+
+def _spread(positions: np.ndarray, period: float, chosen: list[int], pool: np.ndarray
+            ) -> list[int]:
+    """``chosen`` followed by the rest of ``pool`` in greedy farthest-point order on a ring of
+    length ``period``: each next point is the one farthest from all chosen so far (ties to the
+    lowest position in ``pool``). Every prefix is spread evenly: on a continuum its largest gap
+    is at most twice its smallest, and on ``2^k`` equispaced points prefixes of ``2^j`` points
+    are equispaced."""
+    order = list(chosen)
+    rest = np.setdiff1d(pool, np.asarray(order, dtype=np.int64))
+    if rest.size == 0:
+        return order
+    gap = np.full(rest.size, np.inf)
+    for c in order:
+        delta = np.abs(positions[rest] - positions[c]) % period
+        gap = np.minimum(gap, np.minimum(delta, period - delta))
+    alive = np.ones(rest.size, dtype=bool)
+    for _ in range(rest.size):
+        pick = int(np.argmax(np.where(alive, gap, -1.0)))
+        alive[pick] = False
+        order.append(int(rest[pick]))
+        delta = np.abs(positions[rest] - positions[rest[pick]]) % period
+        gap = np.minimum(gap, np.minimum(delta, period - delta))
+    return order
 
 
 def cartesian_lines(
@@ -171,7 +203,7 @@ def cartesian_lines(
     rng = np.random.default_rng(seed)
     priority = _line_density(kind, n, rng, sigma)
     distance = np.abs(_centred_coordinates(n)).astype(float)
-    centre = distance <= max(center_fraction * n / 2 - 0.5, 0.0)
+    centre = _centre_block(n, center_fraction)
     priority = np.minimum(priority, _centre_priority(distance, centre))
     lines = _first(priority, _count(ratio, n))
     mask = np.broadcast_to(lines[None, :] if along_columns else lines[:, None], (h, w))
@@ -258,6 +290,38 @@ def angle_subsets(
     chosen = _first(priority, _count(ratio, n_full))
     angles: np.ndarray = np.arange(n_full)[chosen] * (math.pi / n_full)
     return angles
+
+
+def extend_angles(angles: np.ndarray, count: int, *, refine: int = 8) -> np.ndarray:
+    """Nested supersets and subsets of a given set of CT angles (radians), sorted.
+
+    Subsets (``count`` below the given number) keep the given angles in farthest-point order
+    from the first one, so halving an equispaced set gives an equispaced set. Supersets keep
+    every given angle and add candidates from a grid that splits each gap between given angles
+    into ``refine`` parts, again farthest point first, so doubling an equispaced set gives the
+    equispaced set of twice the size. Results for all counts come from one order: nested.
+    """
+    given = np.mod(np.asarray(angles, dtype=float), np.pi)
+    if given.ndim != 1 or given.size == 0 or not np.all(np.isfinite(given)):
+        raise ValueError("angles must be a non-empty 1-D array of finite radians")
+    given = np.unique(given)
+    gaps = np.diff(np.concatenate([given, [given[0] + np.pi]]))
+    fractions = np.arange(1, refine) / refine
+    extra = np.mod((given[:, None] + gaps[:, None] * fractions[None, :]).ravel(), np.pi)
+    candidates = np.concatenate([given, extra])
+    if not 1 <= count <= candidates.size:
+        raise ValueError(f"count must be in [1, {candidates.size}] for refine={refine}, got {count}")
+    # Given angles: by decreasing power of two dividing their index (0 first), so that halving
+    # an equispaced set keeps every other angle; farthest point first within each level.
+    index = np.arange(given.size)
+    level = np.full(given.size, 64, dtype=np.int64)
+    level[1:] = np.log2(index[1:] & -index[1:]).astype(np.int64)
+    order: list[int] = []
+    for lev in sorted(set(level.tolist()), reverse=True):
+        order = _spread(given, np.pi, order or [0], index[level == lev])
+    order = _spread(candidates, np.pi, order, np.arange(candidates.size))
+    chosen = candidates[_ranks(order, candidates.size) < count]
+    return np.sort(chosen)
 
 
 def _line_axis(mask: np.ndarray) -> int | None:
