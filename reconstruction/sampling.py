@@ -110,8 +110,9 @@ def variable_density(
     True
     """
     h, w = _check_shape(shape)
-    ky, kx = np.meshgrid(_centred_coordinates(h) / (h / 2), _centred_coordinates(w) / (w / 2),
-                         indexing="ij")
+    ky, kx = np.meshgrid(
+        _centred_coordinates(h) / (h / 2), _centred_coordinates(w) / (w / 2), indexing="ij"
+    )
     rho = np.hypot(ky, kx) / math.sqrt(2.0)
     density = (1.0 - np.clip(rho, 0.0, 1.0)) ** decay + 1e-3
     rng = np.random.default_rng(seed)
@@ -123,10 +124,12 @@ def variable_density(
 
 def _line_density(kind: LineKind, n: int, rng: np.random.Generator, sigma: float) -> np.ndarray:
     d = _centred_coordinates(n).astype(float)
+    u: np.ndarray = rng.random(n)
     if kind == "random":
-        return rng.random(n)
+        return u
     if kind == "gaussian":
-        return rng.random(n) / np.exp(-0.5 * (d / (sigma * n)) ** 2).clip(1e-12)
+        weighted: np.ndarray = u / np.exp(-0.5 * (d / (sigma * n)) ** 2).clip(1e-12)
+        return weighted
     if kind == "equispaced":
         # Greedy farthest-point order on a ring: the first m lines are spread evenly for every m
         # (exactly equispaced when n / m is a power of two), and the order is nested.
@@ -147,8 +150,7 @@ def _ranks(order: list[int], n: int) -> np.ndarray:
     return rank
 
 
-def _spread(positions: np.ndarray, period: float, chosen: list[int], pool: np.ndarray
-            ) -> list[int]:
+def _spread(positions: np.ndarray, period: float, chosen: list[int], pool: np.ndarray) -> list[int]:
     """``chosen`` followed by the rest of ``pool`` in greedy farthest-point order on a ring of
     length ``period``: each next point is the one farthest from all chosen so far (ties to the
     lowest position in ``pool``). Every prefix is spread evenly: on a continuum its largest gap
@@ -310,7 +312,9 @@ def extend_angles(angles: np.ndarray, count: int, *, refine: int = 8) -> np.ndar
     extra = np.mod((given[:, None] + gaps[:, None] * fractions[None, :]).ravel(), np.pi)
     candidates = np.concatenate([given, extra])
     if not 1 <= count <= candidates.size:
-        raise ValueError(f"count must be in [1, {candidates.size}] for refine={refine}, got {count}")
+        raise ValueError(
+            f"count must be in [1, {candidates.size}] for refine={refine}, got {count}"
+        )
     # Given angles: by decreasing power of two dividing their index (0 first), so that halving
     # an equispaced set keeps every other angle; farthest point first within each level.
     index = np.arange(given.size)
@@ -368,8 +372,9 @@ def extend_mask(
 def _extension_priority(mask: np.ndarray, seed: int, bins: int) -> np.ndarray:
     """Order over all candidates: given samples first (centre block, then random), then new
     samples by ``u / p`` with ``p`` the given mask's radial density."""
-    grids = np.meshgrid(*[_centred_coordinates(n) / max(n / 2, 1) for n in mask.shape],
-                        indexing="ij")
+    grids = np.meshgrid(
+        *[_centred_coordinates(n) / max(n / 2, 1) for n in mask.shape], indexing="ij"
+    )
     rho = np.sqrt(sum(g**2 for g in grids)) / math.sqrt(mask.ndim)
     edges = np.linspace(0.0, 1.0 + 1e-9, bins + 1)
     which = np.clip(np.digitize(rho, edges) - 1, 0, bins - 1)

@@ -58,8 +58,10 @@ def adjoint_error(
     y = random_element(op, "out", batch=batch, generator=gen, device=device)
     lhs = _inner(op.A(x), y)
     rhs = _inner(x, op.A_adjoint(y))
-    scale = op.norm(device=device) * float(torch.linalg.vector_norm(x)) * float(
-        torch.linalg.vector_norm(y)
+    scale = (
+        op.norm(device=device)
+        * float(torch.linalg.vector_norm(x))
+        * float(torch.linalg.vector_norm(y))
     )
     return abs(lhs - rhs) / scale
 

@@ -206,7 +206,7 @@ class ParallelBeamCT(LinearOperator):
 
     def _forward(self, x: Tensor) -> Tensor:
         a, at = self._matrices(x)
-        y = _CSRProduct.apply(x.reshape(x.shape[0], -1), a, at)
+        y: Tensor = _CSRProduct.apply(x.reshape(x.shape[0], -1), a, at)
         return y.reshape(x.shape[0], self.angles.size, self.detectors + 2)[..., 1:-1]
 
     def _adjoint(self, y: Tensor) -> Tensor:
@@ -215,7 +215,7 @@ class ParallelBeamCT(LinearOperator):
     def _backproject(self, y_ext: Tensor) -> Tensor:
         """Adjoint of the extended projector, for sinograms ``[B, n_angles, D + 2]``."""
         a, at = self._matrices(y_ext)
-        x = _CSRProduct.apply(y_ext.reshape(y_ext.shape[0], -1), at, a)
+        x: Tensor = _CSRProduct.apply(y_ext.reshape(y_ext.shape[0], -1), at, a)
         return x.reshape(y_ext.shape[0], *self.in_shape)
 
     def _dagger(self, y: Tensor) -> Tensor:

@@ -24,13 +24,16 @@ from reconstruction.data import (
 
 def test_shepp_logan() -> None:
     image = shepp_logan(96)
-    assert image.shape == (96, 96) and image.dtype == np.float32
-    assert image.min() == 0.0 and image.max() == 1.0
+    assert image.shape == (96, 96)
+    assert image.dtype == np.float32
+    assert image.min() == 0.0
+    assert image.max() == 1.0
 
 
 def test_random_ellipses_are_seeded_inside_the_circle() -> None:
     batch = random_ellipses(3, 64, seed=1)
-    assert batch.shape == (3, 64, 64) and batch.dtype == np.float32
+    assert batch.shape == (3, 64, 64)
+    assert batch.dtype == np.float32
     np.testing.assert_array_equal(batch, random_ellipses(3, 64, seed=1))
     assert not np.array_equal(batch, random_ellipses(3, 64, seed=2))
     yy, xx = np.mgrid[:64, :64] + 0.5 - 32
@@ -40,13 +43,16 @@ def test_random_ellipses_are_seeded_inside_the_circle() -> None:
 
 def test_bundled_dicoms_keep_metadata_without_identifiers() -> None:
     ct = dicom_example("CT_small")
-    assert ct.array.shape == (128, 128) and ct.array.dtype == np.float32
+    assert ct.array.shape == (128, 128)
+    assert ct.array.dtype == np.float32
     assert ct.metadata["Modality"] == "CT"
     assert ct.metadata["PixelSpacing"] == pytest.approx([0.661468, 0.661468])
     assert ct.array.min() < -500  # rescale intercept applied: Hounsfield units
-    assert "PatientName" not in ct.metadata and "PatientID" not in ct.metadata
+    assert "PatientName" not in ct.metadata
+    assert "PatientID" not in ct.metadata
     mr = dicom_example("MR_small")
-    assert mr.array.shape == (64, 64) and mr.metadata["Modality"] == "MR"
+    assert mr.array.shape == (64, 64)
+    assert mr.metadata["Modality"] == "MR"
     with pytest.raises(ValueError, match="unknown bundled DICOM"):
         dicom_example("brain")
 
@@ -54,12 +60,16 @@ def test_bundled_dicoms_keep_metadata_without_identifiers() -> None:
 def test_builtin_set() -> None:
     images = builtin_images(64)
     assert [i.source for i in images] == [
-        "builtin:shepp-logan", "builtin:ellipses-0-0", "builtin:ellipses-0-1",
-        "builtin:CT_small", "builtin:MR_small",
+        "builtin:shepp-logan",
+        "builtin:ellipses-0-0",
+        "builtin:ellipses-0-1",
+        "builtin:CT_small",
+        "builtin:MR_small",
     ]
     for image in images:
         assert image.array.shape == (64, 64)
-        assert image.array.min() == pytest.approx(0.0) and image.array.max() == pytest.approx(1.0)
+        assert image.array.min() == pytest.approx(0.0)
+        assert image.array.max() == pytest.approx(1.0)
 
 
 def test_png_and_rgb(tmp_path: Path) -> None:
@@ -104,7 +114,8 @@ def test_nifti_slice_choice(tmp_path: Path) -> None:
 def test_bundled_nifti_reads() -> None:
     path = Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii"
     loaded = read_image(path)
-    assert loaded.array.ndim == 2 and loaded.metadata["format"] == "NIfTI"
+    assert loaded.array.ndim == 2
+    assert loaded.metadata["format"] == "NIfTI"
 
 
 @pytest.mark.parametrize(
@@ -136,7 +147,7 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
 
 def test_bad_shapes_and_values(tmp_path: Path) -> None:
     np.save(tmp_path / "4d.npy", np.zeros((2, 2, 2, 2)))
-    with pytest.raises(ImageReadError, match="4d.npy: expected a 2-D image or a 3-D volume"):
+    with pytest.raises(ImageReadError, match=r"4d\.npy: expected a 2-D image or a 3-D volume"):
         read_image(tmp_path / "4d.npy")
     np.save(tmp_path / "nan.npy", np.full((4, 4), np.nan))
     with pytest.raises(ImageReadError, match="NaN"):
@@ -151,7 +162,7 @@ def test_bad_shapes_and_values(tmp_path: Path) -> None:
 
 def test_scaling_and_resizing() -> None:
     image = np.array([[2.0, 4.0], [6.0, 10.0]])
-    np.testing.assert_allclose(scale_to_range(image, (-1.0, 1.0)), [[-1, -0.5], [0, 1]])
+    np.testing.assert_allclose(scale_to_range(image, (-1.0, 1.0)), np.array([[-1, -0.5], [0, 1]]))
     z = np.array([[1 + 1j, 0], [0, 2j]])
     scaled = scale_to_range(z, (0.0, 1.0))
     assert np.abs(scaled).max() == pytest.approx(1.0)

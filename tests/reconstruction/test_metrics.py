@@ -23,7 +23,11 @@ def test_psnr_and_ssim_match_skimage(seed: int) -> None:
     data_range = float(ref.max() - ref.min())
     expected_psnr = peak_signal_noise_ratio(ref, x, data_range=data_range)
     expected_ssim = structural_similarity(
-        x, ref, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        x,
+        ref,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
         data_range=data_range,
     )
     tx, tref = torch.from_numpy(x)[None], torch.from_numpy(ref)[None]
@@ -70,8 +74,13 @@ def test_roi_versions() -> None:
     assert float(psnr(tx, tref, roi=roi)) == pytest.approx(expected_psnr)
     # ROI-SSIM is the mean of skimage's full SSIM map over the ROI
     _, full_map = structural_similarity(
-        x, ref, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-        data_range=peak, full=True,
+        x,
+        ref,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=peak,
+        full=True,
     )
     assert float(ssim(tx, tref, roi=roi)) == pytest.approx(full_map[roi.numpy()].mean(), abs=1e-3)
 

@@ -41,19 +41,22 @@ ratios = st.floats(0.02, 1.0)
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 @settings(max_examples=25, deadline=None)
 @given(shape=shapes, r1=ratios, r2=ratios, seed=st.integers(0, 2**31 - 1))
-def test_masks_are_nested(name: str, shape: tuple[int, int], r1: float, r2: float, seed: int
-                          ) -> None:
+def test_masks_are_nested(
+    name: str, shape: tuple[int, int], r1: float, r2: float, seed: int
+) -> None:
     low, high = sorted((r1, r2))
     small, large = PATTERNS[name](shape, low, seed), PATTERNS[name](shape, high, seed)
-    assert small.shape == large.shape == shape and small.dtype == bool
+    assert small.shape == large.shape == shape
+    assert small.dtype == bool
     assert np.all(small <= large)
 
 
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 @settings(max_examples=25, deadline=None)
 @given(shape=shapes, ratio=ratios, seed=st.integers(0, 2**31 - 1))
-def test_ratio_is_met_to_one_candidate(name: str, shape: tuple[int, int], ratio: float, seed: int
-                                       ) -> None:
+def test_ratio_is_met_to_one_candidate(
+    name: str, shape: tuple[int, int], ratio: float, seed: int
+) -> None:
     mask = PATTERNS[name](shape, ratio, seed)
     if name in LINE_PATTERNS:
         n = shape[0] if name == "lines_rows" else shape[1]
@@ -111,7 +114,8 @@ def test_gaussian_lines_concentrate_at_the_centre() -> None:
 def test_radial_spokes() -> None:
     few = radial_lines((64, 64), spokes=8, seed=1)
     many = radial_lines((64, 64), spokes=32, seed=1)
-    assert few[32, 32] and np.all(few <= many)
+    assert few[32, 32]
+    assert np.all(few <= many)
     assert 0.05 < mask_ratio(few) < mask_ratio(many) < 0.6
     by_ratio = radial_lines((64, 64), 0.3, seed=1)
     assert mask_ratio(by_ratio) == pytest.approx(0.3, abs=1 / 4096)
@@ -120,15 +124,22 @@ def test_radial_spokes() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(n_full=st.integers(4, 400), r1=ratios, r2=ratios, seed=st.integers(0, 1000),
-       kind=st.sampled_from(["uniform", "random"]))
-def test_angle_subsets_are_nested_and_exact(n_full: int, r1: float, r2: float, seed: int,
-                                            kind: str) -> None:
+@given(
+    n_full=st.integers(4, 400),
+    r1=ratios,
+    r2=ratios,
+    seed=st.integers(0, 1000),
+    kind=st.sampled_from(["uniform", "random"]),
+)
+def test_angle_subsets_are_nested_and_exact(
+    n_full: int, r1: float, r2: float, seed: int, kind: str
+) -> None:
     low, high = sorted((r1, r2))
     small = angle_subsets(low, seed, n_full=n_full, kind=kind)  # type: ignore[arg-type]
     large = angle_subsets(high, seed, n_full=n_full, kind=kind)  # type: ignore[arg-type]
     assert set(small.tolist()) <= set(large.tolist())
-    assert np.all((large >= 0) & (large < np.pi)) and np.all(np.diff(large) > 0)
+    assert np.all((large >= 0) & (large < np.pi))
+    assert np.all(np.diff(large) > 0)
     assert abs(len(large) - high * n_full) <= 0.5 + 1e-9 or len(large) == 1
 
 
@@ -143,18 +154,21 @@ def test_uniform_angles_spread_evenly() -> None:
 def test_extend_mask_keeps_mask_and_profile(source: str) -> None:
     shape = (128, 128)
     given_mask = (
-        variable_density(shape, 0.2, seed=11) if source == "vd" else
-        cartesian_lines(shape, 0.2, seed=11, kind="gaussian")
+        variable_density(shape, 0.2, seed=11)
+        if source == "vd"
+        else cartesian_lines(shape, 0.2, seed=11, kind="gaussian")
     )
     own = mask_ratio(given_mask)
     np.testing.assert_array_equal(extend_mask(given_mask, own, seed=4), given_mask)
     bigger = extend_mask(given_mask, 0.4, seed=4)
     smaller = extend_mask(given_mask, 0.1, seed=4)
-    assert np.all(given_mask <= bigger) and np.all(smaller <= given_mask)
+    assert np.all(given_mask <= bigger)
+    assert np.all(smaller <= given_mask)
     assert mask_ratio(bigger) == pytest.approx(0.4, abs=1 / 128)
     assert mask_ratio(smaller) == pytest.approx(0.1, abs=1 / 128)
     if source == "lines":
-        assert np.all(bigger == bigger[0]) and np.all(smaller == smaller[0])
+        assert np.all(bigger == bigger[0])
+        assert np.all(smaller == smaller[0])
     # density falls off with the distance from DC as in the given mask
     yy, xx = np.mgrid[:128, :128] - 64
     radius = np.hypot(yy, xx) if source == "vd" else np.abs(xx)
@@ -187,13 +201,18 @@ def test_extend_angles_doubles_and_halves_equispaced_sets() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(count=st.integers(2, 60), n1=st.integers(1, 200), n2=st.integers(1, 200),
-       seed=st.integers(0, 100))
+@given(
+    count=st.integers(2, 60),
+    n1=st.integers(1, 200),
+    n2=st.integers(1, 200),
+    seed=st.integers(0, 100),
+)
 def test_extend_angles_is_nested(count: int, n1: int, n2: int, seed: int) -> None:
     base = np.sort(np.random.default_rng(seed).uniform(0, np.pi, count))
     low, high = sorted((min(n1, 8 * count), min(n2, 8 * count)))
     small, large = extend_angles(base, low), extend_angles(base, high)
-    assert len(small) == low and len(large) == high
+    assert len(small) == low
+    assert len(large) == high
     assert set(small.tolist()) <= set(large.tolist())
     if high >= count:
         assert set(base.tolist()) <= set(large.tolist())

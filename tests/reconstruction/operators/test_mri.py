@@ -28,8 +28,9 @@ def test_fully_sampled_single_coil_is_unitary_and_centred_fft() -> None:
     op = SingleCoilMRI(np.ones((6, 7), dtype=bool))
     x = torch.randn(2, 6, 7, dtype=torch.complex128)
     k = op.to_grid(op.A(x))
-    reference = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x.numpy(), axes=(-2, -1)),
-                                            norm="ortho"), axes=(-2, -1))
+    reference = np.fft.fftshift(
+        np.fft.fft2(np.fft.ifftshift(x.numpy(), axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
     np.testing.assert_allclose(k.numpy(), reference, atol=1e-12)
     torch.testing.assert_close(op.A_adjoint(op.A(x)), x)
 
@@ -62,7 +63,8 @@ def test_mask_validation() -> None:
 @pytest.mark.parametrize("coils", [1, 4, 15])
 def test_birdcage_maps_are_normalised(coils: int) -> None:
     maps = birdcage_sensitivities(coils, (24, 20))
-    assert maps.shape == (coils, 24, 20) and maps.dtype == np.complex64
+    assert maps.shape == (coils, 24, 20)
+    assert maps.dtype == np.complex64
     np.testing.assert_allclose(np.sum(np.abs(maps) ** 2, axis=0), 1.0, rtol=1e-5)
     if coils > 1:  # coils differ: each is strongest near its own position
         peaks = {int(np.argmax(np.abs(m))) for m in maps}
@@ -78,7 +80,8 @@ def test_user_maps_are_normalised_on_their_support() -> None:
     np.testing.assert_allclose(rss[2:], 1.0)
     np.testing.assert_array_equal(rss[:2], 0.0)
     op = MultiCoilMRI(np.ones((8, 8), dtype=bool), maps)
-    assert op.coils == 3 and op.out_shape == (3, 64)
+    assert op.coils == 3
+    assert op.out_shape == (3, 64)
     assert op.norm() == pytest.approx(1.0, rel=1e-6)
 
 

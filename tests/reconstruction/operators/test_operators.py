@@ -32,12 +32,15 @@ def test_adjointness_scale_aware(op: LinearOperator, device: str) -> None:
         assert adjoint_error(op, seed=seed, device=device) < 1e-5
 
 
-def test_adjoint_operator_is_cached_and_involutive(op: LinearOperator, rng: torch.Generator) -> None:
+def test_adjoint_operator_is_cached_and_involutive(
+    op: LinearOperator, rng: torch.Generator
+) -> None:
     assert op.H is op.H
     assert op.H.H is op
     y = random_element(op, "out", generator=rng)
     torch.testing.assert_close(op.H.A(y), op.A_adjoint(y))
-    assert op.H.in_shape == op.out_shape and op.H.out_shape == op.in_shape
+    assert op.H.in_shape == op.out_shape
+    assert op.H.out_shape == op.in_shape
     assert op.H.norm() == pytest.approx(op.norm())
 
 

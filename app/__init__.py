@@ -1,0 +1,1 @@
+"""recon-audit's application layer: the CLI now; the service, reports and dashboards later."""
