@@ -1,0 +1,126 @@
+"""The ``recon-audit`` CLI: simulate, selfcheck, and exit status 2 with a message on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from app.cli import main
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "operator", "figure"),
+    [
+        (["--modality", "mri"], "SingleCoilMRI", "mask.png"),
+        (
+            ["--modality", "mri-multicoil", "--pattern", "lines", "--coils", "4"],
+            "MultiCoilMRI",
+            "mask.png",
+        ),
+        (
+            ["--modality", "ct", "--image", "ellipses", "--angles", "30"],
+            "ParallelBeamCT",
+            "sinogram.png",
+        ),
+        (
+            ["--modality", "mri", "--pattern", "radial", "--image", "mr-small"],
+            "SingleCoilMRI",
+            "mask.png",
+        ),
+    ],
+)
+def test_simulate_writes_summary_and_figures(
+    tmp_path: Path, args: list[str], operator: str, figure: str
+) -> None:
+    code, output = _run("simulate", "--size", "64", "--out", str(tmp_path / "o"), *args)
+    assert code == 0, output
+    summary = json.loads((tmp_path / "o" / "simulation.json").read_text())
+    assert summary["schema"] == "recon-audit/simulation/v1"
+    assert summary["operator"] == operator
+    assert len(summary["image"]["sha256"]) == 64
+    assert 10 < summary["metrics"]["psnr_db"] < 60
+    for name in ("ground_truth.png", "reconstruction.png", "error.png", figure):
+        with Image.open(tmp_path / "o" / name) as im:
+            assert im.size == (64, 64) or name == "sinogram.png"
+            assert np.asarray(im).std() > 0  # not blank
+
+
+def test_simulate_is_reproducible(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert (
+            _run("simulate", "--size", "48", "--seed", "3", "--out", str(tmp_path / name))[0] == 0
+        )
+    a = json.loads((tmp_path / "a" / "simulation.json").read_text())
+    b = json.loads((tmp_path / "b" / "simulation.json").read_text())
+    assert a == b
+
+
+def test_simulate_reads_user_images(tmp_path: Path) -> None:
+    np.save(tmp_path / "img.npy", np.random.default_rng(0).random((40, 50)))
+    code, output = _run(
+        "simulate",
+        "--image",
+        str(tmp_path / "img.npy"),
+        "--size",
+        "32",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0, output
+    summary = json.loads((tmp_path / "o" / "simulation.json").read_text())
+    assert summary["image"]["source"].endswith("img.npy")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image", "missing.png"], "missing.png: no such file"),
+        (["--ratio", "1.5"], "Invalid value for '--ratio'"),
+        (["--modality", "pet"], "Invalid value for '--modality'"),
+        (["--size", "8"], "Invalid value for '--size'"),
+    ],
+)
+def test_bad_input_exits_2_with_message(tmp_path: Path, args: list[str], message: str) -> None:
+    code, output = _run("simulate", "--out", str(tmp_path / "o"), *args)
+    assert code == 2
+    assert message in output
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_pickled_image_is_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([object()]), allow_pickle=True)
+    code, output = _run("simulate", "--image", str(tmp_path / "obj.npy"), "--out", str(tmp_path))
+    assert code == 2
+    assert "pickled object arrays are refused" in output
+
+
+def test_selfcheck_passes_on_cpu() -> None:
+    code, output = _run("selfcheck", "--device", "cpu")
+    assert code == 0, output
+    reports = json.loads(output)
+    assert {r["name"] for r in reports} >= {"single-coil-mri", "multi-coil-mri", "parallel-beam-ct"}
+    assert all(r["passed"] and r["adjoint_error"] < 1e-5 for r in reports)
+
+
+def test_selfcheck_fails_when_tolerance_is_impossible() -> None:
+    code, _ = _run("selfcheck", "--device", "cpu", "--tol", "0")
+    assert code == 1
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("recon-audit") or str(Path(__file__).parents[2] / ".venv/bin/recon-audit")
+    done = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0
+    assert "recon-audit" in done.stdout
