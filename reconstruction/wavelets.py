@@ -40,9 +40,7 @@ def _filters(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(wavelet.dec_lo), tuple(wavelet.dec_hi)
 
 
-def _polyphase_synthesis(
-    lo: tuple[float, ...], hi: tuple[float, ...]
-) -> tuple[Tensor, int]:
+def _polyphase_synthesis(lo: tuple[float, ...], hi: tuple[float, ...]) -> tuple[Tensor, int]:
     """Synthesis weights ``[2 phases, 2 bands, K]`` and the circular padding they need.
 
     Analysis computes ``a[i] = sum_n lo[2i + L/2 - n] x[n]`` (indices mod N). Its adjoint is
@@ -50,8 +48,9 @@ def _polyphase_synthesis(
     correlation over the taps ``j`` where the filter index lies in ``[0, L)``.
     """
     length, half = len(lo), len(lo) // 2
-    taps = [j for j in range(-length, length) if any(
-        0 <= 2 * j + half - p < length for p in (0, 1))]
+    taps = [
+        j for j in range(-length, length) if any(0 <= 2 * j + half - p < length for p in (0, 1))
+    ]
     first, last = taps[0], taps[-1]
     if first != -last:  # symmetric taps keep the padding symmetric
         first, last = -max(-first, last), max(-first, last)
@@ -181,8 +180,12 @@ class Wavelet2D:
         approx = c[:, :h_c, :w_c]
         for h2, w2 in reversed(sizes):
             bands = torch.stack(
-                [approx, c[:, :h2, w2 : 2 * w2], c[:, h2 : 2 * h2, :w2],
-                 c[:, h2 : 2 * h2, w2 : 2 * w2]],
+                [
+                    approx,
+                    c[:, :h2, w2 : 2 * w2],
+                    c[:, h2 : 2 * h2, :w2],
+                    c[:, h2 : 2 * h2, w2 : 2 * w2],
+                ],
                 dim=1,
             )
             approx = self._synthesis(bands)
@@ -203,4 +206,3 @@ class Wavelet2D:
 
     def __repr__(self) -> str:
         return f"Wavelet2D({self.shape}, {self.wavelet!r}, levels={self.levels})"
-

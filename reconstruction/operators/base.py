@@ -63,6 +63,8 @@ class LinearOperator(abc.ABC):
     out_complex: bool
     #: True when ``A_dagger`` is the exact Moore-Penrose pseudo-inverse.
     dagger_is_exact: bool = False
+    #: True when ``A_dagger`` is a direct (non-iterative, cheap) formula, e.g. FBP.
+    dagger_is_direct: bool = False
     #: Stopping rule of the default iterative ``A_dagger`` (CGLS).
     dagger_tol: float = 1e-6
     dagger_max_iter: int = 100
@@ -158,6 +160,11 @@ class LinearOperator(abc.ABC):
             self._norm = estimate
         return self._norm
 
+    def norm_bound(self) -> float:
+        """An upper bound of ``||A||`` for step sizes. The default is the power-iteration
+        estimate with a 1 % margin; operators with a cheap rigorous bound override this."""
+        return 1.01 * self.norm()
+
     # ------------------------------------------------------------------ helpers
     def _zeros_in(self, like: Tensor) -> Tensor:
         """Zeros in the image space, in the precision of ``like``."""
@@ -237,6 +244,9 @@ class AdjointOperator(LinearOperator):
     ) -> float:
         """``||A^H|| = ||A||``."""
         return self.parent.norm(max_iter=max_iter, tol=tol, seed=seed, device=device)
+
+    def norm_bound(self) -> float:
+        return self.parent.norm_bound()
 
     def __repr__(self) -> str:
         return f"{self.parent!r}.H"

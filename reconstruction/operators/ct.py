@@ -161,6 +161,7 @@ class ParallelBeamCT(LinearOperator):
     """
 
     dagger_is_exact = False
+    dagger_is_direct = True
 
     def __init__(
         self,

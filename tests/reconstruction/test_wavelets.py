@@ -9,8 +9,14 @@ import torch
 
 from reconstruction.wavelets import Wavelet2D, max_levels
 
-CASES = [("haar", (32, 48), 3), ("db2", (64, 64), 3), ("db4", (128, 96), 3), ("db4", (256, 256), 4),
-         ("sym4", (64, 128), 2), ("coif1", (64, 64), 2)]
+CASES = [
+    ("haar", (32, 48), 3),
+    ("db2", (64, 64), 3),
+    ("db4", (128, 96), 3),
+    ("db4", (256, 256), 4),
+    ("sym4", (64, 128), 2),
+    ("coif1", (64, 64), 2),
+]
 
 
 @pytest.mark.parametrize(("name", "shape", "levels"), CASES)
@@ -22,8 +28,9 @@ def test_matches_pywavelets_periodization(name: str, shape: tuple[int, int], lev
 
 
 @pytest.mark.parametrize(("name", "shape", "levels"), CASES)
-def test_orthonormal_and_perfect_reconstruction(name: str, shape: tuple[int, int], levels: int,
-                                                device: str) -> None:
+def test_orthonormal_and_perfect_reconstruction(
+    name: str, shape: tuple[int, int], levels: int, device: str
+) -> None:
     w = Wavelet2D(shape, name, levels)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, *shape, generator=gen, dtype=torch.float64).to(device)
