@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reconstruction.operators.base import in_cpu_chunks
+
 __all__ = ["Wavelet2D", "max_levels"]
 
 
@@ -155,6 +157,9 @@ class Wavelet2D:
             parts = self.forward(torch.cat([x.real, x.imag]))
             return torch.complex(*parts.chunk(2))
         self._check(x)
+        return in_cpu_chunks(self._forward, x, 4 * x[0].numel())
+
+    def _forward(self, x: Tensor) -> Tensor:
         details = []
         approx = x
         for _ in range(self.levels):
@@ -174,6 +179,9 @@ class Wavelet2D:
             parts = self.inverse(torch.cat([c.real, c.imag]))
             return torch.complex(*parts.chunk(2))
         self._check(c)
+        return in_cpu_chunks(self._inverse, c, 4 * c[0].numel())
+
+    def _inverse(self, c: Tensor) -> Tensor:
         h, w = self.shape
         sizes = [(h >> (k + 1), w >> (k + 1)) for k in range(self.levels)]
         h_c, w_c = sizes[-1]

@@ -13,14 +13,18 @@ Conventions (shared with manifests and uploaded masks):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from reconstruction.operators.base import LinearOperator, OperatorShapeError, complex_dtype
+from reconstruction.operators.base import (
+    LinearOperator,
+    OperatorShapeError,
+    complex_dtype,
+    in_cpu_chunks,
+)
 
 __all__ = [
     "MultiCoilMRI",
@@ -264,24 +268,9 @@ class MultiCoilMRI(_CartesianMRI):
         return self._buffer("maps", self.sensitivities, like.device, complex_dtype(like.dtype))
 
     def _forward(self, x: Tensor) -> Tensor:
-        return _in_chunks(lambda c: self._sample(self._maps(c) * c.unsqueeze(1)), x, self._work)
+        return in_cpu_chunks(lambda c: self._sample(self._maps(c) * c.unsqueeze(1)), x, self._work)
 
     def _adjoint(self, y: Tensor) -> Tensor:
-        return _in_chunks(
+        return in_cpu_chunks(
             lambda c: torch.sum(self._maps(c).conj() * self._unsample(c), dim=1), y, self._work
         )
-
-
-#: Complex elements of coil images processed at once on a CPU (8 MiB in complex64). Larger
-#: batches are split: the coil-expanded arrays would fall out of cache, and measured 2.8x slower
-#: for 8 images of 15 coils at 256x256 (benchmarks/operator_throughput.py). GPUs take the batch.
-CPU_CHUNK_ELEMENTS = 2**20
-
-
-def _in_chunks(fn: Callable[[Tensor], Tensor], t: Tensor, per_item: int) -> Tensor:
-    """``fn(t)``, computed over sub-batches on the CPU so that ``per_item`` complex elements
-    per batch item (the coil images) stay in cache."""
-    size = max(1, CPU_CHUNK_ELEMENTS // per_item)
-    if t.device.type != "cpu" or t.shape[0] <= size:
-        return fn(t)
-    return torch.cat([fn(chunk) for chunk in t.split(size)])
