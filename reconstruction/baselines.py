@@ -147,8 +147,13 @@ def _soft(c: Tensor, threshold: Tensor, keep: Tensor | None) -> Tensor:
     return shrunk if keep is None else torch.where(keep, c, shrunk)
 
 
-def _changes(new: Tensor, old: Tensor) -> Tensor:
-    return _norms(new - old) / _norms(new).clamp_min(torch.finfo(_norms(new).dtype).tiny)
+def _settled(iteration: int, new: Tensor, old: Tensor, tol: float) -> bool:
+    """The stopping rule, evaluated every ``CHECK_EVERY`` iterations: every image's relative
+    change ``||new - old|| / ||new||`` is below ``tol``."""
+    if iteration % CHECK_EVERY:
+        return False
+    size = _norms(new)
+    return bool(torch.all(_norms(new - old) < tol * size.clamp_min(torch.finfo(size.dtype).tiny)))
 
 
 # --------------------------------------------------------------------------- geometry
@@ -260,7 +265,7 @@ def _fista(
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         z = x_new + _per_item((t - 1) / t_new, x_new) * (x_new - x)
         done = k + 1
-        if done % CHECK_EVERY == 0 and bool(torch.all(_changes(x_new, x) < tol)):
+        if _settled(done, x_new, x, tol):
             x = x_new
             converged = True
             break
@@ -312,7 +317,7 @@ def _bpdn(
         c_new = _soft(c - tau * analysis(op.A_adjoint(u)), tau * weight, keep)
         c_bar = 2 * c_new - c
         done = k + 1
-        if done % CHECK_EVERY == 0 and bool(torch.all(_changes(c_new, c) < tol)):
+        if _settled(done, c_new, c, tol):
             c = c_new
             converged = True
             break
@@ -398,7 +403,7 @@ def total_variation_solve(
         x_new = x - tau * (op.A_adjoint(u) / norm + _grad_adjoint(p))
         x_bar = 2 * x_new - x
         done = k + 1
-        if done % CHECK_EVERY == 0 and bool(torch.all(_changes(x_new, x) < tol)):
+        if _settled(done, x_new, x, tol):
             x = x_new
             converged = True
             break
