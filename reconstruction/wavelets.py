@@ -11,22 +11,29 @@ Coefficients are packed into one array of the image's shape (the layout of
 decomposed again; the details of that level fill the other three quadrants. ``approximation_mask``
 marks the coarsest approximation, which CS regularisers usually leave unpenalised.
 
-Why our own code rather than ``ptwt``: the transform is ~80 lines on top of ``conv2d``, needs no
-extra dependency, runs batched on CPU and CUDA, is differentiable (twice), and packs
-coefficients the way the solvers need (one tensor, one soft-threshold).
+Why our own code rather than ``ptwt`` (1.0.1, conv-based) or PyWavelets (C, NumPy only): the
+transform is ~100 lines of slicing arithmetic, needs no extra dependency, runs batched on CPU and
+CUDA, is differentiable (twice, in eager mode), packs coefficients the way the solvers need (one
+tensor, one soft-threshold), and compiles with ``torch.compile`` into fused loops that are about
+20x faster than convolution kernels for these 1-channel, 8-tap filters on CPUs (with eager conv2d
+a FISTA iteration spent half its time in the wavelet; PyWavelets was no faster than eager torch).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from reconstruction.operators.base import in_cpu_chunks
 
-__all__ = ["Wavelet2D", "max_levels"]
+__all__ = ["Wavelet2D", "compile_enabled", "max_levels"]
+
+Filter = tuple[float, ...]
+Taps = tuple[tuple[Filter, Filter], tuple[Filter, Filter]]
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,53 +109,11 @@ class Wavelet2D:
                 f"image (at most {deepest}: each level halves the sides exactly and the "
                 f"coarsest band must be at least {self.filter_length - 1} pixels)"
             )
-        # analysis: correlation with the reversed filters after circular padding
-        self._bank = torch.tensor([lo[::-1], hi[::-1]], dtype=torch.float64)
-        self._synthesis_bank, self._synthesis_pad = _polyphase_synthesis(lo, hi)
-        self._cache: dict[tuple[str, torch.dtype], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
-
-    def _weights(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(analysis rows, analysis columns, synthesis rows, synthesis columns) conv weights."""
-        key = (str(like.device), like.dtype)
-        if key not in self._cache:
-            bank = self._bank.to(device=like.device, dtype=like.dtype)
-            syn = self._synthesis_bank.to(device=like.device, dtype=like.dtype)
-            k = syn.shape[-1]
-            self._cache[key] = (
-                bank.view(2, 1, 1, -1),
-                bank.view(2, 1, -1, 1),
-                syn.view(2, 2, 1, k),
-                syn.view(2, 2, k, 1),
-            )
-        return self._cache[key]
-
-    # ------------------------------------------------------------------ one level
-    def _analysis(self, x: Tensor) -> Tensor:
-        """``[N, h, w]`` -> ``[N, 4, h/2, w/2]`` subbands (aa, ad, da, dd)."""
-        rows, cols, _, _ = self._weights(x)
-        pad = self.filter_length // 2 - 1
-        n, h, w = x.shape
-        t = F.pad(x.unsqueeze(1), (pad, pad, 0, 0), mode="circular")
-        t = F.conv2d(t, rows, stride=(1, 2))  # [N, 2, h, w/2]: lo, hi along the width
-        t = t.reshape(n * 2, 1, h, w // 2)
-        t = F.pad(t, (0, 0, pad, pad), mode="circular")
-        t = F.conv2d(t, cols, stride=(2, 1))  # [2N, 2, h/2, w/2]: lo, hi along the height
-        # order (height, width): (lo,lo)=aa, (lo,hi)=ad, (hi,lo)=da, (hi,hi)=dd
-        return t.reshape(n, 2, 2, h // 2, w // 2).transpose(1, 2).reshape(n, 4, h // 2, w // 2)
-
-    def _synthesis(self, bands: Tensor) -> Tensor:
-        """Adjoint (= inverse) of ``_analysis``, in polyphase form: each output phase (even,
-        odd sample) is a short circular correlation of the two input bands, so plain strided-
-        free convolutions do the work (transposed convolutions are much slower on CPUs)."""
-        _, _, rows, cols = self._weights(bands)
-        pad = self._synthesis_pad
-        n, _, h2, w2 = bands.shape
-        # [N*2 (width lo/hi), 2 (height lo/hi), h/2, w/2]
-        t = bands.reshape(n, 2, 2, h2, w2).transpose(1, 2).reshape(n * 2, 2, h2, w2)
-        t = F.conv2d(F.pad(t, (0, 0, pad, pad), mode="circular"), cols)  # phases along height
-        t = t.transpose(1, 2).reshape(n, 2, 2 * h2, w2)
-        t = F.conv2d(F.pad(t, (pad, pad, 0, 0), mode="circular"), rows)  # phases along width
-        return t.permute(0, 2, 3, 1).reshape(n, 2 * h2, 2 * w2)
+        self._lo, self._hi = lo, hi
+        weights, self._pad = _polyphase_synthesis(lo, hi)
+        self._synthesis_taps = tuple(
+            tuple(tuple(float(v) for v in weights[p, band]) for band in (0, 1)) for p in (0, 1)
+        )
 
     # ------------------------------------------------------------------ public
     def forward(self, x: Tensor) -> Tensor:
@@ -160,18 +125,7 @@ class Wavelet2D:
         return in_cpu_chunks(self._forward, x, 4 * x[0].numel())
 
     def _forward(self, x: Tensor) -> Tensor:
-        details = []
-        approx = x
-        for _ in range(self.levels):
-            bands = self._analysis(approx)
-            approx = bands[:, 0]
-            details.append(bands[:, 1:])
-        packed = approx
-        for d in reversed(details):
-            top = torch.cat([packed, d[:, 0]], dim=-1)
-            bottom = torch.cat([d[:, 1], d[:, 2]], dim=-1)
-            packed = torch.cat([top, bottom], dim=-2)
-        return packed
+        return _kernel(_forward_levels, x)(x, self._lo, self._hi, self.levels)
 
     def inverse(self, c: Tensor) -> Tensor:
         """Image from packed coefficients (the adjoint and inverse of :meth:`forward`)."""
@@ -182,22 +136,7 @@ class Wavelet2D:
         return in_cpu_chunks(self._inverse, c, 4 * c[0].numel())
 
     def _inverse(self, c: Tensor) -> Tensor:
-        h, w = self.shape
-        sizes = [(h >> (k + 1), w >> (k + 1)) for k in range(self.levels)]
-        h_c, w_c = sizes[-1]
-        approx = c[:, :h_c, :w_c]
-        for h2, w2 in reversed(sizes):
-            bands = torch.stack(
-                [
-                    approx,
-                    c[:, :h2, w2 : 2 * w2],
-                    c[:, h2 : 2 * h2, :w2],
-                    c[:, h2 : 2 * h2, w2 : 2 * w2],
-                ],
-                dim=1,
-            )
-            approx = self._synthesis(bands)
-        return approx
+        return _kernel(_inverse_levels, c)(c, self._synthesis_taps, self._pad, self.levels)
 
     def approximation_mask(self, device: torch.device | str = "cpu") -> Tensor:
         """Boolean ``[H, W]``: True on the coarsest approximation band."""
@@ -214,3 +153,109 @@ class Wavelet2D:
 
     def __repr__(self) -> str:
         return f"Wavelet2D({self.shape}, {self.wavelet!r}, levels={self.levels})"
+
+
+# ------------------------------------------------------------------------------ kernels
+# Filtering is written as sums of strided slices: in eager mode as fast as conv2d on CPUs
+# (whose kernels are inefficient for 1-channel, 8-tap filters), and under torch.compile fused
+# into one vectorised loop per band, about 20x faster (benchmarks/baselines_vs_sigpy.py).
+
+
+def _take(t: Tensor, dim: int, start: int, stop: int | None, step: int = 1) -> Tensor:
+    index: list[slice] = [slice(None)] * t.ndim
+    index[dim] = slice(start, stop, step)
+    return t[tuple(index)]
+
+
+def _circular(t: Tensor, dim: int, pad: int) -> Tensor:
+    if pad == 0:
+        return t
+    size = t.shape[dim]
+    return torch.cat([_take(t, dim, size - pad, None), t, _take(t, dim, 0, pad)], dim=dim)
+
+
+def _analyse(x: Tensor, dim: int, lo: Filter, hi: Filter) -> tuple[Tensor, Tensor]:
+    """One periodic analysis step along ``dim``: ``a[i] = sum_k lo[k] x[2i + L/2 - k]``."""
+    length, half = len(lo), x.shape[dim] // 2
+    padded = _circular(x, dim, length // 2 - 1)
+    taps = [_take(padded, dim, j, j + 2 * half, 2) for j in range(length)]
+    approx = _weighted_sum(lo[::-1], taps)
+    detail = _weighted_sum(hi[::-1], taps)
+    return approx, detail
+
+
+def _synthesise(a: Tensor, d: Tensor, dim: int, taps: Taps, pad: int) -> Tensor:
+    """Adjoint of :func:`_analyse` in polyphase form (see :func:`_polyphase_synthesis`)."""
+    half = a.shape[dim]
+    bands = (_circular(a, dim, pad), _circular(d, dim, pad))
+    phases = []
+    for p in (0, 1):
+        weights = [w for band in (0, 1) for w in taps[p][band]]
+        slices = [
+            _take(bands[band], dim, t, t + half)
+            for band in (0, 1)
+            for t in range(len(taps[p][band]))
+        ]
+        phases.append(_weighted_sum(weights, slices))
+    if dim == -1:
+        return torch.stack(phases, dim=-1).flatten(-2)
+    return torch.stack(phases, dim=-2).flatten(-3, -2)
+
+
+def _weighted_sum(weights: Sequence[float], terms: Sequence[Tensor]) -> Tensor:
+    pairs = [(w, t) for w, t in zip(weights, terms, strict=True) if w != 0.0]
+    total = pairs[0][1] * pairs[0][0]
+    for w, t in pairs[1:]:
+        total = total + w * t
+    return total
+
+
+def _forward_levels(x: Tensor, lo: Filter, hi: Filter, levels: int) -> Tensor:
+    """Packed multi-level coefficients of real ``[N, H, W]`` images."""
+    details = []
+    approx = x
+    for _ in range(levels):
+        a_w, d_w = _analyse(approx, -1, lo, hi)  # along the width
+        approx, da = _analyse(a_w, -2, lo, hi)  # along the height
+        ad, dd = _analyse(d_w, -2, lo, hi)
+        details.append((ad, da, dd))
+    packed = approx
+    for ad, da, dd in reversed(details):
+        packed = torch.cat([torch.cat([packed, ad], dim=-1), torch.cat([da, dd], dim=-1)], dim=-2)
+    return packed
+
+
+def _inverse_levels(c: Tensor, taps: Taps, pad: int, levels: int) -> Tensor:
+    """Images from packed coefficients (inverse of :func:`_forward_levels`)."""
+    h, w = c.shape[-2:]
+    approx = c[:, : h >> levels, : w >> levels]
+    for k in reversed(range(levels)):
+        h2, w2 = h >> (k + 1), w >> (k + 1)
+        ad = c[:, :h2, w2 : 2 * w2]
+        da = c[:, h2 : 2 * h2, :w2]
+        dd = c[:, h2 : 2 * h2, w2 : 2 * w2]
+        a_w = _synthesise(approx, da, -2, taps, pad)
+        d_w = _synthesise(ad, dd, -2, taps, pad)
+        approx = _synthesise(a_w, d_w, -1, taps, pad)
+    return approx
+
+
+_COMPILED: dict[Callable[..., Tensor], Callable[..., Tensor]] = {}
+
+
+def compile_enabled() -> bool:
+    """Whether the wavelet kernels run compiled (``torch.compile``) where they can: set
+    ``RECON_AUDIT_COMPILE=0`` to turn it off (the test suite does, to spare compile time)."""
+    return os.environ.get("RECON_AUDIT_COMPILE", "1") != "0"
+
+
+def _kernel(fn: Callable[..., Tensor], t: Tensor) -> Callable[..., Tensor]:
+    """``fn`` compiled with torch.compile when enabled and no gradient is being recorded
+    (the compiled kernels serve clean reconstructions; differentiated solves run eagerly and
+    support higher-order gradients); the eager ``fn`` otherwise. Compilation happens once per
+    input shape and dtype and is cached on disk by torch."""
+    if not compile_enabled() or (torch.is_grad_enabled() and t.requires_grad):
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]

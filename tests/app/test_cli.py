@@ -51,7 +51,19 @@ def test_simulate_writes_summary_and_figures(
     assert summary["operator"] == operator
     assert len(summary["image"]["sha256"]) == 64
     assert 10 < summary["metrics"]["psnr_db"] < 60
-    for name in ("ground_truth.png", "reconstruction.png", "error.png", figure):
+    for name in ("l1_wavelet", "total_variation"):
+        result = summary["baselines"][name]
+        assert result["iterations"] > 0
+        if operator != "MultiCoilMRI":  # there A_dagger is the full CGLS pseudo-inverse
+            assert result["psnr_db"] > summary["metrics"]["psnr_db"]
+    for name in (
+        "ground_truth.png",
+        "reconstruction.png",
+        "error.png",
+        "l1_wavelet.png",
+        "total_variation.png",
+        figure,
+    ):
         with Image.open(tmp_path / "o" / name) as im:
             assert im.size == (64, 64) or name == "sinogram.png"
             assert np.asarray(im).std() > 0  # not blank
@@ -65,6 +77,26 @@ def test_simulate_is_reproducible(tmp_path: Path) -> None:
     a = json.loads((tmp_path / "a" / "simulation.json").read_text())
     b = json.loads((tmp_path / "b" / "simulation.json").read_text())
     assert a == b
+
+
+def test_simulate_noise_is_seeded_and_lowers_quality(tmp_path: Path) -> None:
+    runs = {}
+    for name, noise in (("clean", "0"), ("noisy", "0.05"), ("again", "0.05")):
+        code, output = _run(
+            "simulate",
+            "--size",
+            "48",
+            "--noise",
+            noise,
+            "--no-baselines",
+            "--out",
+            str(tmp_path / name),
+        )
+        assert code == 0, output
+        runs[name] = json.loads((tmp_path / name / "simulation.json").read_text())
+    assert runs["noisy"]["metrics"]["psnr_db"] < runs["clean"]["metrics"]["psnr_db"]
+    assert runs["noisy"] == runs["again"]
+    assert runs["noisy"]["baselines"] == {}
 
 
 def test_simulate_reads_user_images(tmp_path: Path) -> None:
