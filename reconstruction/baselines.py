@@ -113,7 +113,7 @@ def _norms(t: Tensor) -> Tensor:
 
 
 def _image_dtype(op: LinearOperator, y: Tensor) -> torch.dtype:
-    precision = real_dtype(y.dtype) if y.dtype != torch.float16 else torch.float32
+    precision = real_dtype(y.dtype)
     return complex_dtype(precision) if op.in_complex else precision
 
 

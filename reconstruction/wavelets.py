@@ -250,11 +250,15 @@ def compile_enabled() -> bool:
 
 
 def _kernel(fn: Callable[..., Tensor], t: Tensor) -> Callable[..., Tensor]:
-    """``fn`` compiled with torch.compile when enabled and no gradient is being recorded
+    """``fn`` compiled with torch.compile on CPUs when enabled and no gradient is being recorded
     (the compiled kernels serve clean reconstructions; differentiated solves run eagerly and
     support higher-order gradients); the eager ``fn`` otherwise. Compilation happens once per
     input shape and dtype and is cached on disk by torch."""
-    if not compile_enabled() or (torch.is_grad_enabled() and t.requires_grad):
+    if (
+        t.device.type != "cpu"  # GPUs run the eager slices well; compiling there is untested
+        or not compile_enabled()
+        or (torch.is_grad_enabled() and t.requires_grad)
+    ):
         return fn
     if fn not in _COMPILED:
         _COMPILED[fn] = torch.compile(fn, dynamic=False)
