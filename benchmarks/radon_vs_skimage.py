@@ -17,14 +17,14 @@ from skimage.transform import iradon, radon
 from benchmarks._timing import median_seconds
 from reconstruction.data import shepp_logan
 from reconstruction.operators import ParallelBeamCT
-from reconstruction.operators.ct import _system_matrices
+from reconstruction.operators.ct import _torch_matrices
 
 
 def run(size: int, n_angles: int, repeats: int) -> dict[str, float]:
     image = shepp_logan(size).astype(np.float64)
     op = ParallelBeamCT(size, n_angles)
     degrees = np.degrees(op.angles)
-    _system_matrices.cache_clear()
+    _torch_matrices.cache_clear()
     start = time.perf_counter()
     x = torch.from_numpy(image.astype(np.float32))[None]
     y = op.A(x)  # builds and caches the system matrix
