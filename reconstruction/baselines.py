@@ -207,9 +207,12 @@ def l1_wavelet_solve(
 ) -> tuple[Tensor, SolveInfo]:
     """Solve the l1-wavelet problem; returns ``(x [B, *op.in_shape], SolveInfo)``.
 
-    ``levels`` defaults to ``min(4, deepest possible)`` and at least 3: images whose sides are
-    not divisible by ``2**levels`` are zero-padded for the transform (the data term sees the
-    cropped image), which keeps ``W`` orthonormal.
+    ``levels`` defaults to ``min(4, deepest possible)`` and at least 3. Images whose sides are
+    not divisible by ``2**levels`` are zero-padded for the transform, which stays orthonormal on
+    the padded grid; the data term sees the cropped image, and the proximal step
+    ``crop(W^H soft(W pad(v)))`` is then the usual approximation of the exact one (as in SigPy,
+    whose zero-padded wavelet is not unitary either). Sizes divisible by ``2**levels`` (all
+    power-of-two images) take the exact proximal step.
     """
     defaults = _defaults(op)
     lam = defaults.l1_lam if lam is None else lam
