@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -156,3 +157,12 @@ def test_console_script_is_installed() -> None:
     done = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
     assert done.returncode == 0
     assert "recon-audit" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+@pytest.mark.parametrize("command", ["simulate", "selfcheck"])
+def test_cuda_requested_without_cuda_exits_2(tmp_path: Path, command: str) -> None:
+    extra = ["--out", str(tmp_path / "o")] if command == "simulate" else []
+    code, output = _run(command, "--device", "cuda", *extra)
+    assert code == 2
+    assert "no CUDA device is available" in output

@@ -216,3 +216,12 @@ def test_extend_angles_is_nested(count: int, n1: int, n2: int, seed: int) -> Non
     assert set(small.tolist()) <= set(large.tolist())
     if high >= count:
         assert set(base.tolist()) <= set(large.tolist())
+
+
+def test_extend_angles_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="count must be in"):
+        extend_angles(np.arange(4) * np.pi / 4, 0)
+    with pytest.raises(ValueError, match="count must be in"):
+        extend_angles(np.arange(4) * np.pi / 4, 33, refine=8)
+    with pytest.raises(ValueError, match="finite radians"):
+        extend_angles(np.array([0.0, np.nan]), 2)
