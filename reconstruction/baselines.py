@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from reconstruction.operators import LinearOperator
-from reconstruction.operators.base import complex_dtype, real_dtype
+from reconstruction.operators.base import real_dtype
 from reconstruction.wavelets import Wavelet2D
 
 __all__ = [
@@ -88,7 +88,10 @@ DEFAULTS: dict[str, Defaults] = {
 }
 
 
-def _defaults(op: LinearOperator) -> Defaults:
+def _defaults(op: LinearOperator, solver: str) -> Defaults:
+    """The operator's defaults; the solvers reconstruct 2-D images only."""
+    if len(op.in_shape) != 2:
+        raise ValueError(f"{solver} needs 2-D images, the operator takes {op.in_shape}")
     return DEFAULTS.get(type(op).__name__, DEFAULTS["default"])
 
 
@@ -112,15 +115,10 @@ def _norms(t: Tensor) -> Tensor:
     return norms
 
 
-def _image_dtype(op: LinearOperator, y: Tensor) -> torch.dtype:
-    precision = real_dtype(y.dtype)
-    return complex_dtype(precision) if op.in_complex else precision
-
-
 def _initial(y: Tensor, op: LinearOperator, x0: Tensor | None) -> Tensor:
     """The warm start ``x0``, else ``A_dagger y`` where that is a direct formula (zero-filled
     MRI, FBP), else ``A^H y / ||A||^2``."""
-    dtype = _image_dtype(op, y)
+    dtype = op.image_dtype(y.dtype)
     if x0 is not None:
         if tuple(x0.shape) != (y.shape[0], *op.in_shape):
             raise ValueError(
@@ -214,11 +212,9 @@ def l1_wavelet_solve(
     whose zero-padded wavelet is not unitary either). Sizes divisible by ``2**levels`` (all
     power-of-two images) take the exact proximal step.
     """
-    defaults = _defaults(op)
+    defaults = _defaults(op, "l1_wavelet")
     lam = defaults.l1_lam if lam is None else lam
     iterations = defaults.max_iter if max_iter is None else max_iter
-    if len(op.in_shape) != 2:
-        raise ValueError(f"l1_wavelet needs 2-D images, the operator takes {op.in_shape}")
     transform, padding = _wavelet_for(op.in_shape, wavelet, levels)
     keep = None if penalize_approximation else transform.approximation_mask(y.device)
 
@@ -378,11 +374,9 @@ def total_variation_solve(
     (``tau sigma ||[A; grad]||^2 < 1`` since that norm is at most 3). ``balance`` has a large
     effect on the speed of convergence and defaults to a measured per-modality value.
     """
-    defaults = _defaults(op)
+    defaults = _defaults(op, "total_variation")
     lam = defaults.tv_lam if lam is None else lam
     iterations = defaults.max_iter if max_iter is None else max_iter
-    if len(op.in_shape) != 2:
-        raise ValueError(f"total_variation needs 2-D images, the operator takes {op.in_shape}")
     norm = op.norm_bound()
     y_s = y / norm  # with A_s = A / ||A||: 1/2||A_s x - y_s||^2 = (1/2||A x - y||^2) / ||A||^2
     x = _initial(y, op, x0)

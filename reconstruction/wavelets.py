@@ -49,28 +49,28 @@ def _filters(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(wavelet.dec_lo), tuple(wavelet.dec_hi)
 
 
-def _polyphase_synthesis(lo: tuple[float, ...], hi: tuple[float, ...]) -> tuple[Tensor, int]:
-    """Synthesis weights ``[2 phases, 2 bands, K]`` and the circular padding they need.
+def _polyphase_synthesis(lo: Filter, hi: Filter) -> tuple[Taps, int]:
+    """Synthesis taps ``[phase][band][t]`` and the circular padding they need.
 
     Analysis computes ``a[i] = sum_n lo[2i + L/2 - n] x[n]`` (indices mod N). Its adjoint is
     ``x[2m + p] = sum_j lo[2j + L/2 - p] a[m + j] + hi[...] d[m + j]``: for each phase ``p`` a
-    correlation over the taps ``j`` where the filter index lies in ``[0, L)``.
+    correlation over the taps ``j`` where the filter index lies in ``[0, L)`` (zero elsewhere).
     """
     length, half = len(lo), len(lo) // 2
-    taps = [
-        j for j in range(-length, length) if any(0 <= 2 * j + half - p < length for p in (0, 1))
-    ]
-    first, last = taps[0], taps[-1]
-    if first != -last:  # symmetric taps keep the padding symmetric
-        first, last = -max(-first, last), max(-first, last)
-    weights = torch.zeros(2, 2, last - first + 1, dtype=torch.float64)
-    for p in (0, 1):
-        for t, j in enumerate(range(first, last + 1)):
-            k = 2 * j + half - p
-            if 0 <= k < length:
-                weights[p, 0, t] = lo[k]
-                weights[p, 1, t] = hi[k]
-    return weights, -first
+    reach = max(
+        abs(j)
+        for j in range(-length, length)
+        if any(0 <= 2 * j + half - p < length for p in (0, 1))
+    )
+
+    def phase(p: int) -> tuple[Filter, Filter]:
+        ks = [2 * j + half - p for j in range(-reach, reach + 1)]
+        return (
+            tuple(lo[k] if 0 <= k < length else 0.0 for k in ks),
+            tuple(hi[k] if 0 <= k < length else 0.0 for k in ks),
+        )
+
+    return (phase(0), phase(1)), reach
 
 
 def max_levels(size: int, wavelet: str = "db4") -> int:
@@ -110,10 +110,7 @@ class Wavelet2D:
                 f"coarsest band must be at least {self.filter_length - 1} pixels)"
             )
         self._lo, self._hi = lo, hi
-        weights, self._pad = _polyphase_synthesis(lo, hi)
-        self._synthesis_taps = tuple(
-            tuple(tuple(float(v) for v in weights[p, band]) for band in (0, 1)) for p in (0, 1)
-        )
+        self._synthesis_taps, self._pad = _polyphase_synthesis(lo, hi)
 
     # ------------------------------------------------------------------ public
     def forward(self, x: Tensor) -> Tensor:

@@ -172,11 +172,15 @@ class LinearOperator(abc.ABC):
         estimate with a 1 % margin; operators with a cheap rigorous bound override this."""
         return 1.01 * self.norm()
 
+    def image_dtype(self, like: torch.dtype) -> torch.dtype:
+        """The image-space dtype in the precision of ``like`` (complex where images are)."""
+        precision = real_dtype(like)
+        return complex_dtype(precision) if self.in_complex else precision
+
     # ------------------------------------------------------------------ helpers
     def _zeros_in(self, like: Tensor) -> Tensor:
         """Zeros in the image space, in the precision of ``like``."""
-        precision = real_dtype(like.dtype)
-        dtype = complex_dtype(precision) if self.in_complex else precision
+        dtype = self.image_dtype(like.dtype)
         return torch.zeros((like.shape[0], *self.in_shape), dtype=dtype, device=like.device)
 
     def _buffer(
