@@ -27,6 +27,7 @@ from reconstruction.data import (
     scale_to_range,
     shepp_logan,
 )
+from reconstruction.models import ModelError, load, manifest_json_schema
 from reconstruction.operators import (
     LinearOperator,
     MultiCoilMRI,
@@ -50,7 +51,6 @@ def main() -> None:
 
 
 BUILTIN_IMAGES = ("shepp-logan", "ellipses", "ct-small", "mr-small")
-PATTERNS = ("variable-density", "lines", "lines-equispaced", "lines-gaussian", "radial")
 
 
 def _load_ground_truth(image: str, size: int, seed: int) -> tuple[np.ndarray, str]:
@@ -64,16 +64,6 @@ def _load_ground_truth(image: str, size: int, seed: int) -> tuple[np.ndarray, st
         loaded = read_image(image)
     array = np.abs(loaded.array) if np.iscomplexobj(loaded.array) else loaded.array
     return scale_to_range(resize_image(array, (size, size)), (0.0, 1.0)), loaded.source
-
-
-def _mask(pattern: str, size: int, ratio: float, seed: int) -> np.ndarray:
-    shape = (size, size)
-    if pattern == "variable-density":
-        return sampling.variable_density(shape, ratio, seed)
-    if pattern == "radial":
-        return sampling.radial_lines(shape, ratio, seed)
-    kind = {"lines": "random", "lines-equispaced": "equispaced", "lines-gaussian": "gaussian"}
-    return sampling.cartesian_lines(shape, ratio, seed, kind=kind[pattern])  # type: ignore[arg-type]
 
 
 def _png(path: Path, image: np.ndarray, lo: float, hi: float) -> None:
@@ -122,7 +112,7 @@ def _sha256(array: np.ndarray) -> str:
 @click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True)
 @click.option(
     "--pattern",
-    type=click.Choice(PATTERNS),
+    type=click.Choice(sampling.PATTERNS),
     default="variable-density",
     show_default=True,
     help="MRI sampling pattern.",
@@ -200,7 +190,7 @@ def simulate(
             op = ParallelBeamCT(size, angles)
             record = {"angles": angles, "detectors": op.out_shape[1], "fbp_filter": "ram-lak"}
         else:
-            mask = _mask(pattern, size, ratio, seed)
+            mask = sampling.pattern_mask(pattern, (size, size), ratio, seed)  # type: ignore[arg-type]
             op = SingleCoilMRI(mask) if modality == "mri" else MultiCoilMRI(mask, coils)
             record = {
                 "pattern": pattern,
@@ -295,3 +285,32 @@ def selfcheck(device: str, tol: float) -> None:
     click.echo(json.dumps([r.as_dict() for r in reports], indent=2))
     if not all(r.passed for r in reports):
         sys.exit(1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The model's manifest (JSON or YAML); files it names are read beside it.",
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def inspect(model: Path, manifest_path: Path, device: str) -> None:
+    """Load, adapt and validate a network (ONNX, torch.export .pt2, TorchScript) and print a
+    JSON summary: format, sha256, gradient access, parity error, input/output spec, fixed size.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA device is available")
+    try:
+        loaded = load(model, manifest_path, device=device)
+    except ModelError as exc:
+        raise InputError(str(exc)) from exc
+    click.echo(json.dumps(loaded.summary(), indent=2))
+
+
+@main.command("manifest-schema")
+def manifest_schema() -> None:
+    """Print the JSON Schema of model manifests."""
+    click.echo(json.dumps(manifest_json_schema(), indent=2))

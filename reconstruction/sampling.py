@@ -28,12 +28,21 @@ __all__ = [
     "extend_angles",
     "extend_mask",
     "mask_ratio",
+    "pattern_mask",
     "radial_lines",
     "variable_density",
 ]
 
 LineKind = Literal["random", "equispaced", "gaussian"]
 AngleKind = Literal["uniform", "random"]
+#: the named MRI sampling patterns of :func:`pattern_mask` (CLI options and manifests use them)
+PATTERNS = ("variable-density", "lines", "lines-equispaced", "lines-gaussian", "radial")
+Pattern = Literal["variable-density", "lines", "lines-equispaced", "lines-gaussian", "radial"]
+_LINE_KINDS: dict[str, LineKind] = {
+    "lines": "random",
+    "lines-equispaced": "equispaced",
+    "lines-gaussian": "gaussian",
+}
 
 
 def _check_ratio(ratio: float) -> float:
@@ -404,3 +413,31 @@ def _fully_sampled_centre(mask: np.ndarray) -> np.ndarray:
     sl = tuple(slice(c - half, c + half + 1) for c in centre_index)
     block[sl] = True
     return block
+
+
+def pattern_mask(
+    pattern: Pattern,
+    shape: tuple[int, int],
+    ratio: float,
+    seed: int = 0,
+    *,
+    center_fraction: float | None = None,
+) -> np.ndarray:
+    """A named MRI pattern (one of :data:`PATTERNS`): the one entry point for CLI and manifests.
+
+    ``center_fraction`` overrides the pattern's fully sampled centre (not used by ``radial``).
+
+    >>> mask_ratio(pattern_mask("lines", (32, 32), 0.25, seed=3))
+    0.25
+    """
+    if pattern == "variable-density":
+        centre = 0.04 if center_fraction is None else center_fraction
+        return variable_density(shape, ratio, seed, center_fraction=centre)
+    if pattern == "radial":
+        return radial_lines(shape, ratio, seed)
+    if pattern in _LINE_KINDS:
+        centre = 0.08 if center_fraction is None else center_fraction
+        return cartesian_lines(
+            shape, ratio, seed, kind=_LINE_KINDS[pattern], center_fraction=centre
+        )
+    raise ValueError(f"unknown sampling pattern {pattern!r}: use one of {', '.join(PATTERNS)}")

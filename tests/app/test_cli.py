@@ -166,3 +166,49 @@ def test_cuda_requested_without_cuda_exits_2(tmp_path: Path, command: str) -> No
     code, output = _run(command, "--device", "cuda", *extra)
     assert code == 2
     assert "no CUDA device is available" in output
+
+
+def test_inspect_prints_the_summary(tmp_path: Path) -> None:
+    import onnx
+
+    from tests.reconstruction.models.conftest import conv_model, write_manifest
+
+    onnx.save_model(conv_model(), str(tmp_path / "model.onnx"))
+    code, output = _run(
+        "inspect", str(tmp_path / "model.onnx"), "--manifest", str(write_manifest(tmp_path))
+    )
+    assert code == 0, output
+    summary = json.loads(output)
+    assert summary["format"] == "onnx"
+    assert summary["gradient_access"] == "white-box"
+    assert summary["parity_error"] < 1e-6
+    assert summary["fixed_size"] is False
+    assert summary["input"] == {
+        "domain": "image",
+        "layout": "complex2",
+        "part": "magnitude",
+        "shape": [-1, 2, 32, 32],
+    }
+    assert len(summary["sha256"]) == 64
+
+
+def test_inspect_bad_inputs_exit_2(tmp_path: Path) -> None:
+    from tests.reconstruction.models.conftest import write_manifest
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "model.pth")
+    manifest = write_manifest(tmp_path)
+    code, output = _run("inspect", str(tmp_path / "model.pth"), "--manifest", str(manifest))
+    assert code == 2
+    assert "pickled PyTorch file" in output
+    (tmp_path / "bad.json").write_text('{"name": "x"}')
+    code, output = _run(
+        "inspect", str(tmp_path / "model.pth"), "--manifest", str(tmp_path / "bad.json")
+    )
+    assert code == 2
+    assert "manifest field 'modality'" in output
+
+
+def test_manifest_schema_command() -> None:
+    code, output = _run("manifest-schema")
+    assert code == 0
+    assert json.loads(output)["title"] == "recon-audit model manifest"

@@ -1,0 +1,266 @@
+"""The model manifest: what a network expects and how its measurements were taken.
+
+A manifest is a JSON or YAML document (schema: :func:`manifest_json_schema`)::
+
+    {"name": "unet-mri-25",
+     "modality": "mri",
+     "image_size": [128, 128],
+     "input":  {"domain": "image", "layout": "complex2"},
+     "output": {"layout": "complex2"},
+     "sampling": {"mask": "mask.npy", "ratio": 0.25},
+     "intensity_range": [0.0, 1.0]}
+
+``input.domain``: ``image`` (the adjoint / zero-filled image; coil-combined for multi-coil MRI;
+filtered backprojection for CT), ``measurements`` (zero-filled centred k-space ``[B,2,H,W]``,
+multi-coil ``[B,2,C,H,W]``, or the sinogram ``[B,1,angles,detectors]``) or ``samples`` (the
+measurement vector itself, ``[B,2,M]`` for MRI, ``[B,1,angles*detectors]`` for CT: an
+AUTOMAP-style network whose input size is tied to the number of samples).
+``layout``: ``complex2`` (float32 real and imaginary channels) or ``real1`` (one float32
+channel: ``part`` says whether it is the magnitude or the real part of a complex image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from reconstruction import sampling
+from reconstruction.models.formats import ModelError
+from reconstruction.operators import LinearOperator, MultiCoilMRI, ParallelBeamCT, SingleCoilMRI
+
+__all__ = [
+    "InputSpec",
+    "Manifest",
+    "ManifestError",
+    "OutputSpec",
+    "PatternSpec",
+    "SamplingSpec",
+    "build_operator",
+    "load_manifest",
+    "manifest_json_schema",
+    "mask_sha256",
+    "sampling_mask",
+]
+
+Modality = Literal["mri", "mri-multicoil", "ct"]
+Layout = Literal["complex2", "real1"]
+Part = Literal["magnitude", "real"]
+#: how far a stated ``sampling.ratio`` may differ from the mask's actual ratio
+RATIO_TOLERANCE = 0.01
+#: the largest image side a manifest may declare
+MAX_IMAGE_SIZE = 2048
+
+
+class ManifestError(ModelError):
+    """A manifest is invalid; ``field`` names the offending entry (dotted path) when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"manifest field '{field}': {message}" if field else message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    domain: Literal["image", "measurements", "samples"] = Field(
+        "image", description="What the network receives (see the module documentation)."
+    )
+    layout: Layout = "complex2"
+    part: Part = Field("magnitude", description="For layout real1: which part of the image.")
+
+
+class OutputSpec(_Strict):
+    layout: Layout = "complex2"
+    part: Part = Field(
+        "magnitude", description="For layout real1: whether the output is a magnitude or a real."
+    )
+
+
+class PatternSpec(_Strict):
+    kind: sampling.Pattern = "variable-density"
+    ratio: Annotated[float, Field(gt=0.0, le=1.0)]
+    seed: int = 0
+    centre: Annotated[float | None, Field(ge=0.0, lt=1.0)] = Field(
+        None, description="Fully sampled central fraction (pattern default when absent)."
+    )
+
+
+class SamplingSpec(_Strict):
+    mask: str | None = Field(
+        None, description="A .npy boolean [H, W] mask, DC at (H//2, W//2), beside the manifest."
+    )
+    ratio: Annotated[float | None, Field(gt=0.0, le=1.0)] = Field(
+        None, description="The training sampling ratio (checked against the mask)."
+    )
+    pattern: PatternSpec | None = None
+    coils: Annotated[int | None, Field(ge=1, le=64)] = Field(
+        None, description="mri-multicoil: number of simulated birdcage coils."
+    )
+    angles: int | list[float] | None = Field(
+        None, description="CT: a count (equispaced on [0, pi)) or the angles in radians."
+    )
+    detectors: Annotated[int | None, Field(ge=1)] = None
+
+
+class Manifest(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._+-]+$")]
+    modality: Modality
+    image_size: tuple[
+        Annotated[int, Field(ge=8, le=MAX_IMAGE_SIZE)],
+        Annotated[int, Field(ge=8, le=MAX_IMAGE_SIZE)],
+    ]
+    input: InputSpec = InputSpec()
+    output: OutputSpec = OutputSpec()
+    sampling: SamplingSpec
+    intensity_range: tuple[float, float] = (0.0, 1.0)
+    description: str | None = None
+    statement: str | None = Field(
+        None, description="The submitter's statement on training / test data independence."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        lo, hi = self.intensity_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError("intensity_range must be two finite numbers with lo < hi")
+        s = self.sampling
+        if self.modality == "ct":
+            if s.angles is None:
+                raise ValueError("sampling.angles is required for modality 'ct'")
+            if s.mask is not None or s.pattern is not None or s.coils is not None:
+                raise ValueError("sampling.mask, pattern and coils are for MRI, not 'ct'")
+            if self.image_size[0] != self.image_size[1]:
+                raise ValueError("CT images must be square")
+            if "complex2" in (self.input.layout, self.output.layout):
+                raise ValueError("CT data is real: use layout 'real1' for input and output")
+            if isinstance(s.angles, int) and not 1 <= s.angles <= 3600:
+                raise ValueError("sampling.angles must be between 1 and 3600")
+        else:
+            if (s.mask is None) == (s.pattern is None):
+                raise ValueError("MRI sampling needs exactly one of sampling.mask and .pattern")
+            if s.angles is not None or s.detectors is not None:
+                raise ValueError("sampling.angles and detectors are for CT, not MRI")
+            if self.modality == "mri-multicoil" and s.coils is None:
+                raise ValueError("sampling.coils is required for modality 'mri-multicoil'")
+            if self.modality == "mri" and s.coils is not None:
+                raise ValueError("sampling.coils is for 'mri-multicoil'")
+            if self.input.domain == "samples" and self.modality == "mri-multicoil":
+                raise ValueError("input.domain 'samples' is supported for 'mri' and 'ct'")
+        return self
+
+    @property
+    def training_ratio(self) -> float | None:
+        """The sampling ratio the network was trained at (MRI), when stated."""
+        if self.sampling.pattern is not None:
+            return self.sampling.pattern.ratio
+        return self.sampling.ratio
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (published in the docs)."""
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "recon-audit model manifest"
+    return schema
+
+
+def _pydantic_message(exc: ValidationError) -> ManifestError:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or None
+    message = err["msg"].removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    return ManifestError(message + (f" (and {more} more problems)" if more else ""), where)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a JSON or YAML manifest; :class:`ManifestError` on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read manifest {p}: {exc}") from exc
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ManifestError(f"{p.name} is not valid JSON/YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{p.name} must hold a mapping of fields, got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_message(exc) from exc
+
+
+def _referenced_file(base_dir: Path, name: str, field: str) -> Path:
+    """A file named by the manifest: a plain relative path inside ``base_dir``, not a link."""
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or not name.strip():
+        raise ManifestError(f"{name!r} must be a relative path inside the manifest's folder", field)
+    path = base_dir / pure
+    if path.is_symlink():
+        raise ManifestError(f"{name!r} is a symbolic link; links are not accepted", field)
+    if not path.is_file():
+        raise ManifestError(f"{name!r} was not found beside the manifest", field)
+    return path
+
+
+def sampling_mask(manifest: Manifest, base_dir: str | Path) -> np.ndarray:
+    """The MRI training mask ``[H, W]`` (centred, boolean) from the file or the pattern."""
+    s = manifest.sampling
+    shape = manifest.image_size
+    if s.pattern is not None:
+        p = s.pattern
+        return sampling.pattern_mask(p.kind, shape, p.ratio, p.seed, center_fraction=p.centre)
+    assert s.mask is not None
+    path = _referenced_file(Path(base_dir), s.mask, "sampling.mask")
+    try:
+        mask: np.ndarray = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ManifestError(
+            f"{s.mask} is not a readable .npy array: {exc}", "sampling.mask"
+        ) from exc
+    if mask.shape != tuple(shape):
+        raise ManifestError(
+            f"mask shape {list(mask.shape)} differs from image_size {list(shape)}", "sampling.mask"
+        )
+    if mask.dtype != np.bool_:
+        if not np.issubdtype(mask.dtype, np.number) or not np.all((mask == 0) | (mask == 1)):
+            raise ManifestError("the mask must be boolean (or hold only 0 and 1)", "sampling.mask")
+        mask = mask.astype(bool)
+    if not mask.any():
+        raise ManifestError("the mask selects no k-space sample", "sampling.mask")
+    actual = sampling.mask_ratio(mask)
+    if s.ratio is not None and abs(actual - s.ratio) > RATIO_TOLERANCE:
+        raise ManifestError(
+            f"the mask samples {actual:.4f} of k-space, not the stated {s.ratio}", "sampling.ratio"
+        )
+    return mask
+
+
+def mask_sha256(mask: np.ndarray) -> str:
+    """SHA-256 of a mask's C-ordered boolean bytes (the hash reports and certificates print)."""
+    return hashlib.sha256(np.ascontiguousarray(mask, dtype=bool).tobytes()).hexdigest()
+
+
+def build_operator(
+    manifest: Manifest, base_dir: str | Path, *, mask: np.ndarray | None = None
+) -> LinearOperator:
+    """The forward operator the network was trained for (``mask`` overrides the MRI mask,
+    e.g. for the more-samples test)."""
+    if manifest.modality == "ct":
+        s = manifest.sampling
+        return ParallelBeamCT(manifest.image_size, s.angles, s.detectors)
+    m = sampling_mask(manifest, base_dir) if mask is None else mask
+    if manifest.modality == "mri":
+        return SingleCoilMRI(m)
+    assert manifest.sampling.coils is not None
+    return MultiCoilMRI(m, manifest.sampling.coils)

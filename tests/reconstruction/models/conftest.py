@@ -1,0 +1,78 @@
+"""Small ONNX graphs and manifests built in the test, so every bad input is made on purpose."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+SIZE = 32
+
+
+def conv_model(
+    *,
+    channels_in: int = 2,
+    channels_out: int = 2,
+    size: int | str = "batch",
+    spatial: int = SIZE,
+    extra_nodes: list[onnx.NodeProto] | None = None,
+    output: str = "y",
+    opset: int = 18,
+    domains: tuple[tuple[str, int], ...] = (),
+) -> onnx.ModelProto:
+    """``y = x[:, :channels_out] + conv3x3(x)`` with a small seeded kernel (input ``x``)."""
+    rng = np.random.default_rng(0)
+    weight = (0.01 * rng.standard_normal((channels_out, channels_in, 3, 3))).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+    if channels_in == channels_out:
+        nodes.append(helper.make_node("Add", ["x", "c"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["c"], ["y"]))
+    nodes += extra_nodes or []
+    graph = helper.make_graph(
+        nodes,
+        "test",
+        [
+            helper.make_tensor_value_info(
+                "x", TensorProto.FLOAT, [size, channels_in, spatial, spatial]
+            )
+        ],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["n", "c", "h", "w"])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in domains]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 10
+    return model
+
+
+def write_manifest(folder: Path, **overrides: Any) -> Path:
+    manifest: dict[str, Any] = {
+        "name": "test-net",
+        "modality": "mri",
+        "image_size": [SIZE, SIZE],
+        "input": {"domain": "image", "layout": "complex2"},
+        "output": {"layout": "complex2"},
+        "sampling": {"pattern": {"kind": "variable-density", "ratio": 0.3, "seed": 0}},
+        "intensity_range": [0.0, 1.0],
+    }
+    manifest.update(overrides)
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture
+def save_model(tmp_path: Path) -> Callable[..., Path]:
+    def save(model: onnx.ModelProto, name: str = "model.onnx") -> Path:
+        path = tmp_path / name
+        onnx.save_model(model, str(path))
+        return path
+
+    return save
