@@ -7,7 +7,7 @@
 
 from reconstruction.models.adapter import Reconstructor, magnitude
 from reconstruction.models.formats import ModelError, detect_format, sha256_file
-from reconstruction.models.loader import LoadedModel, load, probe_image
+from reconstruction.models.loader import LoadedModel, from_module, load, probe_image
 from reconstruction.models.manifest import (
     Manifest,
     ManifestError,
@@ -26,6 +26,7 @@ __all__ = [
     "Reconstructor",
     "build_operator",
     "detect_format",
+    "from_module",
     "load",
     "load_manifest",
     "magnitude",

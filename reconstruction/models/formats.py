@@ -21,7 +21,8 @@ import torch
 
 __all__ = ["ModelError", "ModelFormat", "detect_format", "sha256_file"]
 
-ModelFormat = Literal["onnx", "torch.export", "torchscript"]
+#: file formats, and ``torch.module`` for trusted in-memory modules (never uploaded)
+ModelFormat = Literal["onnx", "torch.export", "torchscript", "torch.module"]
 
 EXPORT_ADVICE = (
     "export the network to ONNX (torch.onnx.export), to a torch.export program "

@@ -35,7 +35,7 @@ from reconstruction.models.onnx_model import (
 from reconstruction.models.torch_model import load_torch_export, load_torchscript
 from reconstruction.operators import LinearOperator
 
-__all__ = ["PLAUSIBLE_FACTOR", "LoadedModel", "load", "probe_image"]
+__all__ = ["PLAUSIBLE_FACTOR", "LoadedModel", "from_module", "load", "probe_image"]
 
 GradientAccess = Literal["white-box", "black-box"]
 #: an output whose largest magnitude exceeds this many times the intensity range's largest
@@ -218,6 +218,99 @@ def _gradient_reaches_input(rec: Reconstructor, y: Tensor) -> str | None:
     return None
 
 
+@dataclass
+class _Intake:
+    """What format-specific loading produced, before the shared adaptation and validation."""
+
+    manifest: Manifest
+    manifest_sha256: str
+    mask: np.ndarray | None
+    op: LinearOperator
+    format: ModelFormat
+    sha256: str
+    size_bytes: int
+    module: torch.nn.Module | None = None
+    ort: OrtNetwork | None = None
+    parity: dict[str, Any] | None = None
+    max_batch: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _probes(intake: _Intake, device: str) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The validation image, its measurements, and the network inputs for it and for a seeded
+    perturbation of it (the parity probes)."""
+    truth = probe_image(intake.manifest).to(device)
+    y = intake.op.A(truth)
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    noise = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
+    y_perturbed = y + noise * (PROBE_PERTURBATION * y.norm() / noise.norm())
+    shape_probe = Reconstructor(lambda t: t, intake.op, intake.manifest)
+    return truth, y, [shape_probe.network_input(y), shape_probe.network_input(y_perturbed)]
+
+
+def _finish(intake: _Intake, device: str) -> LoadedModel:
+    """Batching, validation on a real input, gradient check and backend choice."""
+    manifest, op = intake.manifest, intake.op
+    truth, y, probes = _probes(intake, device)
+    module, ort, notes = intake.module, intake.ort, intake.notes
+    max_batch = intake.max_batch
+    if module is not None:
+        module = module.to(device)
+        if max_batch is None:
+            max_batch = _batch_limit(module, probes[0])
+    network: Network = module if module is not None else ort  # type: ignore[assignment]
+    rec = Reconstructor(network, op, manifest, max_batch=max_batch)
+    validation = _validate(rec, y, truth, manifest)
+    gradient_access: GradientAccess = "black-box"
+    if module is not None:
+        problem = _gradient_reaches_input(rec, y)
+        if problem is None:
+            gradient_access = "white-box"
+        else:
+            notes.append(f"black-box: {problem}")
+    backend: Literal["torch", "onnxruntime"] = "torch" if module is not None else "onnxruntime"
+    if ort is not None and module is not None:
+        x = rec.network_input(y)
+        timings = {"torch": _median_seconds(module, x), "onnxruntime": _median_seconds(ort, x)}
+        backend = "torch" if timings["torch"] <= timings["onnxruntime"] else "onnxruntime"
+        validation["forward_seconds"] = timings
+    fixed_reason = None
+    if manifest.input.domain == "samples":
+        fixed_reason = (
+            "the network takes the measurement vector itself: its input size is tied to the "
+            "number of samples, so it cannot take more samples"
+        )
+    with torch.no_grad():
+        output_shape = [-1, *rec.run_network(probes[0][:1]).shape[1:]]
+    return LoadedModel(
+        name=manifest.name,
+        format=intake.format,
+        sha256=intake.sha256,
+        size_bytes=intake.size_bytes,
+        gradient_access=gradient_access,
+        manifest=manifest,
+        manifest_sha256=intake.manifest_sha256,
+        operator=op,
+        mask=intake.mask,
+        module=module,
+        ort=ort,
+        max_batch=max_batch,
+        fixed_size=fixed_reason is not None,
+        fixed_size_reason=fixed_reason,
+        input_shape=[-1, *probes[0].shape[1:]],
+        output_shape=output_shape,
+        parity=intake.parity,
+        validation=validation,
+        forward_backend=backend,
+        notes=notes,
+    )
+
+
+def _manifest_parts(manifest: Manifest, base_dir: Path) -> tuple[np.ndarray | None, LinearOperator]:
+    mask = None if manifest.modality == "ct" else sampling_mask(manifest, base_dir)
+    return mask, build_operator(manifest, base_dir, mask=mask)
+
+
 def load(
     model_path: str | Path,
     manifest_path: str | Path,
@@ -234,103 +327,70 @@ def load(
     if not model_path.is_file():
         raise ModelError(f"model file {model_path} not found")
     manifest = load_manifest(manifest_path)
-    mask = None if manifest.modality == "ct" else sampling_mask(manifest, manifest_path.parent)
-    op = build_operator(manifest, manifest_path.parent, mask=mask)
+    mask, op = _manifest_parts(manifest, manifest_path.parent)
     fmt = detect_format(model_path)
     size = model_path.stat().st_size
     if size > max_bytes:
         raise ModelError(f"{model_path.name} is {size} bytes; the limit is {max_bytes}")
-
-    truth = probe_image(manifest).to(device)
-    y = op.A(truth)
-    gen = torch.Generator().manual_seed(PROBE_SEED)
-    noise = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(device)
-    y_perturbed = y + noise * (PROBE_PERTURBATION * y.norm() / noise.norm())
-    shape_probe = Reconstructor(lambda t: t, op, manifest)
-    probes = [shape_probe.network_input(y), shape_probe.network_input(y_perturbed)]
-    input_shape = [-1, *probes[0].shape[1:]]
-
-    notes: list[str] = []
-    module: torch.nn.Module | None = None
-    ort: OrtNetwork | None = None
-    parity: dict[str, Any] | None = None
-    max_batch: int | None = None
+    intake = _Intake(
+        manifest=manifest,
+        manifest_sha256=hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+        mask=mask,
+        op=op,
+        format=fmt,
+        sha256=sha256_file(model_path),
+        size_bytes=size,
+    )
     if fmt == "onnx":
         with tempfile.TemporaryDirectory(prefix="recon-audit-onnx-") as workdir:
             proto = read_onnx(model_path, Path(workdir), max_bytes=max_bytes)
         ort = OrtNetwork(proto, device)
+        _, _, probes = _probes(intake, device)
         _check_declared_shape(ort.input_shape, list(probes[0].shape), manifest)
         if isinstance(ort.input_shape[0], int):
-            max_batch = ort.input_shape[0]
-            probes = [p.expand(max_batch, *p.shape[1:]) for p in probes]
+            intake.max_batch = ort.input_shape[0]
+            probes = [p.expand(intake.max_batch, *p.shape[1:]) for p in probes]
         conversion = convert_to_torch(proto, ort, probes, tol=parity_tolerance)
-        module = conversion.module
-        parity = {
+        intake.ort, intake.module = ort, conversion.module
+        intake.parity = {
             "route": conversion.route,
             "max_relative_difference": conversion.max_relative_difference,
             "tolerance": parity_tolerance,
             "probes": f"validation image and a {PROBE_PERTURBATION:g} relative perturbation",
             "attempts": conversion.attempts,
         }
-        if module is None:
-            notes.append("no torch conversion matched onnxruntime: black-box, forward only")
+        if conversion.module is None:
+            intake.notes.append("no torch conversion matched onnxruntime: black-box, forward only")
+    elif fmt == "torch.export":
+        intake.module = load_torch_export(model_path)
     else:
-        module = (
-            load_torch_export(model_path) if fmt == "torch.export" else load_torchscript(model_path)
-        )
-        if fmt == "torchscript":
-            notes.append("TorchScript is deprecated upstream; prefer torch.export (.pt2)")
-    if module is not None:
-        module = module.to(device)
-        if max_batch is None:
-            max_batch = _batch_limit(module, probes[0])
+        intake.module = load_torchscript(model_path)
+        intake.notes.append("TorchScript is deprecated upstream; prefer torch.export (.pt2)")
+    return _finish(intake, device)
 
-    network: Network = module if module is not None else ort  # type: ignore[assignment]
-    rec = Reconstructor(network, op, manifest, max_batch=max_batch)
-    validation = _validate(rec, y, truth, manifest)
-    gradient_access: Literal["white-box", "black-box"] = "black-box"
-    if module is not None:
-        problem = _gradient_reaches_input(rec, y)
-        if problem is None:
-            gradient_access = "white-box"
-        else:
-            notes.append(f"black-box: {problem}")
-    backend: Literal["torch", "onnxruntime"] = "torch" if module is not None else "onnxruntime"
-    if ort is not None and module is not None:
-        x = rec.network_input(y)
-        timings = {
-            "torch": _median_seconds(module, x),
-            "onnxruntime": _median_seconds(ort, x),
-        }
-        backend = "torch" if timings["torch"] <= timings["onnxruntime"] else "onnxruntime"
-        validation["forward_seconds"] = timings
-    fixed_reason = None
-    if manifest.input.domain == "samples":
-        fixed_reason = (
-            "the network takes the measurement vector itself: its input size is tied to the "
-            "number of samples, so it cannot take more samples"
-        )
-    with torch.no_grad():
-        output_shape = [-1, *rec.run_network(probes[0][:1]).shape[1:]]
-    return LoadedModel(
-        name=manifest.name,
-        format=fmt,
-        sha256=sha256_file(model_path),
-        size_bytes=size,
-        gradient_access=gradient_access,
+
+def from_module(
+    module: torch.nn.Module,
+    manifest: Manifest,
+    *,
+    base_dir: str | Path = ".",
+    device: str = "cpu",
+) -> LoadedModel:
+    """Adapt and validate an in-memory torch module (trusted code: tests, calibration
+    controls, notebooks). Its ``sha256`` hashes the class name and the parameters/buffers."""
+    digest = hashlib.sha256(type(module).__qualname__.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    mask, op = _manifest_parts(manifest, Path(base_dir))
+    intake = _Intake(
         manifest=manifest,
-        manifest_sha256=hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
-        operator=op,
+        manifest_sha256=hashlib.sha256(manifest.model_dump_json().encode()).hexdigest(),
         mask=mask,
-        module=module,
-        ort=ort,
-        max_batch=max_batch,
-        fixed_size=fixed_reason is not None,
-        fixed_size_reason=fixed_reason,
-        input_shape=input_shape,
-        output_shape=output_shape,
-        parity=parity,
-        validation=validation,
-        forward_backend=backend,
-        notes=notes,
+        op=op,
+        format="torch.module",
+        sha256=digest.hexdigest(),
+        size_bytes=sum(t.numel() * t.element_size() for t in module.state_dict().values()),
+        module=module.eval(),
     )
+    return _finish(intake, device)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
+import onnx
 import pytest
 import torch
-import onnx
 from onnx import helper
 
 from reconstruction.models import ModelError, load, probe_image

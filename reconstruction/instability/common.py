@@ -1,0 +1,126 @@
+"""What the three tests share: the audited subject, verdicts, the baseline beside the network,
+and summary statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from torch import Tensor
+
+from reconstruction import baselines, metrics
+from reconstruction.models.adapter import magnitude
+from reconstruction.models.manifest import Manifest
+from reconstruction.operators import LinearOperator
+from reconstruction.protocols import Baseline
+
+__all__ = [
+    "STABLE_WORDING",
+    "Recon",
+    "Subject",
+    "TestResult",
+    "Verdict",
+    "baseline_reconstructor",
+    "mean_ci",
+    "network_reconstructor",
+    "scores",
+    "seeded",
+    "to_numpy",
+]
+
+Verdict = Literal["stable", "unstable", "inconclusive", "skipped"]
+Recon = Callable[[Tensor], Tensor]
+#: how every ``stable`` verdict is worded: absence of evidence within a budget, not a proof
+STABLE_WORDING = "no instability found within the protocol's budget"
+
+
+class Subject(Protocol):
+    """What an audit needs from a model (:class:`reconstruction.models.LoadedModel` is one)."""
+
+    name: str
+    manifest: Manifest
+    operator: LinearOperator
+    mask: np.ndarray | None
+    gradient_access: Literal["white-box", "black-box"]
+    fixed_size: bool
+    fixed_size_reason: str | None
+
+    def reconstructor(
+        self, op: LinearOperator | None = None, *, differentiable: bool = True
+    ) -> Callable[[Tensor], Tensor]: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class TestResult:
+    """One test's verdict, the reason, the numbers behind it, and arrays for figures."""
+
+    name: str
+    verdict: Verdict
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    #: arrays for the report's figures (not part of results.json)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reason": self.reason, **self.numbers}
+
+
+def network_reconstructor(
+    subject: Subject, op: LinearOperator | None = None, *, differentiable: bool = True
+) -> Recon:
+    """The network as a map ``y -> |f(y)|`` (the real image scored against the truth)."""
+    f = subject.reconstructor(op, differentiable=differentiable)
+
+    def run(y: Tensor) -> Tensor:
+        return magnitude(f(y))
+
+    return run
+
+
+def baseline_reconstructor(op: LinearOperator, config: Baseline, *, attack: bool) -> Recon:
+    """The CS baseline as ``y -> |x_cs(y)|``: to its own tolerance for clean reconstructions,
+    or exactly ``config.attack_iterations`` unrolled (differentiable) iterations in attacks."""
+    solve = (
+        baselines.total_variation if config.method == "total_variation" else baselines.l1_wavelet
+    )
+    params: dict[str, Any] = {"max_iter": config.attack_iterations, "tol": 0.0} if attack else {}
+
+    def run(y: Tensor) -> Tensor:
+        return magnitude(solve(y, op, **params))
+
+    return run
+
+
+def scores(image: Tensor, truth: Tensor) -> dict[str, list[float]]:
+    """PSNR (peak: the reference's dynamic range) and SSIM per image."""
+    return {
+        "psnr_db": [float(v) for v in metrics.psnr(image.float(), truth)],
+        "ssim": [float(v) for v in metrics.ssim(image.float(), truth)],
+    }
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> dict[str, float]:
+    """Mean and a Student-t confidence interval over images (``[mean, mean]`` for one value)."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=float)
+    mean = float(a.mean())
+    if a.size < 2:
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": int(a.size)}
+    half = float(stats.t.ppf(0.5 + level / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": int(a.size)}
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    array: np.ndarray = t.detach().cpu().numpy()
+    return array
+
+
+def seeded(seed: int, *salt: int) -> int:
+    """A child seed derived from the protocol's seed (stable across runs and machines)."""
+    return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])

@@ -1,0 +1,223 @@
+"""Audit protocols: versioned YAML documents holding every parameter and every threshold a
+verdict depends on, identified by a canonical SHA-256.
+
+Built in: ``quick`` (smoke-size, CI and demos), ``standard`` (the full audit), ``pnas`` (the
+paper's settings). A user's own file follows the same schema (:func:`protocol_json_schema`).
+The canonical hash is the SHA-256 of the protocol's canonical JSON (every field, defaults
+filled in, keys sorted, no whitespace), so two files that differ only in comments, key order
+or formatting have the same hash, and any change of a value changes it.
+
+>>> p = load_protocol("quick")
+>>> p.name, p.version, len(p.sha256)
+('quick', '1', 64)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "BUILTIN",
+    "Protocol",
+    "ProtocolError",
+    "load_protocol",
+    "parse_protocol",
+    "protocol_json_schema",
+]
+
+HERE = Path(__file__).resolve().parent
+BUILTIN = ("quick", "standard", "pnas")
+
+Positive = Annotated[float, Field(gt=0.0)]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class ProtocolError(ValueError):
+    """A protocol is invalid or unknown; the message names the field when one is at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Images(_Strict):
+    max_images: Annotated[int, Field(ge=1, le=256)] = 8
+
+
+class Baseline(_Strict):
+    method: Literal["total_variation", "l1_wavelet"] = "total_variation"
+    #: unrolled iterations of the baseline inside attacks (its clean reconstruction runs to
+    #: its own tolerance)
+    attack_iterations: Annotated[int, Field(ge=5, le=1000)] = 100
+
+
+class Budget(_Strict):
+    """Projected Adam on ``||r|| <= eps ||x||`` (or ``||e|| <= eps ||y||``)."""
+
+    eps: list[Positive] = Field(min_length=1)
+    restarts: Annotated[int, Field(ge=1, le=32)] = 3
+    iterations: Annotated[int, Field(ge=1, le=10000)] = 50
+    #: Adam's learning rate as a fraction of the radius ``eps ||x||``
+    step_size: Positive = 0.1
+
+    @model_validator(mode="after")
+    def _sorted(self) -> Budget:
+        if self.eps != sorted(set(self.eps)):
+            raise ValueError("perturbation.budget.eps must be increasing and distinct")
+        return self
+
+
+class Pnas(_Strict):
+    """The paper's search: ``v <- momentum v + step grad Q``, ``r <- r + v``, ``r0 = c U[0,1)``,
+    ``Q(r) = 1/2 ||f(y + A r) - f(y)||^2 - lam/2 ||r||^2`` (norms relative to ``||x||``)."""
+
+    iterations: Annotated[int, Field(ge=1, le=100000)] = 200
+    lam: Annotated[float, Field(ge=0.0)] = 0.01
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    step: Positive = 0.05
+    init_scale: Annotated[float, Field(ge=0.0)] = 0.001
+    #: stop when ||r|| / ||x|| exceeds this
+    max_norm: Positive = 0.04
+    #: stop when ||f(y + A r) - f(y)|| / ||f(y)|| exceeds this
+    max_output_change: Positive = 1.0
+    #: fractions of the run at which r1 < r2 < r3 are kept
+    checkpoints: list[Fraction] = Field(default=[0.33, 0.66, 1.0], min_length=1)
+    attack_baseline: bool = True
+
+
+class Controls(_Strict):
+    #: Gaussian perturbations of the worst case's norm; the worst of this many draws is kept
+    noise_draws: Annotated[int, Field(ge=1, le=1000)] = 10
+    #: noise of this fraction of ||r1|| is added to r1 (Fig. 2 of the paper)
+    persistence_noise: Annotated[float, Field(ge=0.0, le=2.0)] = 0.25
+
+
+class PerturbationThresholds(_Strict):
+    #: unstable needs the network's worst relative output change to exceed the baseline's by
+    #: this factor at the same eps ...
+    margin: Annotated[float, Field(ge=1.0)] = 2.0
+    #: ... and its PSNR against the ground truth to fall by at least this much
+    min_psnr_drop_db: Annotated[float, Field(ge=0.0)] = 3.0
+
+
+class Perturbation(_Strict):
+    threat_models: list[Literal["image", "measurement"]] = Field(
+        default=["image", "measurement"], min_length=1
+    )
+    budget: Budget
+    pnas: Pnas | None = None
+    controls: Controls = Controls()
+    #: optional region of interest [row0, col0, row1, col1] weighting the output difference
+    roi: tuple[int, int, int, int] | None = None
+    thresholds: PerturbationThresholds = PerturbationThresholds()
+
+
+class StructuralThresholds(_Strict):
+    visible_correlation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    visible_recovery: Annotated[float, Field(ge=0.0)] = 0.5
+    #: unstable: a detail the baseline shows, the network does not, and its contrast recovery
+    #: is below the baseline's by at least this much
+    margin: Annotated[float, Field(ge=0.0)] = 0.25
+
+
+class Structural(_Strict):
+    heights_px: list[Annotated[int, Field(ge=4, le=256)]] = Field(min_length=1)
+    contrasts: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(min_length=1)
+    text: str | None = "CAN U SEE IT"
+    symbols: bool = True
+    thresholds: StructuralThresholds = StructuralThresholds()
+
+
+class SamplingThresholds(_Strict):
+    #: decay: the PSNR at a higher ratio below the training ratio's by more than this
+    decay_db: Annotated[float, Field(ge=0.0)] = 1.0
+    #: stagnation: the network's gain up to the largest ratio below this fraction of the
+    #: baseline's gain
+    stagnation_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+
+
+class Sampling(_Strict):
+    #: sampling ratios (CT: angle counts) as multiples of the training one, capped at full
+    factors: list[Positive] = Field(min_length=2)
+    thresholds: SamplingThresholds = SamplingThresholds()
+
+    @model_validator(mode="after")
+    def _has_training(self) -> Sampling:
+        if 1.0 not in self.factors or self.factors != sorted(set(self.factors)):
+            raise ValueError("sampling.factors must be increasing, distinct and include 1.0")
+        return self
+
+
+class Protocol(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+    version: Annotated[str, Field(min_length=1, max_length=40)]
+    description: str = ""
+    #: every random choice of the audit derives from this seed
+    seed: int = 0
+    images: Images = Images()
+    baseline: Baseline = Baseline()
+    perturbation: Perturbation | None
+    structural: Structural | None
+    sampling: Sampling | None
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        """The protocol with every default filled in (what the reports embed)."""
+        dumped: str = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return dumped
+
+    def identity(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+def protocol_json_schema() -> dict[str, Any]:
+    schema = Protocol.model_json_schema()
+    schema["title"] = "recon-audit protocol"
+    return schema
+
+
+def parse_protocol(text: str, source: str = "protocol") -> Protocol:
+    """Validate a protocol from YAML (or JSON) text."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProtocolError(f"{source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{source} must hold a mapping of fields")
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        raise ProtocolError(f"{source}: field '{where}': {message}" if where else message) from exc
+
+
+def load_protocol(name_or_path: str | Path) -> Protocol:
+    """A built-in protocol by name (``quick``, ``standard``, ``pnas``) or a YAML file."""
+    if str(name_or_path) in BUILTIN:
+        path = HERE / f"{name_or_path}.yaml"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ProtocolError(
+                f"unknown protocol {str(name_or_path)!r}: use one of {', '.join(BUILTIN)} or a "
+                "YAML file"
+            )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"cannot read protocol {path}: {exc}") from exc
+    return parse_protocol(text, path.name)

@@ -1,0 +1,187 @@
+"""``run_suite``: the three instability tests on a set of images under one protocol.
+
+Pure science: no web, database or templating imports. The CLI (``recon-audit audit``) and the
+service's worker both call :func:`run_suite` and render its :class:`SuiteResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import torch
+
+import reconstruction
+from reconstruction.data import LoadedImage, builtin_images, resize_image, scale_to_range
+from reconstruction.instability.common import Subject, TestResult
+from reconstruction.instability.more_samples import run_more_samples
+from reconstruction.instability.perturbation import run_perturbation
+from reconstruction.instability.structural import run_structural
+from reconstruction.protocols import Protocol
+
+__all__ = ["RESULTS_SCHEMA", "SuiteResult", "prepare_images", "run_suite"]
+
+RESULTS_SCHEMA = "recon-audit/results/v1"
+#: (stage, done, total) -> None
+Progress = Callable[[str, int, int], None]
+TESTS = ("perturbation", "structural", "sampling")
+
+
+@dataclass
+class SuiteResult:
+    protocol: Protocol
+    model: dict[str, Any]
+    images: list[dict[str, Any]]
+    tests: dict[str, TestResult]
+    environment: dict[str, Any]
+    timings: dict[str, float]
+    created: str
+    #: the prepared ground-truth images ``[B, H, W]`` (for figures)
+    truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": RESULTS_SCHEMA,
+            "created": self.created,
+            "protocol": self.protocol.identity(),
+            "protocol_document": self.protocol.model_dump(mode="json"),
+            "model": self.model,
+            "images": self.images,
+            "tests": {name: result.as_dict() for name, result in self.tests.items()},
+            "verdicts": {name: result.verdict for name, result in self.tests.items()},
+            "environment": self.environment,
+            "timings_seconds": self.timings,
+        }
+
+
+def _image_record(image: LoadedImage, array: np.ndarray) -> dict[str, Any]:
+    return {
+        "source": image.source,
+        "sha256": hashlib.sha256(
+            np.ascontiguousarray(array, dtype=np.float32).tobytes()
+        ).hexdigest(),
+        "original_shape": list(np.asarray(image.array).shape),
+        "metadata": {k: v for k, v in image.metadata.items() if isinstance(v, str | int | float)},
+    }
+
+
+def prepare_images(
+    images: Sequence[LoadedImage], size: tuple[int, int], intensity_range: tuple[float, float]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Real ground truths at the network's size, scaled to its intensity range (magnitude of
+    complex images), and a record per image (source, SHA-256 of the prepared array)."""
+    arrays, records = [], []
+    for image in images:
+        a = np.asarray(image.array)
+        a = np.abs(a) if np.iscomplexobj(a) else a
+        prepared = scale_to_range(resize_image(a, size), intensity_range).astype(np.float32)
+        arrays.append(prepared)
+        records.append(_image_record(image, prepared))
+    return np.stack(arrays), records
+
+
+def _environment(device: str) -> dict[str, Any]:
+    packages: dict[str, str | None] = {}
+    for name in ("torch", "numpy", "scipy", "onnx", "onnxruntime", "onnx2pytorch", "onnx2torch"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    hardware = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        hardware["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "recon_audit": reconstruction.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "device": device,
+        "hardware": hardware,
+        "deterministic_seed_source": "protocol.seed",
+    }
+
+
+def _totals(protocol: Protocol, n_images: int) -> dict[str, int]:
+    totals = {}
+    p = protocol.perturbation
+    if p is not None:
+        steps = 2 * len(p.threat_models) * len(p.budget.eps) * p.budget.restarts
+        steps *= p.budget.iterations
+        if p.pnas is not None and "image" in p.threat_models:
+            steps += p.pnas.iterations * (2 if p.pnas.attack_baseline else 1)
+        totals["perturbation"] = steps
+    if protocol.structural is not None:
+        totals["structural"] = len(protocol.structural.heights_px) * len(
+            protocol.structural.contrasts
+        )
+    if protocol.sampling is not None:
+        totals["sampling"] = len(protocol.sampling.factors)
+    del n_images
+    return totals
+
+
+def run_suite(
+    model: Subject,
+    images: Sequence[LoadedImage] | None,
+    protocol: Protocol,
+    *,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> SuiteResult:
+    """Run the protocol's tests on ``model`` (a :class:`reconstruction.models.LoadedModel` or
+    any :class:`~reconstruction.instability.common.Subject`) and the given images (default: the
+    built-in set), at most ``protocol.images.max_images`` of them, in order."""
+    manifest = model.manifest
+    chosen = list(images) if images else builtin_images(max(manifest.image_size))
+    chosen = chosen[: protocol.images.max_images]
+    if not chosen:
+        raise ValueError("no test image to audit")
+    truth_np, records = prepare_images(chosen, manifest.image_size, manifest.intensity_range)
+    truth = torch.from_numpy(truth_np).to(device)
+    torch.manual_seed(protocol.seed)
+    totals = _totals(protocol, len(chosen))
+    runners = {
+        "perturbation": (protocol.perturbation, run_perturbation),
+        "structural": (protocol.structural, run_structural),
+        "sampling": (protocol.sampling, run_more_samples),
+    }
+    results: dict[str, TestResult] = {}
+    timings: dict[str, float] = {}
+    for name in TESTS:
+        config, runner = runners[name]
+        if config is None:
+            results[name] = TestResult(name, "skipped", "not part of this protocol")
+            continue
+        done = 0
+
+        def step(n: int, stage: str = name) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(stage, min(done, totals[stage]), totals[stage])
+
+        start = time.perf_counter()
+        results[name] = runner(model, truth, protocol, progress=step)
+        timings[name] = round(time.perf_counter() - start, 3)
+        if progress is not None:
+            progress(name, totals[name], totals[name])
+    return SuiteResult(
+        protocol=protocol,
+        model=model.summary(),
+        images=records,
+        tests=results,
+        environment=_environment(device),
+        timings=timings,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        truth=truth_np,
+    )
