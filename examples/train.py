@@ -168,7 +168,8 @@ def train(name: str, out_dir: Path, steps: int | None = None) -> dict[str, Any]:
         schedule.step()
     seconds = time.perf_counter() - start
     network.eval()
-    _export(network, inputs[:2], folder, spec.extra_formats)
+    # clone: a view would make torch.export store the whole training set as its sample input
+    _export(network, inputs[:2].clone(), folder, spec.extra_formats)
     (folder / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
     record = {
         "name": name,

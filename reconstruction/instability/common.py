@@ -19,6 +19,7 @@ from reconstruction.protocols import Baseline
 
 __all__ = [
     "STABLE_WORDING",
+    "BaselineSubject",
     "Recon",
     "Subject",
     "TestResult",
@@ -40,7 +41,9 @@ STABLE_WORDING = "no instability found within the protocol's budget"
 class Subject(Protocol):
     """What an audit needs from a model (:class:`reconstruction.models.LoadedModel` is one)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
+
     manifest: Manifest
     operator: LinearOperator
     mask: np.ndarray | None
@@ -124,3 +127,38 @@ def to_numpy(t: Tensor) -> np.ndarray:
 def seeded(seed: int, *salt: int) -> int:
     """A child seed derived from the protocol's seed (stable across runs and machines)."""
     return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+
+
+@dataclass
+class BaselineSubject:
+    """The CS baseline audited as if it were the network: a calibration control. Its verdicts
+    must be ``stable`` (the tests compare a method with itself)."""
+
+    manifest: Manifest
+    operator: LinearOperator
+    mask: np.ndarray | None
+    config: Baseline
+    gradient_access: Literal["white-box", "black-box"] = "white-box"
+    fixed_size: bool = False
+    fixed_size_reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.method} baseline"
+
+    def reconstructor(
+        self, op: LinearOperator | None = None, *, differentiable: bool = True
+    ) -> Callable[[Tensor], Tensor]:
+        return baseline_reconstructor(op or self.operator, self.config, attack=differentiable)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "format": "baseline",
+            "sha256": None,
+            "gradient_access": self.gradient_access,
+            "modality": self.manifest.modality,
+            "operator": type(self.operator).__name__,
+            "baseline": self.config.model_dump(),
+            "fixed_size": False,
+        }

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import reconstruction.protocols as protocols
+from reconstruction.protocols import (
+    BUILTIN,
+    ProtocolError,
+    load_protocol,
+    parse_protocol,
+    protocol_json_schema,
+)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_protocols_load_and_round_trip(name: str) -> None:
+    protocol = load_protocol(name)
+    assert protocol.name == name
+    again = parse_protocol(protocol.to_yaml())
+    assert again == protocol
+    assert again.sha256 == protocol.sha256
+
+
+def test_builtins_differ_and_quick_is_smallest() -> None:
+    quick, standard = load_protocol("quick"), load_protocol("standard")
+    assert quick.sha256 != standard.sha256
+    assert quick.perturbation is not None
+    assert standard.perturbation is not None
+    assert quick.perturbation.budget.iterations < standard.perturbation.budget.iterations
+    pnas = load_protocol("pnas")
+    assert pnas.perturbation is not None
+    assert pnas.perturbation.pnas is not None
+    assert pnas.perturbation.pnas.momentum == 0.9
+
+
+def test_hash_ignores_formatting_but_not_values(tmp_path: Path) -> None:
+    text = (protocols.HERE / "quick.yaml").read_text()
+    data = yaml.safe_load(text)
+    reordered = "# a comment\n" + yaml.safe_dump(dict(reversed(list(data.items()))))
+    assert parse_protocol(reordered).sha256 == parse_protocol(text).sha256
+    data["perturbation"]["budget"]["eps"] = [0.01, 0.05]
+    assert parse_protocol(yaml.safe_dump(data)).sha256 != parse_protocol(text).sha256
+    (tmp_path / "mine.yaml").write_text(reordered)
+    assert load_protocol(tmp_path / "mine.yaml").sha256 == parse_protocol(text).sha256
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"perturbation": {"budget": {"eps": [0.02, 0.01]}}}, "increasing and distinct"),
+        ({"sampling": {"factors": [0.5, 2.0]}}, "include 1.0"),
+        ({"colour": "red"}, "field 'colour': Extra inputs"),
+        ({"structural": {"heights_px": [2], "contrasts": [0.1]}}, "heights_px.0"),
+        ({"version": ""}, "field 'version'"),
+    ],
+)
+def test_invalid_protocols_name_the_field(change: dict[str, object], message: str) -> None:
+    data = load_protocol("quick").model_dump(mode="json")
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            for sub, subvalue in value.items():
+                if isinstance(subvalue, dict):
+                    data[key][sub].update(subvalue)
+                else:
+                    data[key][sub] = subvalue
+        else:
+            data[key] = value
+    with pytest.raises(ProtocolError, match=message):
+        parse_protocol(yaml.safe_dump(data))
+
+
+def test_unknown_and_unreadable_protocols(tmp_path: Path) -> None:
+    with pytest.raises(ProtocolError, match="unknown protocol 'fast'"):
+        load_protocol("fast")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(ProtocolError, match="not valid YAML"):
+        load_protocol(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ProtocolError, match="mapping of fields"):
+        load_protocol(tmp_path / "list.yaml")
+
+
+def test_schema() -> None:
+    assert protocol_json_schema()["title"] == "recon-audit protocol"
