@@ -35,6 +35,7 @@ from reconstruction.operators import (
     ParallelBeamCT,
     SingleCoilMRI,
 )
+from reconstruction.protocols import BUILTIN, ProtocolError, load_protocol
 from reconstruction.testing import check_operator, example_operators
 
 
@@ -314,3 +315,103 @@ def inspect(model: Path, manifest_path: Path, device: str) -> None:
 def manifest_schema() -> None:
     """Print the JSON Schema of model manifests."""
     click.echo(json.dumps(manifest_json_schema(), indent=2))
+
+
+class _Bars:
+    """One progress bar per test, on stderr (stdout keeps the summary)."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+        self.done: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.bars:
+            for other in self.bars.values():
+                other.render_finish()
+            bar = click.progressbar(length=total, label=f"{stage:<13}", file=sys.stderr)
+            bar.render_progress()
+            self.bars[stage], self.done[stage] = bar, 0
+        self.bars[stage].update(done - self.done[stage])
+        self.done[stage] = done
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.render_finish()
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--manifest", "manifest_path", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--images",
+    "image_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Test images (PNG/TIFF/NPY/DICOM/NIfTI), repeatable; default: the built-in set.",
+)
+@click.option(
+    "--protocol",
+    "protocol_name",
+    default="quick",
+    show_default=True,
+    help=f"One of {', '.join(BUILTIN)}, or a protocol YAML file.",
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder (created): results.json, figures/, report.html, report.pdf.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["unstable", "inconclusive"]),
+    default=None,
+    help="Exit 1 when a verdict is unstable ('inconclusive': unstable or inconclusive).",
+)
+@click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
+def audit(
+    model: Path,
+    manifest_path: Path,
+    image_paths: tuple[Path, ...],
+    protocol_name: str,
+    device: str,
+    out_dir: Path,
+    fail_on: str | None,
+    pdf: bool,
+) -> None:
+    """Run the three instability tests on a network beside the CS baseline and write the
+    results (results.json), figures and the report. Exit 0 when the audit completed, whatever
+    the verdicts (see --fail-on), 2 on bad input."""
+    from app.report import write_report
+    from reconstruction.suite import run_suite
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA device is available")
+    try:
+        protocol = load_protocol(protocol_name)
+        images = [read_image(path) for path in image_paths]
+        loaded = load(model, manifest_path, device=device)
+    except (ProtocolError, ImageReadError, ModelError) as exc:
+        raise InputError(str(exc)) from exc
+    click.echo(
+        f"Auditing {loaded.name} ({loaded.format}, {loaded.gradient_access}) with protocol "
+        f"{protocol.name} v{protocol.version} ({protocol.sha256[:12]})",
+        err=True,
+    )
+    bars = _Bars()
+    try:
+        result = run_suite(loaded, images, protocol, device=device, progress=bars)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    finally:
+        bars.close()
+    files = write_report(result, out_dir, pdf=pdf)
+    for name, test in result.tests.items():
+        click.echo(f"{name:<13} {test.verdict:<12} {test.reason}")
+    click.echo(f"results: {files.results_json}")
+    click.echo(f"report:  {files.pdf or files.html}")
+    failing = {"unstable"} if fail_on == "unstable" else {"unstable", "inconclusive"}
+    if fail_on and any(t.verdict in failing for t in result.tests.values()):
+        sys.exit(1)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian libraries the reports need when they are missing: Pango (WeasyPrint renders
+# the PDF report with it) and the DejaVu fonts. Idempotent; needs root (or sudo) only when
+# something is missing. Used by `make install`.
+set -euo pipefail
+
+missing=()
+ldconfig -p | grep -q 'libpango-1.0.so.0' || missing+=(libpango-1.0-0)
+ldconfig -p | grep -q 'libpangoft2-1.0.so.0' || missing+=(libpangoft2-1.0-0)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "ensure-system-deps: installing ${missing[*]}"
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-system-deps: apt-get not found; install ${missing[*]} with your package manager" >&2
+  exit 1
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
