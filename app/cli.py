@@ -370,6 +370,13 @@ class _Bars:
     default=None,
     help="Exit 1 when a verdict is unstable ('inconclusive': unstable or inconclusive).",
 )
+@click.option(
+    "--detail",
+    "detail_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A custom structural detail (image or mask: PNG/NPY/...), repeatable.",
+)
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
 def audit(
     model: Path,
@@ -379,6 +386,7 @@ def audit(
     device: str,
     out_dir: Path,
     fail_on: str | None,
+    detail_paths: tuple[Path, ...],
     pdf: bool,
 ) -> None:
     """Run the three instability tests on a network beside the CS baseline and write the
@@ -392,6 +400,7 @@ def audit(
     try:
         protocol = load_protocol(protocol_name)
         images = [read_image(path) for path in image_paths]
+        details = [(path.stem, read_image(path).array) for path in detail_paths]
         loaded = load(model, manifest_path, device=device)
     except (ProtocolError, ImageReadError, ModelError) as exc:
         raise InputError(str(exc)) from exc
@@ -402,7 +411,7 @@ def audit(
     )
     bars = _Bars()
     try:
-        result = run_suite(loaded, images, protocol, device=device, progress=bars)
+        result = run_suite(loaded, images, protocol, device=device, progress=bars, details=details)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     finally:

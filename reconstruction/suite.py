@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -39,6 +40,8 @@ class SuiteResult:
     protocol: Protocol
     model: dict[str, Any]
     images: list[dict[str, Any]]
+    #: user-supplied structural details (name, SHA-256 of the array)
+    details: list[dict[str, Any]]
     tests: dict[str, TestResult]
     environment: dict[str, Any]
     timings: dict[str, float]
@@ -54,6 +57,7 @@ class SuiteResult:
             "protocol_document": self.protocol.model_dump(mode="json"),
             "model": self.model,
             "images": self.images,
+            "custom_details": self.details,
             "tests": {name: result.as_dict() for name, result in self.tests.items()},
             "verdicts": {name: result.verdict for name, result in self.tests.items()},
             "environment": self.environment,
@@ -137,10 +141,12 @@ def run_suite(
     *,
     device: str = "cpu",
     progress: Progress | None = None,
+    details: Sequence[tuple[str, np.ndarray]] = (),
 ) -> SuiteResult:
     """Run the protocol's tests on ``model`` (a :class:`reconstruction.models.LoadedModel` or
     any :class:`~reconstruction.instability.common.Subject`) and the given images (default: the
-    built-in set), at most ``protocol.images.max_images`` of them, in order."""
+    built-in set), at most ``protocol.images.max_images`` of them, in order. ``details``:
+    user-supplied structural details ``(name, image or mask)`` added to the standard ones."""
     manifest = model.manifest
     chosen = list(images) if images else builtin_images(max(manifest.image_size))
     chosen = chosen[: protocol.images.max_images]
@@ -150,9 +156,9 @@ def run_suite(
     truth = torch.from_numpy(truth_np).to(device)
     torch.manual_seed(protocol.seed)
     totals = _totals(protocol, len(chosen))
-    runners = {
+    runners: dict[str, tuple[object, Callable[..., TestResult]]] = {
         "perturbation": (protocol.perturbation, run_perturbation),
-        "structural": (protocol.structural, run_structural),
+        "structural": (protocol.structural, partial(run_structural, custom=details)),
         "sampling": (protocol.sampling, run_more_samples),
     }
     results: dict[str, TestResult] = {}
@@ -179,6 +185,10 @@ def run_suite(
         protocol=protocol,
         model=model.summary(),
         images=records,
+        details=[
+            {"name": name, "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}
+            for name, a in details
+        ],
         tests=results,
         environment=_environment(device),
         timings=timings,

@@ -17,7 +17,7 @@ Verdict (thresholds from the protocol):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,8 +44,11 @@ def run_structural(
     truth: Tensor,
     protocol: Protocol,
     *,
+    custom: Sequence[tuple[str, np.ndarray]] = (),
     progress: Callable[[int], None] | None = None,
 ) -> TestResult:
+    """Run test 2. ``custom``: user-supplied details ``(name, image or mask)``, placed and
+    scored like the standard ones at every height and contrast (in a separate pass)."""
     cfg = protocol.structural
     assert cfg is not None
     th = cfg.thresholds
@@ -60,31 +63,19 @@ def run_structural(
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     panels: list[dict[str, Any]] = []
-    for c_index, contrast in enumerate(cfg.contrasts):
-        sets = [
-            det.standard_details(
-                image,
-                heights=cfg.heights_px,
-                contrast=contrast,
-                intensity_range=(lo, hi),
-                seed=seeded(protocol.seed, 20, c_index, i),
-                text=cfg.text,
-                symbols=cfg.symbols,
-            )
-            for i, image in enumerate(images)
-        ]
+
+    def score(sets: list[list[det.Detail]], contrast: float) -> None:
+        """Reconstruct every image with its details added, and score each detail."""
         with_details = np.stack(
-            [det.add_details(image, s.details) for image, s in zip(images, sets, strict=True)]
+            [det.add_details(image, s) for image, s in zip(images, sets, strict=True)]
         )
         x_d = torch.from_numpy(with_details.astype(np.float32)).to(truth.device)
         with torch.no_grad():
             y_d = op.A(x_d)
             recon = {"network": f_net(y_d), "baseline": f_base(y_d)}
-        for i, detail_set in enumerate(sets):
-            for name, why in detail_set.skipped.items():
-                skipped[f"image {i}: {name} (contrast {contrast:g})"] = why
-            for detail in detail_set.details:
-                row: dict[str, Any] = {"image": i, "contrast": contrast, **detail.as_dict()}
+        for i, placed in enumerate(sets):
+            for detail in placed:
+                row: dict[str, Any] = {"image": i, **detail.as_dict()}
                 for role in ("network", "baseline"):
                     row[role] = det.score_detail(
                         recon[role][i],
@@ -106,6 +97,45 @@ def run_structural(
                             "baseline": det.crop(to_numpy(recon["baseline"][i]), detail),
                         }
                     )
+
+    for c_index, contrast in enumerate(cfg.contrasts):
+        standard = []
+        for i, image in enumerate(images):
+            placed = det.standard_details(
+                image,
+                heights=cfg.heights_px,
+                contrast=contrast,
+                intensity_range=(lo, hi),
+                seed=seeded(protocol.seed, 20, c_index, i),
+                text=cfg.text,
+                symbols=cfg.symbols,
+            )
+            standard.append(placed.details)
+            for name, why in placed.skipped.items():
+                skipped[f"image {i}: {name} (contrast {contrast:g})"] = why
+        score(standard, contrast)
+        if custom:
+            extra: list[list[det.Detail]] = []
+            for i, image in enumerate(images):
+                glyphs = [
+                    (f"{name}-{h}px", det.detail_from_image(coverage, h))
+                    for name, coverage in custom
+                    for h in cfg.heights_px
+                ]
+                try:
+                    extra.append(
+                        det.place_details(
+                            image,
+                            glyphs,
+                            contrast=contrast,
+                            intensity_range=(lo, hi),
+                            seed=seeded(protocol.seed, 21, c_index, i),
+                        )
+                    )
+                except ValueError as exc:
+                    skipped[f"image {i}: custom details (contrast {contrast:g})"] = str(exc)
+                    extra.append([])
+            score(extra, contrast)
         if progress is not None:
             progress(len(cfg.heights_px))
     misses = [

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -212,3 +213,80 @@ def test_manifest_schema_command() -> None:
     code, output = _run("manifest-schema")
     assert code == 0
     assert json.loads(output)["title"] == "recon-audit model manifest"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _audit(name: str, out: Path, *extra: str) -> tuple[int, str, dict[str, Any]]:
+    folder = EXAMPLES / name
+    code, output = _run(
+        "audit",
+        str(folder / "model.onnx"),
+        "--manifest",
+        str(folder / "manifest.json"),
+        "--protocol",
+        "quick",
+        "--out",
+        str(out),
+        *extra,
+    )
+    results = json.loads((out / "results.json").read_text()) if code in (0, 1) else {}
+    return code, output, results
+
+
+def test_audit_writes_results_figures_and_reports(tmp_path: Path) -> None:
+    code, output, results = _audit("automap-mri", tmp_path / "a")
+    assert code == 0, output
+    assert results["schema"] == "recon-audit/results/v1"
+    assert results["protocol"]["name"] == "quick"
+    assert set(results["model"]) >= {"sha256", "format", "gradient_access"}
+    assert results["tests"]["sampling"]["verdict"] == "skipped"
+    assert "cannot take more samples" in results["tests"]["sampling"]["reason"]
+    assert (tmp_path / "a" / "report.html").stat().st_size > 0
+    assert (tmp_path / "a" / "report.pdf").read_bytes()[:4] == b"%PDF"
+    assert list((tmp_path / "a" / "figures").glob("*.png"))
+    for name in ("perturbation", "structural", "sampling"):
+        assert name in output
+
+
+def test_audit_of_the_unrolled_reference_fails_on_more_samples(tmp_path: Path) -> None:
+    code, output, results = _audit(
+        "unrolled-mri", tmp_path / "u", "--fail-on", "unstable", "--no-pdf"
+    )
+    assert code == 1, output
+    assert results["verdicts"]["sampling"] == "unstable"
+    assert results["tests"]["sampling"]["pattern"] == "decay"
+    assert not (tmp_path / "u" / "report.pdf").exists()
+
+
+def test_audit_of_the_ct_reference_finds_perturbation_instability(tmp_path: Path) -> None:
+    code, output, results = _audit("fbpconvnet-ct", tmp_path / "c", "--no-pdf")
+    assert code == 0, output
+    assert results["verdicts"]["perturbation"] == "unstable"
+    evidence = results["tests"]["perturbation"]["evidence"][0]
+    assert evidence["change_ratio"] >= 2.0
+    assert evidence["network_psnr_drop_db"] >= 3.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--protocol", "fastest"], "unknown protocol 'fastest'"),
+        (["--images", "missing.png"], "missing.png"),
+    ],
+)
+def test_audit_bad_input_exits_2(tmp_path: Path, extra: list[str], message: str) -> None:
+    folder = EXAMPLES / "automap-mri"
+    code, output = _run(
+        "audit",
+        str(folder / "model.onnx"),
+        "--manifest",
+        str(folder / "manifest.json"),
+        "--out",
+        str(tmp_path / "o"),
+        *extra,
+    )
+    assert code == 2
+    assert message in output
+    assert not (tmp_path / "o").exists()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reconstruction.data import LoadedImage
@@ -33,3 +34,18 @@ def test_zero_filled_keeps_details(
     truth = torch.from_numpy(prepare_images(images, (SIZE, SIZE), (0.0, 1.0))[0])
     result = run_structural(subject(Leaky(0.0), mask_dir), truth, small_protocol)
     assert result.verdict in ("stable", "inconclusive"), result.reason
+
+
+def test_custom_details_are_placed_and_scored(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    truth = torch.from_numpy(prepare_images(images, (SIZE, SIZE), (0.0, 1.0))[0])
+    ring = np.zeros((20, 20), bool)
+    ring[2:18, 2:18] = True
+    ring[6:14, 6:14] = False
+    result = run_structural(
+        subject(Leaky(0.0), mask_dir), truth, small_protocol, custom=[("ring", ring)]
+    )
+    names = {row["name"] for row in result.numbers["details"]}
+    assert "ring-10px" in names
+    assert {"spade-10px", "heart-10px"} <= names

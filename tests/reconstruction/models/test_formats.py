@@ -72,6 +72,7 @@ def _rewrite_pt2(source: Path, target: Path, edit: dict[str, bytes]) -> None:
             zout.writestr(item, data)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pt2_archives_that_would_unpickle_are_refused(tmp_path: Path) -> None:
     x = torch.rand(1, 2, 8, 8)
     good = tmp_path / "good.pt2"
