@@ -22,16 +22,15 @@ channel: ``part`` says whether it is the magnitude or the real part of a complex
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from reconstruction import sampling
+from reconstruction.documents import read_mapping, validation_problem
 from reconstruction.models.formats import ModelError
 from reconstruction.operators import LinearOperator, MultiCoilMRI, ParallelBeamCT, SingleCoilMRI
 
@@ -173,14 +172,6 @@ def manifest_json_schema() -> dict[str, Any]:
     return schema
 
 
-def _pydantic_message(exc: ValidationError) -> ManifestError:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or None
-    message = err["msg"].removeprefix("Value error, ")
-    more = len(exc.errors()) - 1
-    return ManifestError(message + (f" (and {more} more problems)" if more else ""), where)
-
-
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a JSON or YAML manifest; :class:`ManifestError` on any problem."""
     p = Path(path)
@@ -189,15 +180,14 @@ def load_manifest(path: str | Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read manifest {p}: {exc}") from exc
     try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ManifestError(f"{p.name} is not valid JSON/YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ManifestError(f"{p.name} must hold a mapping of fields, got {type(data).__name__}")
+        data = read_mapping(text, p.name, as_json=p.suffix.lower() == ".json")
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from exc
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise _pydantic_message(exc) from exc
+        field, message = validation_problem(exc)
+        raise ManifestError(message, field) from exc
 
 
 def _referenced_file(base_dir: Path, name: str, field: str) -> Path:

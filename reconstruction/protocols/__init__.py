@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from reconstruction.documents import read_mapping, validation_problem
+
 __all__ = [
     "BUILTIN",
     "Protocol",
@@ -191,17 +193,13 @@ def protocol_json_schema() -> dict[str, Any]:
 def parse_protocol(text: str, source: str = "protocol") -> Protocol:
     """Validate a protocol from YAML (or JSON) text."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ProtocolError(f"{source} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{source} must hold a mapping of fields")
+        data = read_mapping(text, source)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
     try:
         return Protocol.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
+        where, message = validation_problem(exc)
         raise ProtocolError(f"{source}: field '{where}': {message}" if where else message) from exc
 
 

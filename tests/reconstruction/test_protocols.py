@@ -76,7 +76,7 @@ def test_unknown_and_unreadable_protocols(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="unknown protocol 'fast'"):
         load_protocol("fast")
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
-    with pytest.raises(ProtocolError, match="not valid YAML"):
+    with pytest.raises(ProtocolError, match="not valid JSON/YAML"):
         load_protocol(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ProtocolError, match="mapping of fields"):
