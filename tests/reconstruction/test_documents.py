@@ -9,7 +9,7 @@ from reconstruction.documents import read_mapping, validation_problem
 def test_read_mapping() -> None:
     assert read_mapping("a: 1\nb: [2, 3]\n", "doc") == {"a": 1, "b": [2, 3]}
     assert read_mapping('{"a": 1}', "doc.json", as_json=True) == {"a": 1}
-    with pytest.raises(ValueError, match="doc.json is not valid JSON/YAML"):
+    with pytest.raises(ValueError, match=r"doc\.json is not valid JSON/YAML"):
         read_mapping("a: 1", "doc.json", as_json=True)
     with pytest.raises(ValueError, match="must hold a mapping of fields, got list"):
         read_mapping("- 1\n", "doc")
