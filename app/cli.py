@@ -317,6 +317,12 @@ def manifest_schema() -> None:
     click.echo(json.dumps(manifest_json_schema(), indent=2))
 
 
+def _json_progress(stage: str, done: int, total: int) -> None:
+    """One JSON line per update on stderr (read by the service's worker)."""
+    line = json.dumps({"progress": {"stage": stage, "done": done, "total": total}})
+    click.echo(line, err=True)
+
+
 class _Bars:
     """One progress bar per test, on stderr (stdout keeps the summary)."""
 
@@ -378,6 +384,14 @@ class _Bars:
     help="A custom structural detail (image or mask: PNG/NPY/...), repeatable.",
 )
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(["bar", "json"]),
+    default="bar",
+    show_default=True,
+    help="Progress on stderr: bars, or JSON lines for a supervising process.",
+)
 def audit(
     model: Path,
     manifest_path: Path,
@@ -388,6 +402,7 @@ def audit(
     fail_on: str | None,
     detail_paths: tuple[Path, ...],
     pdf: bool,
+    progress_mode: str,
 ) -> None:
     """Run the three instability tests on a network beside the CS baseline and write the
     results (results.json), figures and the report. Exit 0 when the audit completed, whatever
@@ -409,13 +424,21 @@ def audit(
         f"{protocol.name} v{protocol.version} ({protocol.sha256[:12]})",
         err=True,
     )
-    bars = _Bars()
+    bars = _Bars() if progress_mode == "bar" else None
     try:
-        result = run_suite(loaded, images, protocol, device=device, progress=bars, details=details)
+        result = run_suite(
+            loaded,
+            images,
+            protocol,
+            device=device,
+            progress=bars or _json_progress,
+            details=details,
+        )
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     finally:
-        bars.close()
+        if bars is not None:
+            bars.close()
     files = write_report(result, out_dir, pdf=pdf)
     for name, test in result.tests.items():
         click.echo(f"{name:<13} {test.verdict:<12} {test.reason}")
@@ -424,3 +447,76 @@ def audit(
     failing = {"unstable"} if fail_on == "unstable" else {"unstable", "inconclusive"}
     if fail_on and any(t.verdict in failing for t in result.tests.values()):
         sys.exit(1)
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the service's database (DATABASE_URL, else the embedded SQLite)."""
+    from app.service_cli import upgrade_database
+
+    upgrade_database()
+    click.echo("database is at the latest revision")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--worker/--no-worker",
+    "with_worker",
+    default=True,
+    show_default=True,
+    help="Also run a Celery worker beside the API (the embedded default).",
+)
+def serve(host: str, port: int, with_worker: bool) -> None:
+    """Run the service: migrations first, then the API (and a worker). With no configuration:
+    SQLite and a serverless broker under RECON_AUDIT_DATA_DIR (default ./data)."""
+    from app.service_cli import serve as run
+
+    run(host, port, with_worker)
+
+
+@main.command()
+@click.option("--concurrency", type=int, default=1, show_default=True)
+def worker(concurrency: int) -> None:
+    """Run a Celery worker for audits (BROKER_URL, else the embedded broker)."""
+    from app.service_cli import run_worker
+
+    sys.exit(run_worker(concurrency))
+
+
+@main.group()
+def admin() -> None:
+    """Administration: users and the audit log."""
+
+
+@admin.command("create-user")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["submitter", "auditor", "admin"]), required=True)
+def create_user(name: str, role: str) -> None:
+    """Create a user and print its API token (shown once; only its hash is stored)."""
+    from app.errors import AppError
+    from app.service_cli import create_user as create
+
+    try:
+        token = create(name, role)
+    except AppError as exc:
+        raise InputError(exc.message) from exc
+    click.echo(token)
+
+
+@admin.command("verify-events")
+def verify_events() -> None:
+    """Check the audit log's hash chain; exit 1 when it is broken."""
+    from app.service_cli import verify_events as verify
+
+    report = verify()
+    click.echo(
+        json.dumps({"events": report.events, "valid": report.valid, "problem": report.problem})
+    )
+    if not report.valid:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

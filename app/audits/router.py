@@ -1,0 +1,96 @@
+"""``/api/v1/audits``: create (202, enqueued after commit), list, status, results, figures,
+the PDF report. Downloads are recorded in the audit log."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, status
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from app import events
+from app.audits import repository, service
+from app.audits.schemas import AuditCreate, AuditOut
+from app.auth import CurrentUser, SessionDep
+from app.deps import StoreDep
+from app.errors import Conflict, NotFound
+from app.orm import Audit, AuditResult, User
+from app.storage import Store
+
+router = APIRouter(prefix="/api/v1/audits", tags=["audits"])
+_FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
+def create_audit(request: AuditCreate, session: SessionDep, user: CurrentUser) -> AuditOut:
+    audit = service.create_audit(session, user, request)
+    service.enqueue(audit.id)
+    return service.as_out(audit)
+
+
+@router.get("")
+def list_audits(
+    session: SessionDep, user: CurrentUser, status: str | None = None
+) -> list[AuditOut]:
+    return [service.as_out(a) for a in repository.listed(session, user, status)]
+
+
+def _audit(session: Session, user: User, audit_id: str) -> Audit:
+    audit = repository.visible(session, user, audit_id)
+    if audit is None:
+        raise NotFound(f"no audit {audit_id}")
+    return audit
+
+
+def _finished(session: Session, user: User, audit_id: str) -> AuditResult:
+    audit = _audit(session, user, audit_id)
+    result = repository.result_of(session, audit.id)
+    if result is None:
+        raise Conflict(f"audit {audit_id} has no results yet (status: {audit.status})")
+    return result
+
+
+@router.get("/{audit_id}")
+def get_audit(audit_id: str, session: SessionDep, user: CurrentUser) -> AuditOut:
+    return service.as_out(_audit(session, user, audit_id))
+
+
+@router.get("/{audit_id}/results")
+def get_results(audit_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+    result = _finished(session, user, audit_id)
+    events.record(session, user.id, "audit.downloaded", f"audit:{audit_id}", {"what": "results"})
+    session.commit()
+    return result.results
+
+
+def _artefact(store: Store, result: AuditResult, name: str) -> Path:
+    sha = result.files.get(name)
+    if sha is None:
+        raise NotFound(f"no artefact {name}")
+    return store.verified(sha)
+
+
+@router.get("/{audit_id}/figures/{name}", response_class=FileResponse)
+def get_figure(
+    audit_id: str, name: str, session: SessionDep, user: CurrentUser, store: StoreDep
+) -> FileResponse:
+    stem = name.removesuffix(".png")
+    if not _FIGURE.match(stem):
+        raise NotFound(f"no figure {name}")
+    result = _finished(session, user, audit_id)
+    path = _artefact(store, result, f"figures/{stem}.png")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/{audit_id}/report.pdf", response_class=FileResponse)
+def get_report(
+    audit_id: str, session: SessionDep, user: CurrentUser, store: StoreDep
+) -> FileResponse:
+    result = _finished(session, user, audit_id)
+    path = _artefact(store, result, "report.pdf")
+    events.record(session, user.id, "audit.downloaded", f"audit:{audit_id}", {"what": "report.pdf"})
+    session.commit()
+    return FileResponse(path, media_type="application/pdf", filename=f"audit-{audit_id}.pdf")

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class AuditCreate(BaseModel):
+    model_id: str
+    protocol: str = Field(
+        "quick", description="A built-in protocol name (quick, standard, pnas) or inline YAML."
+    )
+    image_set: str = Field("builtin", description="'builtin', or an image set's id or name.")
+
+
+class Progress(BaseModel):
+    stage: str | None
+    percent: float
+
+
+class AuditOut(BaseModel):
+    id: str
+    model_id: str
+    owner_id: str
+    protocol: dict[str, str]
+    image_set: str
+    status: str
+    progress: Progress
+    verdicts: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -1,0 +1,43 @@
+"""``/api/v1/images``: named test image sets (the built-in set is called ``builtin``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+
+from app.auth import CurrentUser, SessionDep, require_role
+from app.deps import SettingsDep, StoreDep
+from app.images import repository, service
+from app.images.schemas import ImageSetOut
+from app.orm import User
+
+router = APIRouter(prefix="/api/v1/images", tags=["images"])
+Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def upload_images(
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    user: Submitter,
+    name: Annotated[str, Form()],
+    files: Annotated[list[UploadFile], File(description="PNG, TIFF, NPY, DICOM or NIfTI")],
+) -> ImageSetOut:
+    image_set = service.upload_image_set(
+        session, store, settings, user, name, [(f.filename or "", f.file) for f in files]
+    )
+    return ImageSetOut.model_validate(image_set)
+
+
+@router.get("")
+def list_image_sets(session: SessionDep, user: CurrentUser) -> list[ImageSetOut]:
+    builtin = ImageSetOut(
+        id=service.BUILTIN_SET,
+        name=service.BUILTIN_SET,
+        images=[{"name": "phantoms and bundled DICOMs (reconstruction.data.builtin_images)"}],
+        owner_id=None,
+        created_at=None,
+    )
+    return [builtin] + [ImageSetOut.model_validate(s) for s in repository.listed(session, user)]

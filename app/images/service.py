@@ -1,0 +1,79 @@
+"""Test image sets: uploaded files are read with the science library's readers (PNG, TIFF,
+NPY without pickles, DICOM, NIfTI) before anything is stored."""
+
+from __future__ import annotations
+
+import shutil
+
+from sqlalchemy.orm import Session
+
+from app import events
+from app.errors import Conflict, Invalid, TooLarge
+from app.images import repository
+from app.networks.service import Upload, safe_name
+from app.orm import ImageSet, User
+from app.settings import Settings
+from app.storage import Spooled, Store
+from reconstruction.data import ImageReadError, read_image
+
+__all__ = ["BUILTIN_SET", "upload_image_set"]
+
+#: the built-in set (phantoms and the bundled DICOMs), usable by this name
+BUILTIN_SET = "builtin"
+
+
+def upload_image_set(
+    session: Session, store: Store, settings: Settings, user: User, name: str, files: list[Upload]
+) -> ImageSet:
+    if not name or len(name) > 100 or name == BUILTIN_SET:
+        raise Invalid("name must have 1 to 100 characters and not be 'builtin'", field="name")
+    if not files:
+        raise Invalid("upload at least one image", field="files")
+    if repository.visible(session, user, name) is not None:
+        raise Conflict(f"you already have an image set named {name!r}")
+    workdir = store.workdir("images-")
+    try:
+        budget = settings.max_image_bytes * len(files)
+        spooled: dict[str, Spooled] = {}
+        records = []
+        for file_name, stream in files:
+            plain = safe_name(file_name, "files")
+            if plain in spooled:
+                raise Invalid(f"two images are named {plain!r}", field="files")
+            spooled[plain] = store.spool(stream, workdir, plain, limit=settings.max_image_bytes)
+            budget -= spooled[plain].size
+            if budget < 0:
+                raise TooLarge("the image upload is too large")
+            try:
+                image = read_image(workdir / plain)
+            except ImageReadError as exc:
+                raise Invalid(str(exc), field="files") from exc
+            records.append(
+                {
+                    "name": plain,
+                    "sha256": spooled[plain].sha256,
+                    "size": spooled[plain].size,
+                    "shape": list(image.array.shape),
+                    "format": image.metadata.get("format"),
+                }
+            )
+        image_set = ImageSet(owner_id=user.id, name=name, images=records)
+        session.add(image_set)
+        session.flush()
+        events.record(
+            session,
+            user.id,
+            "images.uploaded",
+            f"images:{image_set.id}",
+            {"name": name, "sha256": [r["sha256"] for r in records]},
+        )
+        added = [s.sha256 for s in spooled.values() if store.commit(s)]
+        try:
+            session.commit()
+        except Exception:
+            for sha in added:
+                store.discard(sha)
+            raise
+        return image_set
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,150 @@
+"""Model uploads: stream to the store's scratch area (hashing, size cap), check the format and
+the manifest here (neither unpickles), validate with a real forward run in the sandbox, then
+store and record in one step, or keep nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
+
+from app import events
+from app.errors import Invalid, TooLarge, UnsupportedMedia
+from app.networks import repository
+from app.orm import Network, User
+from app.sandbox import run_cli
+from app.settings import Settings
+from app.storage import Spooled, Store
+from reconstruction.models import ManifestError, ModelError, detect_format, load_manifest
+
+__all__ = ["Upload", "safe_name", "upload_network"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+Upload = tuple[str, BinaryIO]
+
+
+def safe_name(name: str | None, field: str) -> str:
+    """A plain file name (the manifest refers to files by these names)."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    if not _NAME.match(base) or base in (".", ".."):
+        raise Invalid(f"file name {name!r} is not a plain file name", field=field)
+    return base
+
+
+def _field_of(message: str) -> str | None:
+    match = re.search(r"manifest field '([^']+)'", message)
+    return match.group(1) if match else None
+
+
+def upload_network(
+    session: Session,
+    store: Store,
+    settings: Settings,
+    user: User,
+    model: Upload,
+    manifest: Upload,
+    files: list[Upload],
+) -> tuple[Network, bool]:
+    """Validate and store an upload; returns ``(network, created)``. Identical model bytes from
+    the same owner return the existing record."""
+    workdir = store.workdir("upload-")
+    try:
+        budget = settings.max_upload_bytes
+        spooled: dict[str, Spooled] = {}
+        entries = [(model, "model"), (manifest, "manifest")] + [(f, "files") for f in files]
+        for (name, stream), field in entries:
+            plain = safe_name(name, field)
+            if plain in spooled:
+                raise Invalid(f"two uploaded files are named {plain!r}", field=field)
+            spooled[plain] = store.spool(stream, workdir, plain, limit=budget)
+            budget -= spooled[plain].size
+            if budget < 0:
+                raise TooLarge(f"the upload exceeds the limit of {settings.max_upload_bytes} bytes")
+        model_name = safe_name(model[0], "model")
+        manifest_name = safe_name(manifest[0], "manifest")
+        try:
+            fmt = detect_format(workdir / model_name)
+        except ModelError as exc:
+            raise UnsupportedMedia(str(exc), field="model") from exc
+        try:
+            parsed = load_manifest(workdir / manifest_name)
+        except ManifestError as exc:
+            field = f"manifest.{exc.field}" if exc.field else "manifest"
+            raise Invalid(str(exc), field=field) from exc
+        existing = repository.by_owner_and_hash(session, user.id, spooled[model_name].sha256)
+        if existing is not None:
+            return existing, False
+        result = run_cli(
+            ["inspect", model_name, "--manifest", manifest_name, "--device", "cpu"],
+            workdir=workdir,
+            timeout=settings.inspect_timeout,
+            cpu_seconds=settings.inspect_timeout,
+            memory_bytes=settings.sandbox_memory_bytes,
+        )
+        if result.returncode != 0:
+            message = result.error_message()
+            named = _field_of(message)
+            raise Invalid(
+                f"the model failed validation: {message}",
+                field=f"manifest.{named}" if named else "model",
+            )
+        summary = json.loads(result.stdout)
+        extra = [
+            {"name": n, "sha256": s.sha256, "size": s.size, "role": "manifest"}
+            for n, s in spooled.items()
+            if n == manifest_name
+        ] + [
+            {"name": n, "sha256": s.sha256, "size": s.size, "role": "referenced"}
+            for n, s in spooled.items()
+            if n not in (model_name, manifest_name)
+        ]
+        network = Network(
+            owner_id=user.id,
+            name=parsed.name,
+            sha256=spooled[model_name].sha256,
+            format=fmt,
+            gradient_access=summary["gradient_access"],
+            size_bytes=spooled[model_name].size,
+            filename=model_name,
+            manifest=json.loads(parsed.model_dump_json()),
+            manifest_sha256=spooled[manifest_name].sha256,
+            files=extra,
+            summary=summary,
+        )
+        session.add(network)
+        session.flush()
+        events.record(
+            session,
+            user.id,
+            "model.uploaded",
+            f"model:{network.id}",
+            {"sha256": network.sha256, "format": fmt, "files": [e["name"] for e in extra]},
+        )
+        added = [s.sha256 for s in spooled.values() if store.commit(s)]
+        try:
+            session.commit()
+        except Exception:
+            for sha in added:
+                store.discard(sha)
+            raise
+        return network, True
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def materialise(store: Store, network: Network, folder: Path) -> tuple[Path, Path]:
+    """Copy a stored model, its manifest and its files into ``folder`` under their upload
+    names, each re-verified against its hash; returns ``(model, manifest)`` paths."""
+    model = folder / network.filename
+    store.copy_out(network.sha256, model)
+    manifest = folder / "manifest.json"
+    for entry in network.files:
+        target = folder / safe_name(entry["name"], "files")
+        store.copy_out(entry["sha256"], target)
+        if entry["role"] == "manifest":
+            manifest = target
+    return model, manifest

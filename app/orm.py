@@ -1,0 +1,119 @@
+"""The service's tables (one place, so the migrations have one source)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, utcnow
+
+__all__ = ["Audit", "AuditEvent", "AuditResult", "ImageSet", "Network", "User"]
+
+ROLES = ("submitter", "auditor", "admin")
+STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    #: SHA-256 of the bearer token (tokens are 256-bit random, shown once)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Network(Base):
+    """An uploaded model (the API calls them models)."""
+
+    __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("owner_id", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(20))
+    gradient_access: Mapped[str] = mapped_column(String(20))
+    size_bytes: Mapped[int]
+    filename: Mapped[str] = mapped_column(String(255))
+    manifest: Mapped[dict[str, Any]]
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    #: files the manifest references (mask, external data): [{"name", "sha256", "size"}]
+    files: Mapped[list[Any]]
+    #: what ``recon-audit inspect`` printed (validation, parity, spec)
+    summary: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageSet(Base):
+    __tablename__ = "image_sets"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    #: [{"name", "sha256", "size", "shape", "format"}]
+    images: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Audit(Base):
+    __tablename__ = "audits"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"))
+    protocol_name: Mapped[str] = mapped_column(String(100))
+    protocol_version: Mapped[str] = mapped_column(String(40))
+    protocol_sha256: Mapped[str] = mapped_column(String(64))
+    protocol_yaml: Mapped[str] = mapped_column(Text)
+    #: "builtin" or an image set id
+    image_set: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    stage: Mapped[str | None] = mapped_column(String(40), default=None)
+    percent: Mapped[float] = mapped_column(default=0.0)
+    verdicts: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditResult(Base):
+    """Written once per audit (immutable: a trigger refuses updates and deletes on
+    PostgreSQL); corrections are new audits."""
+
+    __tablename__ = "audit_results"
+
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id"), primary_key=True)
+    results: Mapped[dict[str, Any]]
+    results_sha256: Mapped[str] = mapped_column(String(64))
+    #: the artefacts in the content-addressed store: {"report.pdf": sha256, "figures/x.png": ...}
+    files: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only log: who did what when, each event hashing the previous one."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(60))
+    subject: Mapped[str] = mapped_column(String(100))
+    details: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,0 +1,74 @@
+"""Service settings (pydantic-settings): environment variables, then defaults.
+
+With no configuration the service runs *embedded*: SQLite under the data directory and a Celery
+broker that needs no server (kombu's filesystem transport, also under the data directory).
+``DATABASE_URL`` (``postgresql+psycopg://...``) and ``BROKER_URL`` (``redis://...``) switch to
+the production services.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECON_AUDIT_", extra="ignore")
+
+    #: everything the embedded service keeps: the SQLite file, the broker's folders, the store
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "RECON_AUDIT_DATABASE_URL")
+    )
+    broker_url: str | None = Field(
+        None, validation_alias=AliasChoices("BROKER_URL", "RECON_AUDIT_BROKER_URL")
+    )
+    #: content-addressed storage of uploads and audit artefacts (a shared volume in production)
+    storage_dir: Path | None = None
+    #: the largest upload accepted (model, manifest and referenced files together)
+    max_upload_bytes: int = 512 * 2**20
+    #: the largest test image upload
+    max_image_bytes: int = 64 * 2**20
+    #: per audit: soft and hard time limits (seconds) of the worker task
+    audit_soft_time_limit: int = 3 * 3600
+    audit_time_limit: int = 3 * 3600 + 300
+    #: the sandboxed child process: CPU seconds and address space (bytes, None: unlimited)
+    sandbox_cpu_seconds: int = 6 * 3600
+    sandbox_memory_bytes: int | None = None
+    #: upload validation in the sandbox (seconds)
+    inspect_timeout: int = 300
+    #: device for audits (cpu or cuda)
+    device: str = "cpu"
+    #: seconds before an unacknowledged task is redelivered by Redis (a worker that died)
+    broker_visibility_timeout: int = 3600
+    public_url: str = "http://127.0.0.1:8000"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'recon-audit.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def store_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "store").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
