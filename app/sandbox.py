@@ -8,6 +8,7 @@ Upload validation runs ``recon-audit inspect`` this way, and every audit runs
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
@@ -23,6 +24,7 @@ __all__ = ["PROGRESS_PREFIX", "SandboxResult", "run_cli", "safe_env"]
 
 #: lines the child writes on stderr to report progress: ``{"progress": {...}}``
 PROGRESS_PREFIX = '{"progress":'
+PR_SET_PDEATHSIG = 1
 #: environment variables passed through to the child (everything else is dropped)
 PASSED = (
     "PATH",
@@ -62,6 +64,8 @@ def safe_env(home: Path) -> dict[str, str]:
 
 def _limits(cpu_seconds: int, memory_bytes: int | None) -> Callable[[], None]:
     def apply() -> None:
+        # die with the worker: a killed worker must not leave an orphaned audit running
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if memory_bytes is not None:

@@ -60,10 +60,12 @@ def upload_network(
             plain = safe_name(name, field)
             if plain in spooled:
                 raise Invalid(f"two uploaded files are named {plain!r}", field=field)
-            spooled[plain] = store.spool(stream, workdir, plain, limit=budget)
+            try:
+                spooled[plain] = store.spool(stream, workdir, plain, limit=budget)
+            except TooLarge as exc:
+                limit = settings.max_upload_bytes
+                raise TooLarge(f"the upload exceeds the limit of {limit} bytes") from exc
             budget -= spooled[plain].size
-            if budget < 0:
-                raise TooLarge(f"the upload exceeds the limit of {settings.max_upload_bytes} bytes")
         model_name = safe_name(model[0], "model")
         manifest_name = safe_name(manifest[0], "manifest")
         try:

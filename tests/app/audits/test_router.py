@@ -1,0 +1,129 @@
+"""Audit requests through the API (the worker's side is in tests/worker)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from app.events import verify_chain
+from app.orm import Audit, AuditEvent
+from tests.app.conftest import bearer
+from tests.app.networks.test_router import MANIFEST
+from tests.reconstruction.models.conftest import conv_model
+
+
+@pytest.fixture
+def model_id(client: TestClient, tokens: dict[str, str]) -> str:
+    buffer = io.BytesIO()
+    onnx.save_model(conv_model(), buffer)
+    response = client.post(
+        "/api/v1/models",
+        headers=bearer(tokens["alice"]),
+        files=[
+            ("model", ("model.onnx", buffer.getvalue())),
+            ("manifest", ("manifest.json", json.dumps(MANIFEST).encode())),
+        ],
+    )
+    assert response.status_code in (200, 201), response.text
+    return str(response.json()["id"])
+
+
+def test_create_audit_is_queued_and_visible_to_its_owner_and_auditors(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    response = client.post(
+        "/api/v1/audits", headers=bearer(tokens["alice"]), json={"model_id": model_id}
+    )
+    assert response.status_code == 202, response.text
+    audit = response.json()
+    assert audit["status"] == "queued"
+    assert audit["protocol"]["name"] == "quick"
+    assert len(audit["protocol"]["sha256"]) == 64
+    assert audit["progress"] == {"stage": None, "percent": 0.0}
+    row = db.get(Audit, audit["id"])
+    assert row is not None
+    assert "perturbation" in row.protocol_yaml
+    for who, code in (("alice", 200), ("ada", 200), ("bob", 404)):
+        got = client.get(f"/api/v1/audits/{audit['id']}", headers=bearer(tokens[who]))
+        assert got.status_code == code
+    listed = client.get("/api/v1/audits", headers=bearer(tokens["bob"])).json()
+    assert listed == []
+    pending = client.get(f"/api/v1/audits/{audit['id']}/results", headers=bearer(tokens["alice"]))
+    assert pending.status_code == 409
+    assert "no results yet" in pending.json()["detail"]
+    actions = [e.action for e in db.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert actions[-2:] == ["model.uploaded", "audit.created"] or actions[-1] == "audit.created"
+    assert verify_chain(db).valid
+
+
+def test_inline_protocol_and_its_errors(
+    client: TestClient, tokens: dict[str, str], model_id: str
+) -> None:
+    from reconstruction.protocols import load_protocol
+
+    inline = load_protocol("quick").to_yaml().replace("name: quick", "name: mine")
+    ok = client.post(
+        "/api/v1/audits",
+        headers=bearer(tokens["alice"]),
+        json={"model_id": model_id, "protocol": inline},
+    )
+    assert ok.status_code == 202
+    assert ok.json()["protocol"]["name"] == "mine"
+    bad = client.post(
+        "/api/v1/audits",
+        headers=bearer(tokens["alice"]),
+        json={"model_id": model_id, "protocol": inline.replace("restarts: 1", "restarts: 0")},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "protocol"
+    assert "perturbation.budget.restarts" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("who", "body", "status"),
+    [
+        ("bob", {}, 404),  # someone else's model
+        ("alice", {"model_id": "nope"}, 404),
+        ("alice", {"image_set": "nope"}, 404),
+        ("alice", {"protocol": "fastest"}, 422),
+    ],
+)
+def test_bad_audit_requests(
+    client: TestClient,
+    db: Session,
+    tokens: dict[str, str],
+    model_id: str,
+    who: str,
+    body: dict[str, str],
+    status: int,
+) -> None:
+    before = len(db.scalars(select(Audit)).all())
+    response = client.post(
+        "/api/v1/audits", headers=bearer(tokens[who]), json={"model_id": model_id, **body}
+    )
+    assert response.status_code == status, response.text
+    assert len(db.scalars(select(Audit)).all()) == before
+
+
+@pytest.mark.usefixtures("tokens")  # creating users writes events
+def test_event_log_is_append_only_in_the_database(db: Session) -> None:
+    event = db.scalars(select(AuditEvent)).first()
+    assert event is not None
+    event.actor = "someone else"
+    with pytest.raises(DBAPIError, match="append-only"):
+        db.flush()
+    db.rollback()
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "database": "ok", "broker": "ok"}

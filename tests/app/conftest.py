@@ -1,0 +1,107 @@
+"""Service fixtures: a real PostgreSQL database, migrated once per session with the project's
+Alembic migration, each test in a transaction that is rolled back (the app's session joins it
+through savepoints); users with tokens; a TestClient on the real app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from app.auth import create_user
+from app.db import engine_for, get_engine, sessions
+from app.settings import get_settings
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TEST_DB = "recon_audit_test"
+
+
+def _recreate(name: str) -> str:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def _use_settings(**env: str) -> dict[str, str | None]:
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+    return previous
+
+
+def _restore(previous: dict[str, str | None]) -> None:
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def service_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service")
+
+
+@pytest.fixture(scope="session")
+def migrated(service_dir: Path) -> Iterator[Engine]:
+    from app.service_cli import upgrade_database
+
+    url = _recreate(TEST_DB)
+    previous = _use_settings(DATABASE_URL=url, RECON_AUDIT_DATA_DIR=str(service_dir))
+    upgrade_database()
+    engine = engine_for(url)
+    yield engine
+    engine.dispose()
+    _restore(previous)
+
+
+@pytest.fixture
+def db(migrated: Engine) -> Iterator[Session]:
+    connection = migrated.connect()
+    transaction = connection.begin()
+    session = Session(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+    yield session
+    session.close()
+    transaction.rollback()
+    connection.close()
+
+
+@pytest.fixture
+def client(db: Session) -> Iterator[TestClient]:
+    from app.main import create_app
+
+    app = create_app()
+    app.dependency_overrides[sessions] = lambda: db
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def tokens(db: Session) -> dict[str, str]:
+    """One user per role (and a second submitter), by name -> token."""
+    out = {}
+    for name, role in (
+        ("alice", "submitter"),
+        ("bob", "submitter"),
+        ("ada", "auditor"),
+        ("root", "admin"),
+    ):
+        _, out[name] = create_user(db, name, role)
+    db.commit()
+    return out

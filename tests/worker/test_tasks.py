@@ -1,0 +1,206 @@
+"""End to end, with real processes: the API server, Celery workers, PostgreSQL + Redis (and the
+embedded SQLite + filesystem broker), a reference network uploaded through REST, a ``quick``
+audit, its results and PDF; and a worker killed during an audit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from tests.app.conftest import PG_ADMIN
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+E2E_DB = "recon_audit_e2e"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    env: dict[str, str]
+    port: int
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    def start(self, name: str, *args: str) -> None:
+        log = open(self.logs / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+        process.wait(timeout=60)
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"the API did not come up; see {self.logs}")
+
+
+def _service(tmp_path: Path, mode: str) -> Service:
+    env = {
+        **os.environ,
+        "RECON_AUDIT_DATA_DIR": str(tmp_path / "data"),
+        "RECON_AUDIT_COMPILE": "0",
+        "RECON_AUDIT_BROKER_VISIBILITY_TIMEOUT": "5",
+    }
+    for key in ("DATABASE_URL", "BROKER_URL"):
+        env.pop(key, None)
+    if mode == "postgres+redis":
+        with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {E2E_DB} WITH (FORCE)")
+            connection.execute(f"CREATE DATABASE {E2E_DB}")
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{E2E_DB}"
+        env["BROKER_URL"] = REDIS_URL
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    return Service(env, _free_port(), logs)
+
+
+@pytest.fixture(params=["postgres+redis", "embedded"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+    svc = _service(tmp_path, request.param)
+    svc.cli("migrate")
+    svc.start("api", "serve", "--no-worker", "--port", str(svc.port))
+    svc.start("worker", "worker")
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _upload(svc: Service, token: str, name: str = "automap-mri") -> str:
+    folder = EXAMPLES / name
+    with open(folder / "model.onnx", "rb") as model, open(folder / "manifest.json", "rb") as m:
+        response = httpx.post(
+            f"{svc.url}/api/v1/models",
+            headers={"Authorization": f"Bearer {token}"},
+            files=[("model", ("model.onnx", model)), ("manifest", ("manifest.json", m))],
+            timeout=300,
+        )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _wait(svc: Service, token: str, audit_id: str, until: set[str], timeout: float = 400) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        audit = httpx.get(
+            f"{svc.url}/api/v1/audits/{audit_id}", headers={"Authorization": f"Bearer {token}"}
+        ).json()
+        if audit["status"] in until:
+            return audit
+        time.sleep(0.5)
+    raise AssertionError(f"audit {audit_id} did not reach {until}; see {svc.logs}")
+
+
+def test_upload_audit_and_download(service: Service) -> None:
+    token = service.cli("admin", "create-user", "alice", "--role", "submitter")
+    headers = {"Authorization": f"Bearer {token}"}
+    model_id = _upload(service, token)
+    created = httpx.post(
+        f"{service.url}/api/v1/audits", headers=headers, json={"model_id": model_id}
+    )
+    assert created.status_code == 202, created.text
+    audit_id = created.json()["id"]
+    seen = {_wait(service, token, audit_id, {"running", "succeeded"})["status"]}
+    done = _wait(service, token, audit_id, {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    assert done["progress"]["percent"] == 100.0
+    assert done["verdicts"]["sampling"] == "skipped"
+    assert seen
+    results = httpx.get(f"{service.url}/api/v1/audits/{audit_id}/results", headers=headers)
+    assert results.json()["schema"] == "recon-audit/results/v1"
+    assert results.json()["model"]["format"] == "onnx"
+    pdf = httpx.get(f"{service.url}/api/v1/audits/{audit_id}/report.pdf", headers=headers)
+    assert pdf.status_code == 200
+    assert pdf.content[:4] == b"%PDF"
+    figure = httpx.get(
+        f"{service.url}/api/v1/audits/{audit_id}/figures/perturbation_image_curves.png",
+        headers=headers,
+    )
+    assert figure.headers["content-type"] == "image/png"
+    chain = service.cli("admin", "verify-events")
+    assert '"valid": true' in chain
+
+
+def test_a_killed_worker_does_not_lose_or_duplicate_an_audit(tmp_path: Path) -> None:
+    svc = _service(tmp_path, "postgres+redis")
+    svc.cli("migrate")
+    svc.start("api", "serve", "--no-worker", "--port", str(svc.port))
+    svc.start("worker", "worker")
+    try:
+        svc.wait_ready()
+        token = svc.cli("admin", "create-user", "alice", "--role", "submitter")
+        model_id = _upload(svc, token)
+        audit_id = httpx.post(
+            f"{svc.url}/api/v1/audits",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"model_id": model_id},
+        ).json()["id"]
+        _wait(svc, token, audit_id, {"running"})
+        time.sleep(2)
+        svc.kill("worker")  # the machine dies mid-audit
+        svc.start("worker-2", "worker")
+        done = _wait(svc, token, audit_id, {"succeeded", "failed"})
+        assert done["status"] == "succeeded", done["error"]
+        assert done["attempts"] >= 2
+        url = svc.env["DATABASE_URL"].replace("+psycopg", "")
+        with psycopg.connect(url) as connection:
+            rows = connection.execute(
+                "SELECT count(*) FROM audit_results WHERE audit_id = %s", (audit_id,)
+            ).fetchone()
+        assert rows == (1,)
+    finally:
+        svc.stop()
