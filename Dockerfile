@@ -31,7 +31,7 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libpango-1.0-0 \
         libpangoft2-1.0-0 \
-
+        fonts-dejavu-core \
         g++ \
         libgomp1 \
         curl \

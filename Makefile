@@ -34,14 +34,9 @@ test: install services lint typecheck
 	$(BIN)/pytest
 
 demo: install
-	mkdir -p $(OUT)
+	mkdir -p $(OUT)/demo
 	$(BIN)/recon-audit selfcheck --device cpu > $(OUT)/selfcheck.json
-	$(BIN)/recon-audit simulate --modality mri --pattern variable-density --ratio 0.25 --out $(OUT)/demo/mri
-	$(BIN)/recon-audit simulate --modality mri-multicoil --pattern lines --ratio 0.3 --coils 8 --out $(OUT)/demo/mri-multicoil
-	$(BIN)/recon-audit simulate --modality ct --image ellipses --angles 50 --out $(OUT)/demo/ct
-	$(BIN)/recon-audit inspect examples/unet-mri/model.onnx --manifest examples/unet-mri/manifest.json > $(OUT)/demo/unet-mri-inspect.json
-	$(BIN)/recon-audit audit examples/unet-mri/model.onnx --manifest examples/unet-mri/manifest.json --protocol quick --out $(OUT)/demo/audit-unet-mri
-	@echo "Demo outputs (JSON summaries, PNG figures, the audit report) are in $(OUT)/demo/"
+	$(BIN)/python scripts/demo.py --data-dir $(OUT)/demo-service
 
 bench: install
 	$(BIN)/python -m benchmarks.radon_vs_skimage

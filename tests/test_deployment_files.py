@@ -180,8 +180,8 @@ def duration_seconds(text: str) -> float:
     """A compose duration (``1h30m``, ``90s``, ``15m``) in seconds."""
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
-    assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
     assert parts, f"not a duration: {text!r}"
+    assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
     return sum(float(n) * units[u] for n, u in parts)
 
 
