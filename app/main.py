@@ -16,6 +16,7 @@ from app.errors import AppError
 from app.images.router import router as images_router
 from app.networks.router import router as networks_router
 from app.settings import get_settings
+from app.users.router import router as users_router
 
 __all__ = ["BodyLimit", "create_app"]
 
@@ -109,5 +110,6 @@ def create_app() -> FastAPI:
     app.include_router(networks_router)
     app.include_router(images_router)
     app.include_router(audits_router)
+    app.include_router(users_router)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 2**20)
     return app
