@@ -385,6 +385,12 @@ class _Bars:
 )
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
 @click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["perturbation", "structural", "sampling"]),
+    help="Run only these tests (a shard of an audit); the others are reported as skipped.",
+)
+@click.option(
     "--progress",
     "progress_mode",
     type=click.Choice(["bar", "json"]),
@@ -402,6 +408,7 @@ def audit(
     fail_on: str | None,
     detail_paths: tuple[Path, ...],
     pdf: bool,
+    only: tuple[str, ...],
     progress_mode: str,
 ) -> None:
     """Run the three instability tests on a network beside the CS baseline and write the
@@ -433,6 +440,7 @@ def audit(
             device=device,
             progress=bars or _json_progress,
             details=details,
+            only=only or None,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from exc

@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
 
-__all__ = ["Audit", "AuditEvent", "AuditResult", "ImageSet", "Network", "User"]
+__all__ = ["Audit", "AuditEvent", "AuditResult", "AuditShard", "ImageSet", "Network", "User"]
 
 ROLES = ("submitter", "auditor", "admin")
 STATUSES = ("queued", "running", "succeeded", "failed")
@@ -44,7 +44,7 @@ class Network(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     format: Mapped[str] = mapped_column(String(20))
     gradient_access: Mapped[str] = mapped_column(String(20))
-    size_bytes: Mapped[int]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     filename: Mapped[str] = mapped_column(String(255))
     manifest: Mapped[dict[str, Any]]
     manifest_sha256: Mapped[str] = mapped_column(String(64))
@@ -117,3 +117,23 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditShard(Base):
+    """One test of an audit, run by whichever worker takes it (an audit fans out per test);
+    the last shard to finish merges the shards into the audit's results."""
+
+    __tablename__ = "audit_shards"
+    __table_args__ = (UniqueConstraint("audit_id", "test"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id"), index=True)
+    test: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    percent: Mapped[float] = mapped_column(default=0.0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    #: the shard's results.json (its own test filled in, the others skipped)
+    results: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    #: its figures in the store: {"figures/x.png": sha256}
+    files: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)

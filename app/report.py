@@ -30,6 +30,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from reconstruction.instability.common import STABLE_WORDING
+from reconstruction.protocols import Protocol
 from reconstruction.suite import SuiteResult
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ReportFiles",
     "figure_caption",
     "render_html",
+    "write_documents",
     "write_figures",
     "write_report",
 ]
@@ -803,12 +805,20 @@ def write_report(result: SuiteResult, out_dir: Path, *, pdf: bool = True) -> Rep
     """Write ``results.json``, ``figures/*.png``, ``report.html`` and (``pdf``) ``report.pdf``
     into ``out_dir`` (created when missing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = result.to_json()
+    figures = write_figures(result, out_dir / "figures")
+    return write_documents(result.to_json(), figures, out_dir, pdf=pdf)
+
+
+def write_documents(
+    document: dict[str, Any], figures: dict[str, Path], out_dir: Path, *, pdf: bool = True
+) -> ReportFiles:
+    """``results.json``, ``report.html`` and (``pdf``) ``report.pdf`` from a results document
+    and its figures already in ``out_dir`` (also used to merge the shards of an audit)."""
     results_json = out_dir / "results.json"
     results_json.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    figures = write_figures(result, out_dir / "figures")
     relative = {name: path.relative_to(out_dir).as_posix() for name, path in figures.items()}
-    html = render_html(document, relative, result.protocol.to_yaml())
+    protocol_yaml = Protocol.model_validate(document["protocol_document"]).to_yaml()
+    html = render_html(document, relative, protocol_yaml)
     html_path = out_dir / "report.html"
     html_path.write_text(html, encoding="utf-8")
     pdf_path: Path | None = None

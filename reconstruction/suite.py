@@ -6,10 +6,11 @@ service's worker both call :func:`run_suite` and render its :class:`SuiteResult`
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -27,12 +28,22 @@ from reconstruction.instability.perturbation import run_perturbation
 from reconstruction.instability.structural import run_structural
 from reconstruction.protocols import Protocol
 
-__all__ = ["RESULTS_SCHEMA", "SuiteResult", "prepare_images", "run_suite"]
+__all__ = [
+    "RESULTS_SCHEMA",
+    "SHARD_SKIP",
+    "TESTS",
+    "SuiteResult",
+    "merge_results",
+    "prepare_images",
+    "run_suite",
+]
 
 RESULTS_SCHEMA = "recon-audit/results/v1"
 #: (stage, done, total) -> None
 Progress = Callable[[str, int, int], None]
 TESTS = ("perturbation", "structural", "sampling")
+#: the reason a test carries in a shard that does not run it
+SHARD_SKIP = "run in another shard of this audit"
 
 
 @dataclass
@@ -74,6 +85,43 @@ def _image_record(image: LoadedImage, array: np.ndarray) -> dict[str, Any]:
         "original_shape": list(np.asarray(image.array).shape),
         "metadata": {k: v for k, v in image.metadata.items() if isinstance(v, str | int | float)},
     }
+
+
+def _identity(document: dict[str, Any], key: str) -> object:
+    """What must agree between shards of one audit (timings may differ)."""
+    if key == "model":
+        return document["model"]["sha256"], document["model"].get("manifest_sha256")
+    if key == "images":
+        return [image["sha256"] for image in document["images"]]
+    return document[key]
+
+
+def merge_results(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One results document from the shards of an audit (each ran some tests with
+    ``run_suite(only=...)``): every test is taken from the shard that ran it. The shards must
+    share the protocol, the model and the images."""
+    if not documents:
+        raise ValueError("no shard to merge")
+    merged = copy.deepcopy(dict(documents[0]))
+    for key in ("protocol", "model", "images"):
+        if any(_identity(doc, key) != _identity(merged, key) for doc in documents):
+            raise ValueError(f"the shards differ in {key!r}: they are not one audit")
+    merged["timings_seconds"] = {}
+    merged["shards"] = []
+    for doc in documents:
+        ran = [name for name, test in doc["tests"].items() if test.get("reason") != SHARD_SKIP]
+        for name in ran:
+            merged["tests"][name] = doc["tests"][name]
+            merged["verdicts"][name] = doc["verdicts"][name]
+            if name in doc["timings_seconds"]:
+                merged["timings_seconds"][name] = doc["timings_seconds"][name]
+        merged["shards"].append(
+            {"tests": ran, "created": doc["created"], "environment": doc["environment"]}
+        )
+    missing = [n for n, t in merged["tests"].items() if t.get("reason") == SHARD_SKIP]
+    if missing:
+        raise ValueError(f"no shard ran {', '.join(missing)}")
+    return merged
 
 
 def prepare_images(
@@ -142,11 +190,17 @@ def run_suite(
     device: str = "cpu",
     progress: Progress | None = None,
     details: Sequence[tuple[str, np.ndarray]] = (),
+    only: Collection[str] | None = None,
 ) -> SuiteResult:
     """Run the protocol's tests on ``model`` (a :class:`reconstruction.models.LoadedModel` or
     any :class:`~reconstruction.instability.common.Subject`) and the given images (default: the
     built-in set), at most ``protocol.images.max_images`` of them, in order. ``details``:
-    user-supplied structural details ``(name, image or mask)`` added to the standard ones."""
+    user-supplied structural details ``(name, image or mask)`` added to the standard ones.
+    ``only``: run just these tests (a shard of an audit that fans out across workers); the
+    others are reported as skipped, to be merged from their own shards."""
+    unknown = set(only or ()) - set(TESTS)
+    if unknown:
+        raise ValueError(f"unknown test(s) {sorted(unknown)}: choose from {', '.join(TESTS)}")
     manifest = model.manifest
     chosen = list(images) if images else builtin_images(max(manifest.image_size))
     chosen = chosen[: protocol.images.max_images]
@@ -167,6 +221,9 @@ def run_suite(
         config, runner = runners[name]
         if config is None:
             results[name] = TestResult(name, "skipped", "not part of this protocol")
+            continue
+        if only is not None and name not in only:
+            results[name] = TestResult(name, "skipped", SHARD_SKIP)
             continue
         done = 0
 

@@ -1,9 +1,14 @@
-"""``run_audit(audit_id)``: a thin task. It opens its own sessions, copies the verified inputs
-into a private folder, runs ``recon-audit audit`` in the sandbox (which calls ``run_suite``),
-reports progress, and stores the results once.
+"""Thin tasks that take ids, open their own sessions, and run ``recon-audit audit`` (which
+calls ``run_suite``) in the sandbox.
 
-Idempotent: a finished audit is left alone; a redelivered one (its worker died) runs again and
-writes its results once (the results table's key is the audit id, and it refuses updates).
+``run_audit(audit_id)`` marks the audit running and, with ``fan_out`` (the default), sends one
+``run_shard(audit_id, test)`` per test of the protocol, so several workers (on several GPU
+machines) share one audit; the last shard to finish merges the shards' results
+(:func:`reconstruction.suite.merge_results`), renders the report and stores the results once.
+Without fan-out the audit runs whole in one task.
+
+Idempotent: a finished audit or shard is left alone; a redelivered task (its worker died) runs
+again; results are written once (the results table is keyed by the audit and refuses updates).
 """
 
 from __future__ import annotations
@@ -16,59 +21,55 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from app import events
 from app.db import session_factory, utcnow
 from app.networks.service import materialise, safe_name
-from app.orm import Audit, AuditResult, ImageSet, Network
+from app.orm import Audit, AuditResult, AuditShard, ImageSet, Network
+from app.report import write_documents
 from app.sandbox import run_cli
 from app.settings import get_settings
 from app.storage import Spooled, Store
+from reconstruction.protocols import parse_protocol
+from reconstruction.suite import TESTS, merge_results
 from worker.celery_app import app
 
-__all__ = ["run_audit"]
+__all__ = ["run_audit", "run_shard"]
 
 ACTOR = "worker"
 #: seconds between progress writes
 PROGRESS_EVERY = 1.0
+FINISHED = ("succeeded", "failed")
 
 
 def _fail(audit_id: str, message: str) -> None:
     with session_factory()() as session:
         audit = session.get(Audit, audit_id)
-        if audit is None or audit.status in ("succeeded", "failed"):
+        if audit is None or audit.status in FINISHED:
             return
         audit.status, audit.error, audit.finished_at = "failed", message[:4000], utcnow()
         events.record(session, ACTOR, "audit.failed", f"audit:{audit_id}", {"error": message[:500]})
         session.commit()
 
 
-def _start(session: Session, audit_id: str) -> tuple[Network, ImageSet | None] | None:
-    audit = session.get(Audit, audit_id, with_for_update=True)
-    if audit is None or audit.status in ("succeeded", "failed"):
-        return None
-    if session.get(AuditResult, audit_id) is not None:  # stored, status not yet written
-        audit.status, audit.percent, audit.finished_at = "succeeded", 100.0, utcnow()
-        session.commit()
-        return None
-    audit.status, audit.stage, audit.percent = "running", "starting", 0.0
-    audit.attempts += 1
-    audit.started_at = utcnow()
-    events.record(session, ACTOR, "audit.started", f"audit:{audit_id}", {"attempt": audit.attempts})
-    session.commit()
-    network = session.get(Network, audit.network_id)
-    assert network is not None
-    image_set = None if audit.image_set == "builtin" else session.get(ImageSet, audit.image_set)
-    return network, image_set
+def _tests(protocol_yaml: str) -> list[str]:
+    protocol = parse_protocol(protocol_yaml)
+    enabled = {
+        "perturbation": protocol.perturbation,
+        "structural": protocol.structural,
+        "sampling": protocol.sampling,
+    }
+    return [name for name in TESTS if enabled[name] is not None]
 
 
 class _Progress:
-    """Writes the child's progress to the audit row, at most once per second."""
+    """Writes a run's progress (``stage``, ``done``/``total``) to the audit row, or to its
+    shard's row and the audit's mean, at most once per second."""
 
-    def __init__(self, audit_id: str, stages: int = 3) -> None:
-        self.audit_id, self.stages = audit_id, stages
+    def __init__(self, audit_id: str, test: str | None, stages: int) -> None:
+        self.audit_id, self.test, self.stages = audit_id, test, stages
         self.order: list[str] = []
         self.last = 0.0
 
@@ -81,17 +82,28 @@ class _Progress:
         if now - self.last < PROGRESS_EVERY and done < total:
             return
         self.last = now
-        fraction = (len(self.order) - 1 + done / total) / self.stages
+        percent = round(min(99.0, 100 * (len(self.order) - 1 + done / total) / self.stages), 1)
         with session_factory()() as session:
             audit = session.get(Audit, self.audit_id)
-            if audit is not None and audit.status == "running":
-                audit.stage, audit.percent = stage, round(min(99.0, 100 * fraction), 1)
-                session.commit()
+            if audit is None or audit.status != "running":
+                return
+            if self.test is None:
+                audit.stage, audit.percent = stage, percent
+            else:
+                shards = session.scalars(
+                    select(AuditShard).where(AuditShard.audit_id == self.audit_id)
+                ).all()
+                for shard in shards:
+                    if shard.test == self.test:
+                        shard.percent = percent
+                audit.percent = round(min(99.0, sum(s.percent for s in shards) / len(shards)), 1)
+                audit.stage = ", ".join(s.test for s in shards if s.status == "running") or stage
+            session.commit()
 
 
-def _store_outputs(store: Store, out: Path) -> dict[str, str]:
+def _store_outputs(store: Store, out: Path, pattern: str = "*") -> dict[str, str]:
     files: dict[str, str] = {}
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+    for path in sorted(p for p in out.rglob(pattern) if p.is_file()):
         data = path.read_bytes()
         spooled = Spooled(path, hashlib.sha256(data).hexdigest(), len(data))
         store.commit(spooled)
@@ -99,79 +111,207 @@ def _store_outputs(store: Store, out: Path) -> dict[str, str]:
     return files
 
 
+def _run(store: Store, audit_id: str, workdir: Path, extra: list[str], test: str | None) -> Path:
+    """Copy the verified inputs into ``workdir`` and run the audit CLI in the sandbox; returns
+    its output folder. Raises ``RuntimeError`` with the CLI's message when it fails."""
+    settings = get_settings()
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        assert audit is not None
+        network = session.get(Network, audit.network_id)
+        assert network is not None
+        image_set = None if audit.image_set == "builtin" else session.get(ImageSet, audit.image_set)
+        protocol_yaml = audit.protocol_yaml
+    (workdir / "model").mkdir()
+    model, manifest = materialise(store, network, workdir / "model")
+    (workdir / "protocol.yaml").write_text(protocol_yaml)
+    args = ["audit", str(model), "--manifest", str(manifest), "--protocol", "protocol.yaml"]
+    if image_set is not None:
+        (workdir / "images").mkdir()
+        for image in image_set.images:
+            target = workdir / "images" / safe_name(image["name"], "images")
+            store.copy_out(image["sha256"], target)
+            args += ["--images", str(target)]
+    args += ["--device", settings.device, "--out", "out", "--progress", "json", *extra]
+    stages = 1 if test is not None else len(_tests(protocol_yaml))
+    result = run_cli(
+        args,
+        workdir=workdir,
+        timeout=settings.audit_time_limit,
+        cpu_seconds=settings.sandbox_cpu_seconds,
+        memory_bytes=settings.sandbox_memory_bytes,
+        on_progress=_Progress(audit_id, test, stages),
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the audit run failed: {result.error_message()}")
+    return workdir / "out"
+
+
+def _finish(audit_id: str, results: dict[str, Any], files: dict[str, str]) -> None:
+    """Store the results once and mark the audit succeeded."""
+    with session_factory()() as session:
+        try:
+            session.add(
+                AuditResult(
+                    audit_id=audit_id,
+                    results=results,
+                    results_sha256=files["results.json"],
+                    files=files,
+                )
+            )
+            session.flush()
+        except IntegrityError:  # another delivery stored them first
+            session.rollback()
+        audit = session.get(Audit, audit_id)
+        assert audit is not None
+        if audit.status in FINISHED:
+            session.commit()
+            return
+        audit.status, audit.stage, audit.percent = "succeeded", "done", 100.0
+        audit.verdicts, audit.finished_at = results["verdicts"], utcnow()
+        events.record(
+            session,
+            ACTOR,
+            "audit.succeeded",
+            f"audit:{audit_id}",
+            {"verdicts": results["verdicts"], "results_sha256": files["results.json"]},
+        )
+        session.commit()
+
+
 @app.task(name="worker.tasks.run_audit", acks_late=True, reject_on_worker_lost=True)
 def run_audit(audit_id: str) -> str:
     settings = get_settings()
-    store = Store(settings.store_dir)
     with session_factory()() as session:
-        started = _start(session, audit_id)
-    if started is None:
-        return "nothing to do"
-    network, image_set = started
+        audit = session.get(Audit, audit_id, with_for_update=True)
+        if audit is None or audit.status in FINISHED:
+            return "nothing to do"
+        if session.get(AuditResult, audit_id) is not None:  # stored, status not yet written
+            audit.status, audit.percent, audit.finished_at = "succeeded", 100.0, utcnow()
+            session.commit()
+            return "succeeded"
+        tests = _tests(audit.protocol_yaml)
+        audit.status, audit.stage, audit.percent = "running", "starting", 0.0
+        audit.attempts += 1
+        audit.started_at = utcnow()
+        fan_out = settings.fan_out and len(tests) > 1
+        known: dict[str, AuditShard] = {}
+        events.record(
+            session,
+            ACTOR,
+            "audit.started",
+            f"audit:{audit_id}",
+            {"attempt": audit.attempts, "shards": tests if fan_out else None},
+        )
+        if fan_out:
+            query = select(AuditShard).where(AuditShard.audit_id == audit_id)
+            known = {s.test: s for s in session.scalars(query)}
+            for test in tests:
+                if test not in known:
+                    session.add(AuditShard(audit_id=audit_id, test=test))
+        session.commit()
+    if fan_out:
+        for test in tests:
+            if known.get(test) is None or known[test].status != "succeeded":
+                app.send_task("worker.tasks.run_shard", args=[audit_id, test])
+        return "fanned out"
+    store = Store(settings.store_dir)
     workdir = store.workdir(f"audit-{audit_id}-")
     try:
-        (workdir / "model").mkdir()
-        model, manifest = materialise(store, network, workdir / "model")
-        args = ["audit", str(model), "--manifest", str(manifest)]
-        with session_factory()() as session:
-            audit = session.get(Audit, audit_id)
-            assert audit is not None
-            (workdir / "protocol.yaml").write_text(audit.protocol_yaml)
-        if image_set is not None:
-            (workdir / "images").mkdir()
-            for image in image_set.images:
-                target = workdir / "images" / safe_name(image["name"], "images")
-                store.copy_out(image["sha256"], target)
-                args += ["--images", str(target)]
-        args += ["--protocol", "protocol.yaml", "--device", settings.device]
-        args += ["--out", "out", "--progress", "json"]
-        result = run_cli(
-            args,
-            workdir=workdir,
-            timeout=settings.audit_time_limit,
-            cpu_seconds=settings.sandbox_cpu_seconds,
-            memory_bytes=settings.sandbox_memory_bytes,
-            on_progress=_Progress(audit_id),
-        )
-        if result.returncode != 0:
-            _fail(audit_id, f"the audit run failed: {result.error_message()}")
-            return "failed"
-        results_path = workdir / "out" / "results.json"
-        results = json.loads(results_path.read_text())
-        files = _store_outputs(store, workdir / "out")
-        with session_factory()() as session:
-            audit = session.get(Audit, audit_id)
-            assert audit is not None
-            try:
-                session.add(
-                    AuditResult(
-                        audit_id=audit_id,
-                        results=results,
-                        results_sha256=files["results.json"],
-                        files=files,
-                    )
-                )
-                session.flush()
-            except IntegrityError:  # a concurrent delivery stored them first
-                session.rollback()
-                audit = session.get(Audit, audit_id)
-                assert audit is not None
-            audit.status, audit.stage, audit.percent = "succeeded", "done", 100.0
-            audit.verdicts, audit.finished_at = results["verdicts"], utcnow()
-            events.record(
-                session,
-                ACTOR,
-                "audit.succeeded",
-                f"audit:{audit_id}",
-                {"verdicts": results["verdicts"], "results_sha256": files["results.json"]},
-            )
-            session.commit()
+        out = _run(store, audit_id, workdir, [], None)
+        results = json.loads((out / "results.json").read_text())
+        _finish(audit_id, results, _store_outputs(store, out))
         return "succeeded"
     except SoftTimeLimitExceeded:
         _fail(audit_id, "the audit exceeded its time limit")
         return "failed"
     except Exception as exc:
-        _fail(audit_id, f"{type(exc).__name__}: {exc}")
-        raise
+        _fail(
+            audit_id, str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+        )
+        return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@app.task(name="worker.tasks.run_shard", acks_late=True, reject_on_worker_lost=True)
+def run_shard(audit_id: str, test: str) -> str:
+    settings = get_settings()
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        shard = session.scalars(
+            select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.test == test)
+        ).first()
+        if audit is None or shard is None or audit.status in FINISHED:
+            return "nothing to do"
+        if shard.status != "succeeded":
+            shard.status, shard.attempts = "running", shard.attempts + 1
+            session.commit()
+        done = shard.status == "succeeded"
+    store = Store(settings.store_dir)
+    if not done:
+        workdir = store.workdir(f"shard-{audit_id}-{test}-")
+        try:
+            out = _run(store, audit_id, workdir, ["--only", test, "--no-pdf"], test)
+            results = json.loads((out / "results.json").read_text())
+            figures = _store_outputs(store, out, "figures/*")
+        except SoftTimeLimitExceeded:
+            _fail(audit_id, f"the {test} test exceeded its time limit")
+            return "failed"
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+            _fail(audit_id, f"{test}: {message}")
+            return "failed"
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        with session_factory()() as session:
+            shard = session.scalars(
+                select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.test == test)
+            ).one()
+            shard.status, shard.percent, shard.results, shard.files = (
+                "succeeded",
+                100.0,
+                results,
+                figures,
+            )
+            session.commit()
+    return _merge_if_complete(store, audit_id)
+
+
+def _merge_if_complete(store: Store, audit_id: str) -> str:
+    """The last shard to finish merges all of them, renders the report and stores it once."""
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id, with_for_update=True)
+        if audit is None or audit.status in FINISHED:
+            return "nothing to do"
+        shards = session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)).all()
+        if any(s.status != "succeeded" for s in shards):
+            return "shard stored"
+        documents = [s.results for s in sorted(shards, key=lambda s: TESTS.index(s.test))]
+        figure_files = {k: v for s in shards for k, v in (s.files or {}).items()}
+    workdir = store.workdir(f"merge-{audit_id}-")
+    try:
+        merged = merge_results([d for d in documents if d is not None])
+        figures: dict[str, Path] = {}
+        (workdir / "figures").mkdir()
+        for name in sorted(figure_files, key=_figure_order):
+            target = workdir / name
+            store.copy_out(figure_files[name], target)
+            figures[Path(name).stem] = target
+        write_documents(merged, figures, workdir, pdf=True)
+        _finish(audit_id, merged, _store_outputs(store, workdir))
+        return "merged"
+    except Exception as exc:
+        _fail(audit_id, f"merging the shards failed: {type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _figure_order(name: str) -> tuple[int, str]:
+    """Figures in the report's order: by test, then by name."""
+    stem = Path(name).stem
+    for index, test in enumerate(TESTS):
+        if stem.startswith(test):
+            return index, stem
+    return len(TESTS), stem

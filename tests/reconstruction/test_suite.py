@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from reconstruction.data import LoadedImage
 from reconstruction.instability.common import BaselineSubject
 from reconstruction.models import build_operator
 from reconstruction.protocols import Protocol
-from reconstruction.suite import RESULTS_SCHEMA, run_suite
+from reconstruction.suite import RESULTS_SCHEMA, SHARD_SKIP, merge_results, run_suite
 from tests.reconstruction.conftest import SMALL_PROTOCOL, Leaky, manifest, subject
 
 
@@ -57,3 +58,34 @@ def test_results_json_shape_and_progress(mask_dir: Path, images: list[LoadedImag
     assert stages == {"perturbation"}
     assert seen[-1][1] == seen[-1][2]
     assert doc["environment"]["packages"]["torch"]
+
+
+def test_shards_merge_into_one_audit(mask_dir: Path, images: list[LoadedImage]) -> None:
+    document = yaml.safe_load(SMALL_PROTOCOL)
+    document["images"]["max_images"] = 1
+    document["perturbation"]["budget"]["iterations"] = 2
+    document["perturbation"]["pnas"] = None
+    protocol = Protocol.model_validate(document)
+    model = subject(Leaky(0.0), mask_dir)
+    shards = [
+        run_suite(model, images, protocol, only=[test]).to_json()
+        for test in ("sampling", "perturbation", "structural")
+    ]
+    assert shards[0]["tests"]["perturbation"]["reason"] == SHARD_SKIP
+    merged = merge_results(shards)
+    assert set(merged["verdicts"]) == {"perturbation", "structural", "sampling"}
+    assert all(t["reason"] != SHARD_SKIP for t in merged["tests"].values())
+    assert merged["tests"]["sampling"] == shards[0]["tests"]["sampling"]
+    assert [s["tests"] for s in merged["shards"]] == [
+        ["sampling"],
+        ["perturbation"],
+        ["structural"],
+    ]
+    with pytest.raises(ValueError, match="no shard ran"):
+        merge_results(shards[:2])
+    other = json.loads(json.dumps(shards[1]))
+    other["model"]["sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="differ in 'model'"):
+        merge_results([shards[0], other])
+    with pytest.raises(ValueError, match="unknown test"):
+        run_suite(model, images, protocol, only=["speed"])
