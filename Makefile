@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml scripts/ensure-system-deps.sh
 
 services:
 	scripts/ensure-services.sh
+	scripts/ensure-system-deps.sh --test
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Install the Debian libraries the reports need when they are missing: Pango (WeasyPrint renders
-# the PDF report with it) and the DejaVu fonts. Idempotent; needs root (or sudo) only when
-# something is missing. Used by `make install`.
+# Install the Debian packages the project needs when they are missing. Idempotent; needs root
+# (or sudo) only when something is missing.
+#   scripts/ensure-system-deps.sh          the reports: Pango (WeasyPrint) and the DejaVu fonts
+#   scripts/ensure-system-deps.sh --test   also the test tools: Chromium (the dashboard tests,
+#                                          driven by Playwright) and poppler-utils (pdftoppm)
+# Used by `make install` and `make test`.
 set -euo pipefail
 
 missing=()
 ldconfig -p | grep -q 'libpango-1.0.so.0' || missing+=(libpango-1.0-0)
 ldconfig -p | grep -q 'libpangoft2-1.0.so.0' || missing+=(libpangoft2-1.0-0)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
+if [ "${1:-}" = "--test" ]; then
+  extra=()
+  command -v chromium >/dev/null 2>&1 || extra+=(chromium)
+  command -v pdftoppm >/dev/null 2>&1 || extra+=(poppler-utils)
+  missing+=("${extra[@]}")
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
