@@ -12,10 +12,9 @@ ldconfig -p | grep -q 'libpango-1.0.so.0' || missing+=(libpango-1.0-0)
 ldconfig -p | grep -q 'libpangoft2-1.0.so.0' || missing+=(libpangoft2-1.0-0)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 if [ "${1:-}" = "--test" ]; then
-  extra=()
-  command -v chromium >/dev/null 2>&1 || extra+=(chromium)
-  command -v pdftoppm >/dev/null 2>&1 || extra+=(poppler-utils)
-  missing+=("${extra[@]}")
+  # test tools: not needed by the service (nor in its Docker image)
+  command -v chromium >/dev/null 2>&1 || missing=("${missing[@]}" chromium)
+  command -v pdftoppm >/dev/null 2>&1 || missing=("${missing[@]}" poppler-utils)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
