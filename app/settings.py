@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     #: run an audit's tests as separate tasks, so several workers share one audit
     fan_out: bool = True
+    #: the Celery queue audits are sent to and workers consume
+    queue: str = "recon-audit"
 
     @property
     def db_url(self) -> str:

@@ -35,6 +35,7 @@ def make_app() -> Celery:
         task_soft_time_limit=settings.audit_soft_time_limit,
         task_time_limit=settings.audit_time_limit,
         task_ignore_result=True,
+        task_default_queue=settings.queue,
         worker_hijack_root_logger=False,
     )
     return celery

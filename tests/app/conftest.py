@@ -19,7 +19,8 @@ from app.db import engine_for, get_engine, sessions
 from app.settings import get_settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-TEST_DB = "recon_audit_test"
+#: per test run, so that concurrent runs on one machine (a checkout and a CI clone) never meet
+TEST_DB = f"recon_audit_test_{os.getpid()}"
 
 
 def _recreate(name: str) -> str:

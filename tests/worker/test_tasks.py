@@ -23,8 +23,11 @@ import redis
 from tests.app.conftest import PG_ADMIN
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-E2E_DB = "recon_audit_e2e"
+#: per test run (see tests/app/conftest.py); the Celery queue too, so that concurrent runs
+#: sharing the Redis database never take each other's tasks
+E2E_DB = f"recon_audit_e2e_{os.getpid()}"
 REDIS_URL = "redis://127.0.0.1:6379/15"
+QUEUE = f"recon-audit-test-{os.getpid()}"
 
 
 def _free_port() -> int:
@@ -99,7 +102,8 @@ def _service(tmp_path: Path, mode: str) -> Service:
         with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
             connection.execute(f"DROP DATABASE IF EXISTS {E2E_DB} WITH (FORCE)")
             connection.execute(f"CREATE DATABASE {E2E_DB}")
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(REDIS_URL).delete(QUEUE)
+        env["RECON_AUDIT_QUEUE"] = QUEUE
         env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{E2E_DB}"
         env["BROKER_URL"] = REDIS_URL
     logs = tmp_path / "logs"
