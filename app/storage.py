@@ -7,9 +7,12 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from sqlalchemy.orm import Session
 
 from app.errors import AppError, TooLarge
 
@@ -74,6 +77,17 @@ class Store:
         os.replace(spooled.path, target)
         os.chmod(target, 0o444)
         return True
+
+    def commit_with(self, spooled: Iterable[Spooled], session: Session) -> None:
+        """Move the files into the store and commit the database transaction that records
+        them, as one step: when the commit fails, the objects this call added are removed."""
+        added = [s.sha256 for s in spooled if self.commit(s)]
+        try:
+            session.commit()
+        except Exception:
+            for sha in added:
+                self.discard(sha)
+            raise
 
     def discard(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)

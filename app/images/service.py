@@ -67,13 +67,7 @@ def upload_image_set(
             f"images:{image_set.id}",
             {"name": name, "sha256": [r["sha256"] for r in records]},
         )
-        added = [s.sha256 for s in spooled.values() if store.commit(s)]
-        try:
-            session.commit()
-        except Exception:
-            for sha in added:
-                store.discard(sha)
-            raise
+        store.commit_with(spooled.values(), session)
         return image_set
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -126,13 +126,7 @@ def upload_network(
             f"model:{network.id}",
             {"sha256": network.sha256, "format": fmt, "files": [e["name"] for e in extra]},
         )
-        added = [s.sha256 for s in spooled.values() if store.commit(s)]
-        try:
-            session.commit()
-        except Exception:
-            for sha in added:
-                store.discard(sha)
-            raise
+        store.commit_with(spooled.values(), session)
         return network, True
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
