@@ -46,7 +46,6 @@ class Settings(BaseSettings):
     device: str = "cpu"
     #: seconds before an unacknowledged task is redelivered by Redis (a worker that died)
     broker_visibility_timeout: int = 3600
-    public_url: str = "http://127.0.0.1:8000"
     #: run an audit's tests as separate tasks, so several workers share one audit
     fan_out: bool = True
     #: the Celery queue audits are sent to and workers consume
