@@ -385,6 +385,13 @@ class _Bars:
 )
 @click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
 @click.option(
+    "--sign/--no-sign",
+    default=True,
+    show_default=True,
+    help="Sign report.pdf with the service's key: RECON_AUDIT_SIGNING_PKCS12, else the local CA "
+    "under RECON_AUDIT_DATA_DIR/pki (created on first use).",
+)
+@click.option(
     "--only",
     multiple=True,
     type=click.Choice(["perturbation", "structural", "sampling"]),
@@ -408,13 +415,14 @@ def audit(
     fail_on: str | None,
     detail_paths: tuple[Path, ...],
     pdf: bool,
+    sign: bool,
     only: tuple[str, ...],
     progress_mode: str,
 ) -> None:
     """Run the three instability tests on a network beside the CS baseline and write the
     results (results.json), figures and the report. Exit 0 when the audit completed, whatever
     the verdicts (see --fail-on), 2 on bad input."""
-    from app.report import write_report
+    from app.report import Certificate, write_report
     from reconstruction.suite import run_suite
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -447,13 +455,66 @@ def audit(
     finally:
         if bars is not None:
             bars.close()
-    files = write_report(result, out_dir, pdf=pdf)
+    manifest = json.loads(loaded.manifest.model_dump_json())
+    certificate = Certificate(manifest=manifest, signed=sign and pdf)
+    files = write_report(result, out_dir, pdf=pdf, certificate=certificate)
+    if files.pdf is not None and sign:
+        _sign_pdf(files.pdf, files.approval_box)
     for name, test in result.tests.items():
         click.echo(f"{name:<13} {test.verdict:<12} {test.reason}")
     click.echo(f"results: {files.results_json}")
     click.echo(f"report:  {files.pdf or files.html}")
     failing = {"unstable"} if fail_on == "unstable" else {"unstable", "inconclusive"}
     if fail_on and any(t.verdict in failing for t in result.tests.values()):
+        sys.exit(1)
+
+
+def _sign_pdf(pdf: Path, approval_box: Any) -> None:
+    from app.certificates.pki import load_service_signer
+    from app.certificates.signing import sign_certificate
+    from app.errors import AppError
+    from app.settings import get_settings
+
+    try:
+        signer = load_service_signer(get_settings())
+        pdf.write_bytes(sign_certificate(pdf.read_bytes(), signer, approval_box=approval_box))
+    except AppError as exc:
+        raise InputError(f"signing report.pdf failed: {exc.message}") from exc
+    click.echo(f"signed with {signer.source}", err=True)
+
+
+@main.command()
+@click.argument("pdf", type=click.Path(path_type=Path))
+def verify(pdf: Path) -> None:
+    """Verify a certificate PDF offline and print a JSON report: each signature (signer,
+    meaning, time, intact, trusted, coverage), changes after signing, the attachments. Trusts
+    the local CA (RECON_AUDIT_DATA_DIR/pki) and the configured PKCS#12's CA; whether the service
+    stored this file needs the service (POST /api/v1/verify). Exit 0 valid, 1 invalid or
+    unknown, 2 bad input."""
+    import logging
+
+    from app.certificates.pki import trust_roots
+    from app.certificates.verify import verify_pdf
+    from app.errors import AppError
+    from app.settings import get_settings
+
+    for name in ("pyhanko", "pyhanko_certvalidator"):  # the JSON says what failed
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        data = pdf.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {pdf}: {exc.strerror or exc}") from exc
+    try:
+        report = verify_pdf(data, trust_roots(get_settings()))
+    except AppError as exc:
+        raise InputError(f"{pdf}: {exc.message}") from exc
+    report.database = {
+        "checked": False,
+        "note": "offline: whether the service issued this file and stored these results needs "
+        "the service (POST /api/v1/verify)",
+    }
+    click.echo(json.dumps(report.as_dict(), indent=2))
+    if not report.valid:
         sys.exit(1)
 
 

@@ -11,6 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import reconstruction
 from app.audits.router import router as audits_router
+from app.certificates.router import router as certificates_router
+from app.dashboard.router import router as dashboard_router
 from app.db import get_engine
 from app.errors import AppError
 from app.images.router import router as images_router
@@ -111,5 +113,7 @@ def create_app() -> FastAPI:
     app.include_router(images_router)
     app.include_router(audits_router)
     app.include_router(users_router)
+    app.include_router(dashboard_router)
+    app.include_router(certificates_router)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 2**20)
     return app

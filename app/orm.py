@@ -11,7 +11,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
 
-__all__ = ["Audit", "AuditEvent", "AuditResult", "AuditShard", "ImageSet", "Network", "User"]
+__all__ = [
+    "Approval",
+    "Audit",
+    "AuditEvent",
+    "AuditResult",
+    "AuditShard",
+    "ImageSet",
+    "Network",
+    "User",
+]
 
 ROLES = ("submitter", "auditor", "admin")
 STATUSES = ("queued", "running", "succeeded", "failed")
@@ -137,3 +146,23 @@ class AuditShard(Base):
     #: its figures in the store: {"figures/x.png": sha256}
     files: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Approval(Base):
+    """An auditor's signature on an audit's certificate (append-only: a trigger refuses updates
+    and deletes): the approved PDF is a new file in the store (an incremental update of the
+    issued one, which stays); one approval per audit and meaning."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("audit_id", "meaning"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id"), index=True)
+    approver_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    #: the signature's meaning (21 CFR 11.50): "approved"
+    meaning: Mapped[str] = mapped_column(String(20))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    #: the signed PDF in the content-addressed store, and the one it was added to
+    pdf_sha256: Mapped[str] = mapped_column(String(64))
+    previous_pdf_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,15 +8,25 @@
 * ``report.html`` -- :func:`render_html` from ``templates/report.html.j2`` (Jinja2, autoescaped),
   which needs only the results.json document, the figure paths and the protocol's YAML;
 * ``report.pdf`` -- the same HTML through WeasyPrint (A4, no network access).
+
+The report is a certificate: :class:`Certificate` (its id, issue time, service version and git
+revision, the submitted manifest) is printed on the cover and written as ``certificate.json``;
+``protocol.yaml`` is the protocol's full YAML. The PDF is PDF/A-3b with ``results.json``,
+``protocol.yaml`` and ``certificate.json`` embedded as associated files (``/AF``), and it keeps
+an empty box on the cover for the auditor's approval signature (:attr:`ReportFiles.approval_box`).
+Signing comes after (``app.certificates.signing``): the renderer never signs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -29,14 +39,28 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+import reconstruction
+from app.certificates import (
+    APPROVAL_FIELD,
+    CERTIFICATE_SCHEMA,
+    ISSUANCE_FIELD,
+    ISSUER,
+    MEANING_APPROVED,
+    MEANING_ISSUED,
+    SignatureBox,
+    git_revision,
+)
 from reconstruction.instability.common import STABLE_WORDING
 from reconstruction.protocols import Protocol
 from reconstruction.suite import SuiteResult
 
 __all__ = [
     "FIGURE_DPI",
+    "PDF_VARIANT",
     "TEMPLATES",
+    "Certificate",
     "ReportFiles",
+    "SignatureBox",
     "figure_caption",
     "render_html",
     "write_documents",
@@ -70,6 +94,67 @@ TEST_QUESTIONS = {
     ),
 }
 VERDICT_CLASSES = ("unstable", "inconclusive", "stable", "skipped")
+PDF_VARIANT = "pdf/a-3b"
+#: the element that reserves the approval signature's box on the cover (``id`` in the template)
+APPROVAL_ANCHOR = "approval-signature"
+#: its size (width, height) in mm, border box
+APPROVAL_BOX_MM = (90, 26)
+#: CSS px -> PDF points (WeasyPrint draws 1 CSS px as 0.75 pt)
+PT_PER_PX = 0.75
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The certificate's identity, printed on the cover and written as ``certificate.json``.
+
+    ``id``: the audit's id when the service issues it, else a random UUID (32 hex digits, as
+    the service's ids); ``issued``: UTC; ``manifest``: the manifest as submitted (``None`` when
+    unknown); ``signed``: ``False`` for a copy written without a signature (the cover says so).
+    """
+
+    id: str = field(default_factory=_new_id)
+    issued: datetime = field(default_factory=_utc_now)
+    audit_id: str | None = None
+    manifest: dict[str, Any] | None = None
+    service_version: str = reconstruction.__version__
+    git_revision: str = field(default_factory=git_revision)
+    issuer: str = ISSUER
+    verify_url: str | None = None
+    signed: bool = True
+
+    @property
+    def issued_text(self) -> str:
+        return self.issued.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    def to_json(
+        self, document: dict[str, Any], *, results_sha256: str, protocol_yaml_sha256: str
+    ) -> dict[str, Any]:
+        model = document.get("model", {})
+        return {
+            "schema": CERTIFICATE_SCHEMA,
+            "certificate_id": self.id,
+            "audit_id": self.audit_id,
+            "issued": self.issued.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "issuer": self.issuer,
+            "service_version": self.service_version,
+            "git_revision": self.git_revision,
+            "verify_url": self.verify_url,
+            "results_sha256": results_sha256,
+            "protocol_yaml_sha256": protocol_yaml_sha256,
+            "protocol": document.get("protocol"),
+            "model_sha256": model.get("sha256"),
+            "manifest_sha256": model.get("manifest_sha256"),
+            "manifest": self.manifest,
+            "verdicts": document.get("verdicts"),
+        }
 
 
 @dataclass(frozen=True)
@@ -80,6 +165,10 @@ class ReportFiles:
     html: Path
     pdf: Path | None
     figures: dict[str, Path]
+    protocol_yaml: Path | None = None
+    certificate_json: Path | None = None
+    #: where the approval signature goes in the PDF (None without a PDF)
+    approval_box: SignatureBox | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,9 +857,42 @@ def _environment() -> Environment:
     return env
 
 
-def render_html(results: dict[str, Any], figures: dict[str, str], protocol_yaml: str) -> str:
+def _certificate_view(certificate: Certificate | None) -> dict[str, Any] | None:
+    if certificate is None:
+        return None
+    manifest = certificate.manifest or {}
+    return {
+        "id": certificate.id,
+        "audit_id": certificate.audit_id,
+        "issued": certificate.issued_text,
+        "issuer": certificate.issuer,
+        "service_version": certificate.service_version,
+        "git_revision": certificate.git_revision,
+        "verify_url": certificate.verify_url,
+        "signed": certificate.signed,
+        "manifest": manifest,
+        "manifest_json": json.dumps(manifest, indent=2, sort_keys=True) if manifest else "",
+        "sampling_json": json.dumps(manifest.get("sampling"), sort_keys=True)
+        if manifest.get("sampling") is not None
+        else "",
+        "statement": manifest.get("statement"),
+        "description": manifest.get("description"),
+        "issuance_field": ISSUANCE_FIELD,
+        "approval_field": APPROVAL_FIELD,
+        "meaning_issued": MEANING_ISSUED,
+        "meaning_approved": MEANING_APPROVED,
+    }
+
+
+def render_html(
+    results: dict[str, Any],
+    figures: dict[str, str],
+    protocol_yaml: str,
+    certificate: Certificate | None = None,
+) -> str:
     """The report as HTML from the results.json document ``results``, the figures (name ->
-    path relative to the HTML file's folder) and the protocol's YAML (every value filled in)."""
+    path relative to the HTML file's folder) and the protocol's YAML (every value filled in);
+    with a ``certificate``, also its identity, the signature block and the approval box."""
     views = _test_views(results)
     for view in views:
         view["figures"] = [
@@ -797,35 +919,124 @@ def render_html(results: dict[str, Any], figures: dict[str, str], protocol_yaml:
             images=results.get("images", []),
             stable_wording=STABLE_WORDING,
             black_box=model.get("gradient_access") == "black-box",
+            certificate=_certificate_view(certificate),
+            approval_anchor=APPROVAL_ANCHOR,
+            approval_box_mm=APPROVAL_BOX_MM,
         )
     )
 
 
-def write_report(result: SuiteResult, out_dir: Path, *, pdf: bool = True) -> ReportFiles:
-    """Write ``results.json``, ``figures/*.png``, ``report.html`` and (``pdf``) ``report.pdf``
-    into ``out_dir`` (created when missing)."""
+def write_report(
+    result: SuiteResult,
+    out_dir: Path,
+    *,
+    pdf: bool = True,
+    certificate: Certificate | None = None,
+) -> ReportFiles:
+    """Write ``results.json``, ``figures/*.png``, ``protocol.yaml``, ``certificate.json``,
+    ``report.html`` and (``pdf``) ``report.pdf`` into ``out_dir`` (created when missing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(result, out_dir / "figures")
-    return write_documents(result.to_json(), figures, out_dir, pdf=pdf)
+    return write_documents(result.to_json(), figures, out_dir, pdf=pdf, certificate=certificate)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unique_af(_document: Any, pdf: Any) -> None:
+    """WeasyPrint 69 lists each attachment twice in the catalog's ``/AF`` (PDF/A-3 associated
+    files): once from the embedded-files name tree, once from the file specifications."""
+    if "AF" in pdf.catalog:
+        seen = list(dict.fromkeys(pdf.catalog["AF"]))
+        pdf.catalog["AF"].clear()
+        pdf.catalog["AF"].extend(seen)
+
+
+def _approval_box(document: Any) -> SignatureBox | None:
+    """The approval box's rectangle in PDF points, from WeasyPrint's laid-out pages (anchors
+    are the top-left corners of elements with an ``id``, in CSS px from the page's top left;
+    the box's size is fixed by :data:`APPROVAL_BOX_MM`)."""
+    width, height = (mm / 25.4 * 72 for mm in APPROVAL_BOX_MM)
+    for index, page in enumerate(document.pages):
+        anchor = page.anchors.get(APPROVAL_ANCHOR)
+        if anchor is None:
+            continue
+        x, top = anchor[0] * PT_PER_PX, (page.height - anchor[1]) * PT_PER_PX
+        return SignatureBox(index, (round(x), round(top - height), round(x + width), round(top)))
+    return None
 
 
 def write_documents(
-    document: dict[str, Any], figures: dict[str, Path], out_dir: Path, *, pdf: bool = True
+    document: dict[str, Any],
+    figures: dict[str, Path],
+    out_dir: Path,
+    *,
+    pdf: bool = True,
+    certificate: Certificate | None = None,
 ) -> ReportFiles:
-    """``results.json``, ``report.html`` and (``pdf``) ``report.pdf`` from a results document
-    and its figures already in ``out_dir`` (also used to merge the shards of an audit)."""
+    """``results.json``, ``protocol.yaml``, ``certificate.json``, ``report.html`` and (``pdf``)
+    ``report.pdf`` from a results document and its figures already in ``out_dir`` (also used to
+    merge the shards of an audit). ``certificate``: the certificate's identity (default: a new
+    id, issued now, no manifest). The PDF is PDF/A-3b with the three JSON/YAML files attached;
+    it is not signed."""
+    certificate = certificate or Certificate()
     results_json = out_dir / "results.json"
     results_json.write_text(json.dumps(document, indent=2), encoding="utf-8")
     relative = {name: path.relative_to(out_dir).as_posix() for name, path in figures.items()}
     protocol_yaml = Protocol.model_validate(document["protocol_document"]).to_yaml()
-    html = render_html(document, relative, protocol_yaml)
+    protocol_path = out_dir / "protocol.yaml"
+    protocol_path.write_text(protocol_yaml, encoding="utf-8")
+    certificate_path = out_dir / "certificate.json"
+    identity = certificate.to_json(
+        document,
+        results_sha256=_sha256(results_json),
+        protocol_yaml_sha256=_sha256(protocol_path),
+    )
+    certificate_path.write_text(json.dumps(identity, indent=2), encoding="utf-8")
+    html = render_html(document, relative, protocol_yaml, certificate)
     html_path = out_dir / "report.html"
     html_path.write_text(html, encoding="utf-8")
     pdf_path: Path | None = None
+    box: SignatureBox | None = None
     if pdf:
-        from weasyprint import HTML  # type: ignore[import-untyped]
+        from weasyprint import HTML, Attachment  # type: ignore[import-untyped]
 
         pdf_path = out_dir / "report.pdf"
         # base_url: the report's folder (trailing separator), so figures/x.png resolves there
-        HTML(string=html, base_url=str(out_dir.resolve()) + "/").write_pdf(pdf_path)
-    return ReportFiles(results_json=results_json, html=html_path, pdf=pdf_path, figures=figures)
+        rendered = HTML(string=html, base_url=str(out_dir.resolve()) + "/").render(
+            pdf_variant=PDF_VARIANT
+        )
+        box = _approval_box(rendered)
+        attachments = [
+            Attachment(
+                filename=str(results_json),
+                name="results.json",
+                description="The audit's results (recon-audit/results/v1)",
+                relationship="Data",
+            ),
+            Attachment(
+                filename=str(protocol_path),
+                name="protocol.yaml",
+                description="The audit protocol, every value filled in",
+                relationship="Source",
+            ),
+            Attachment(
+                filename=str(certificate_path),
+                name="certificate.json",
+                description=f"The certificate's identity ({CERTIFICATE_SCHEMA})",
+                relationship="Data",
+            ),
+        ]
+        rendered.write_pdf(
+            pdf_path, pdf_variant=PDF_VARIANT, attachments=attachments, finisher=_unique_af
+        )
+    return ReportFiles(
+        results_json=results_json,
+        html=html_path,
+        pdf=pdf_path,
+        figures=figures,
+        protocol_yaml=protocol_path,
+        certificate_json=certificate_path,
+        approval_box=box,
+    )

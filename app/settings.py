@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = 3600
     #: run an audit's tests as separate tasks, so several workers share one audit
     fan_out: bool = True
+    #: the certificates' signing key and certificate chain (PKCS#12); None: the service's own
+    #: CA and signing certificate, created on first use under ``data_dir/pki``
+    signing_pkcs12: Path | None = None
+    signing_pkcs12_password: str | None = None
+    #: an RFC 3161 timestamp authority for the signatures (None: no trusted timestamp)
+    timestamp_url: str | None = None
     #: the Celery queue audits are sent to and workers consume
     queue: str = "recon-audit"
 
@@ -66,6 +72,11 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return (self.data_dir / "broker").resolve()
+
+    @property
+    def pki_dir(self) -> Path:
+        """The service's own CA and signing certificate (when no PKCS#12 is configured)."""
+        return (self.data_dir / "pki").resolve()
 
     @property
     def store_dir(self) -> Path:

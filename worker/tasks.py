@@ -7,6 +7,11 @@ machines) share one audit; the last shard to finish merges the shards' results
 (:func:`reconstruction.suite.merge_results`), renders the report and stores the results once.
 Without fan-out the audit runs whole in one task.
 
+The sandboxed runs write results and figures only (``--no-pdf``); the trusted worker renders
+the certificate (its id is the audit's id; the subject shows the manifest from the database) and
+signs it (:func:`app.certificates.service.sign_report`) right before the files are stored, in
+both paths, so the stored ``report.pdf`` is always the signed certificate.
+
 Idempotent: a finished audit or shard is left alone; a redelivered task (its worker died) runs
 again; results are written once (the results table is keyed by the audit and refuses updates).
 """
@@ -25,10 +30,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import events
+from app.certificates.service import SignedReport, sign_report
 from app.db import session_factory, utcnow
 from app.networks.service import materialise, safe_name
 from app.orm import Audit, AuditResult, AuditShard, ImageSet, Network
-from app.report import write_documents
+from app.report import Certificate, write_documents
 from app.sandbox import run_cli
 from app.settings import get_settings
 from app.storage import Spooled, Store
@@ -147,9 +153,49 @@ def _run(store: Store, audit_id: str, workdir: Path, extra: list[str], test: str
     return workdir / "out"
 
 
-def _finish(audit_id: str, results: dict[str, Any], files: dict[str, str]) -> None:
+def _certify(
+    store: Store, audit_id: str, results: dict[str, Any], figures: dict[str, Path], out: Path
+) -> tuple[dict[str, str], SignedReport]:
+    """Render the certificate from the results and the figures in ``out``, sign it (the last
+    step) and store every file of ``out``; returns the stored files and the signature."""
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        assert audit is not None
+        network = session.get(Network, audit.network_id)
+        manifest = dict(network.manifest) if network is not None else None
+    certificate = Certificate(id=audit_id, audit_id=audit_id, manifest=manifest)
+    written = write_documents(results, figures, out, pdf=True, certificate=certificate)
+    assert written.pdf is not None
+    signed = sign_report(get_settings(), written.pdf, written.approval_box)
+    return _store_outputs(store, out), signed
+
+
+def _regular(path: Path) -> Path:
+    """``path`` when it is a regular file, not a symbolic link (the sandbox wrote it)."""
+    if path.is_symlink() or not path.is_file():
+        raise RuntimeError(f"the audit run did not write {path.name} as a regular file")
+    return path
+
+
+def _sandbox_figures(out: Path) -> list[Path]:
+    """The PNG figures a sandboxed run wrote: regular files only, no links."""
+    folder = out / "figures"
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink())
+
+
+def _figures(out: Path, names: list[str]) -> dict[str, Path]:
+    """The figures (relative names like ``figures/x.png``) in the report's order."""
+    return {Path(name).stem: out / name for name in sorted(names, key=_figure_order)}
+
+
+def _finish(
+    audit_id: str, results: dict[str, Any], files: dict[str, str], signed: SignedReport
+) -> None:
     """Store the results once and mark the audit succeeded."""
     with session_factory()() as session:
+        stored = True
         try:
             session.add(
                 AuditResult(
@@ -162,11 +208,14 @@ def _finish(audit_id: str, results: dict[str, Any], files: dict[str, str]) -> No
             session.flush()
         except IntegrityError:  # another delivery stored them first
             session.rollback()
+            stored = False
         audit = session.get(Audit, audit_id)
         assert audit is not None
         if audit.status in FINISHED:
             session.commit()
             return
+        if stored:
+            events.record(session, ACTOR, "certificate.signed", f"audit:{audit_id}", signed.event())
         audit.status, audit.stage, audit.percent = "succeeded", "done", 100.0
         audit.verdicts, audit.finished_at = results["verdicts"], utcnow()
         events.record(
@@ -217,10 +266,19 @@ def run_audit(audit_id: str) -> str:
         return "fanned out"
     store = Store(settings.store_dir)
     workdir = store.workdir(f"audit-{audit_id}-")
+    # the certificate is written in a folder of the worker's own, never in one the sandboxed
+    # run could have prepared (links planted there would redirect the worker's writes)
+    clean = store.workdir(f"certificate-{audit_id}-")
     try:
-        out = _run(store, audit_id, workdir, [], None)
-        results = json.loads((out / "results.json").read_text())
-        _finish(audit_id, results, _store_outputs(store, out))
+        out = _run(store, audit_id, workdir, ["--no-pdf"], None)
+        results = json.loads(_regular(out / "results.json").read_text())
+        (clean / "figures").mkdir()
+        names = []
+        for figure in _sandbox_figures(out):
+            shutil.copyfile(figure, clean / "figures" / figure.name)
+            names.append(f"figures/{figure.name}")
+        files, signed = _certify(store, audit_id, results, _figures(clean, names), clean)
+        _finish(audit_id, results, files, signed)
         return "succeeded"
     except SoftTimeLimitExceeded:
         _fail(audit_id, "the audit exceeded its time limit")
@@ -232,6 +290,7 @@ def run_audit(audit_id: str) -> str:
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(clean, ignore_errors=True)
 
 
 @app.task(name="worker.tasks.run_shard", acks_late=True, reject_on_worker_lost=True)
@@ -292,14 +351,12 @@ def _merge_if_complete(store: Store, audit_id: str) -> str:
     workdir = store.workdir(f"merge-{audit_id}-")
     try:
         merged = merge_results([d for d in documents if d is not None])
-        figures: dict[str, Path] = {}
         (workdir / "figures").mkdir()
-        for name in sorted(figure_files, key=_figure_order):
-            target = workdir / name
-            store.copy_out(figure_files[name], target)
-            figures[Path(name).stem] = target
-        write_documents(merged, figures, workdir, pdf=True)
-        _finish(audit_id, merged, _store_outputs(store, workdir))
+        for name in figure_files:
+            store.copy_out(figure_files[name], workdir / name)
+        figures = _figures(workdir, list(figure_files))
+        files, signed = _certify(store, audit_id, merged, figures, workdir)
+        _finish(audit_id, merged, files, signed)
         return "merged"
     except Exception as exc:
         _fail(audit_id, f"merging the shards failed: {type(exc).__name__}: {exc}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, status
 from fastapi.responses import FileResponse
@@ -15,6 +15,7 @@ from app import events
 from app.audits import repository, service
 from app.audits.schemas import AuditCreate, AuditOut
 from app.auth import CurrentUser, SessionDep
+from app.certificates.service import current_pdf
 from app.deps import StoreDep
 from app.errors import Conflict, NotFound
 from app.orm import Audit, AuditResult, User
@@ -87,10 +88,25 @@ def get_figure(
 
 @router.get("/{audit_id}/report.pdf", response_class=FileResponse)
 def get_report(
-    audit_id: str, session: SessionDep, user: CurrentUser, store: StoreDep
+    audit_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    store: StoreDep,
+    version: Literal["current", "issued"] = "current",
 ) -> FileResponse:
+    """The signed certificate: its approved version once an auditor approved it
+    (``version=issued``: the one the service issued)."""
     result = _finished(session, user, audit_id)
-    path = _artefact(store, result, "report.pdf")
-    events.record(session, user.id, "audit.downloaded", f"audit:{audit_id}", {"what": "report.pdf"})
+    sha = current_pdf(session, result) if version == "current" else result.files.get("report.pdf")
+    if sha is None:
+        raise NotFound("no artefact report.pdf")
+    path = store.verified(sha)
+    events.record(
+        session,
+        user.id,
+        "audit.downloaded",
+        f"audit:{audit_id}",
+        {"what": "report.pdf", "sha256": sha},
+    )
     session.commit()
     return FileResponse(path, media_type="application/pdf", filename=f"audit-{audit_id}.pdf")

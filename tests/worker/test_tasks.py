@@ -170,6 +170,13 @@ def test_upload_audit_and_download(service: Service) -> None:
     pdf = httpx.get(f"{service.url}/api/v1/audits/{audit_id}/report.pdf", headers=headers)
     assert pdf.status_code == 200
     assert pdf.content[:4] == b"%PDF"
+    # the stored report is the certificate the worker signed with the service's CA
+    verified = httpx.post(
+        f"{service.url}/api/v1/verify", headers=headers, files=[("file", ("c.pdf", pdf.content))]
+    ).json()
+    assert verified["status"] == "valid", verified["reason"]
+    assert verified["database"]["audit_id"] == audit_id
+    assert [s["meaning"] for s in verified["signatures"]] == ["issued"]
     figure = httpx.get(
         f"{service.url}/api/v1/audits/{audit_id}/figures/perturbation_image_curves.png",
         headers=headers,

@@ -1,0 +1,286 @@
+"""Auditor dashboards under ``/ui``: server-rendered Jinja2, readable without JavaScript; htmx
+(served from this package, no CDN) only refreshes the live parts (status and progress).
+
+Sign-in stores the API token in an HttpOnly, SameSite=Strict cookie; every page checks it like
+the API checks a bearer token, with the same roles and visibility.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Cookie, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audits import repository as audits
+from app.audits.service import as_out
+from app.auth import SessionDep, token_hash
+from app.certificates import service as certificates
+from app.certificates.schemas import ApprovalRequest
+from app.deps import SettingsDep, StoreDep
+from app.errors import AppError
+from app.networks import repository as networks
+from app.orm import Network, User
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
+STATIC = Path(__file__).resolve().parents[1] / "static"
+COOKIE = "recon_audit_token"
+STATUSES = ("queued", "running", "succeeded", "failed")
+APPROVERS = ("auditor", "admin")
+VERDICTS = ("unstable", "inconclusive", "stable", "skipped")
+TokenCookie = Annotated[str | None, Cookie(alias=COOKIE)]
+
+
+def _user(session: Session, token: str | None) -> User | None:
+    if not token:
+        return None
+    return session.scalars(select(User).where(User.token_hash == token_hash(token))).first()
+
+
+def _login() -> RedirectResponse:
+    return RedirectResponse("/ui/login", status_code=303)
+
+
+def _page(request: Request, name: str, user: User | None, **context: Any) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, f"dashboard/{name}", {"user": user, **context})
+
+
+@router.get("/static/{name}")
+def static(name: str) -> FileResponse:
+    path = STATIC / name
+    if path.parent != STATIC or not path.is_file():
+        return FileResponse(STATIC / "dashboard.css", status_code=404)
+    media = "text/css" if name.endswith(".css") else "text/javascript"
+    return FileResponse(path, media_type=media)
+
+
+@router.get("/login")
+def login_form(request: Request) -> HTMLResponse:
+    return _page(request, "login.html.j2", None, error=None)
+
+
+@router.post("/login")
+def login(request: Request, session: SessionDep, token: Annotated[str, Form()]) -> Response:
+    user = _user(session, token.strip())
+    if user is None:
+        return _page(request, "login.html.j2", None, error="invalid token")
+    response = RedirectResponse("/ui/audits", status_code=303)
+    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/logout")
+def logout() -> RedirectResponse:
+    response = _login()
+    response.delete_cookie(COOKIE)
+    return response
+
+
+@router.get("")
+def home() -> RedirectResponse:
+    return RedirectResponse("/ui/audits", status_code=303)
+
+
+def _filtered(
+    session: Session, user: User, status: str | None, verdict: str | None, model: str | None
+) -> list[dict[str, Any]]:
+    rows = []
+    names = {n.id: n.name for n in networks.listed(session, user)}
+    for audit in audits.listed(session, user, status or None):
+        if model and audit.network_id != model:
+            continue
+        verdicts = audit.verdicts or {}
+        if verdict and verdict not in verdicts.values():
+            continue
+        rows.append({"audit": as_out(audit), "model_name": names.get(audit.network_id, "?")})
+    return rows
+
+
+@router.get("/audits")
+def audit_list(
+    request: Request,
+    session: SessionDep,
+    token: TokenCookie = None,
+    status: str | None = None,
+    verdict: str | None = None,
+    model: str | None = None,
+) -> Response:
+    user = _user(session, token)
+    if user is None:
+        return _login()
+    rows = _filtered(session, user, status, verdict, model)
+    return _page(
+        request,
+        "audits.html.j2",
+        user,
+        rows=rows,
+        statuses=STATUSES,
+        verdicts=VERDICTS,
+        models=networks.listed(session, user),
+        chosen={"status": status or "", "verdict": verdict or "", "model": model or ""},
+        query=request.url.query,
+    )
+
+
+@router.get("/audits/rows")
+def audit_rows(
+    request: Request,
+    session: SessionDep,
+    token: TokenCookie = None,
+    status: str | None = None,
+    verdict: str | None = None,
+    model: str | None = None,
+) -> Response:
+    """The list's rows alone (htmx polls this for live status and progress)."""
+    user = _user(session, token)
+    if user is None:
+        return Response(status_code=401)
+    rows = _filtered(session, user, status, verdict, model)
+    return _page(request, "audit_rows.html.j2", user, rows=rows)
+
+
+def _detail(session: Session, user: User, audit_id: str) -> dict[str, Any] | None:
+    audit = audits.visible(session, user, audit_id)
+    if audit is None:
+        return None
+    network = session.get(Network, audit.network_id)
+    result = audits.result_of(session, audit.id)
+    figures = sorted(
+        Path(name).stem for name in (result.files if result else {}) if name.startswith("figures/")
+    )
+    approval = certificates.approval_of(session, audit.id)
+    return {
+        "audit": as_out(audit),
+        "network": network,
+        "results": result.results if result else None,
+        "figures": figures,
+        "approval": certificates.as_out(session, approval) if approval else None,
+        "can_approve": user.role in APPROVERS and approval is None and result is not None,
+    }
+
+
+@router.get("/audits/{audit_id}")
+def audit_page(
+    request: Request, audit_id: str, session: SessionDep, token: TokenCookie = None
+) -> Response:
+    user = _user(session, token)
+    if user is None:
+        return _login()
+    detail = _detail(session, user, audit_id)
+    if detail is None:
+        return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")
+    return _page(request, "audit.html.j2", user, **detail, message=None, error=None)
+
+
+@router.post("/audits/{audit_id}/approve")
+def approve(
+    request: Request,
+    audit_id: str,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    password: Annotated[str, Form(alias="token")],
+    comment: Annotated[str, Form()] = "",
+    token: TokenCookie = None,
+) -> Response:
+    """The auditor's sign-off: re-enter the token (step-up) to add the "approved" signature."""
+    user = _user(session, token)
+    if user is None:
+        return _login()
+    message, error = None, None
+    if user.role not in APPROVERS:
+        error = "only auditors and admins approve audits"
+    else:
+        try:
+            certificates.approve(
+                session,
+                store,
+                settings,
+                user,
+                audit_id,
+                ApprovalRequest(token=password.strip() or "-", comment=comment[:2000]),
+            )
+            message = "approved: the certificate now carries your signature"
+        except AppError as exc:
+            session.rollback()
+            error = exc.message
+    detail = _detail(session, user, audit_id)
+    if detail is None:
+        return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")
+    return _page(request, "audit.html.j2", user, **detail, message=message, error=error)
+
+
+@router.get("/audits/{audit_id}/status")
+def audit_status(
+    request: Request, audit_id: str, session: SessionDep, token: TokenCookie = None
+) -> Response:
+    """The status block alone (htmx polls this while the audit runs)."""
+    user = _user(session, token)
+    audit = audits.visible(session, user, audit_id) if user else None
+    if audit is None:
+        return Response(status_code=404)
+    return _page(request, "audit_status.html.j2", user, audit=as_out(audit))
+
+
+@router.get("/audits/{audit_id}/files/{name:path}")
+def audit_file(
+    audit_id: str, name: str, session: SessionDep, store: StoreDep, token: TokenCookie = None
+) -> Response:
+    """A stored artefact (figure, report, results) of a finished audit, re-verified."""
+    user = _user(session, token)
+    audit = audits.visible(session, user, audit_id) if user else None
+    result = audits.result_of(session, audit.id) if audit else None
+    if result is None or name not in result.files:
+        return Response(status_code=404)
+    media = {".png": "image/png", ".pdf": "application/pdf", ".json": "application/json"}
+    return FileResponse(
+        store.verified(result.files[name]),
+        media_type=media.get(Path(name).suffix, "text/html"),
+    )
+
+
+@router.get("/compare")
+def compare(
+    request: Request,
+    session: SessionDep,
+    a: str = "",
+    b: str = "",
+    token: TokenCookie = None,
+) -> Response:
+    user = _user(session, token)
+    if user is None:
+        return _login()
+    left, right = _detail(session, user, a), _detail(session, user, b)
+    choices = [as_out(x) for x in audits.listed(session, user, "succeeded")]
+    return _page(
+        request, "compare.html.j2", user, left=left, right=right, choices=choices, a=a, b=b
+    )
+
+
+@router.get("/models")
+def model_list(request: Request, session: SessionDep, token: TokenCookie = None) -> Response:
+    user = _user(session, token)
+    if user is None:
+        return _login()
+    return _page(request, "models.html.j2", user, models=networks.listed(session, user))
+
+
+@router.get("/models/{model_id}")
+def model_page(
+    request: Request, model_id: str, session: SessionDep, token: TokenCookie = None
+) -> Response:
+    user = _user(session, token)
+    if user is None:
+        return _login()
+    network = networks.visible(session, user, model_id)
+    if network is None:
+        return _page(request, "missing.html.j2", user, what=f"model {model_id}")
+    runs = [as_out(x) for x in audits.listed(session, user) if x.network_id == network.id]
+    return _page(request, "model.html.j2", user, network=network, audits=runs)

@@ -1,0 +1,261 @@
+"""Certificates through the API: an auditor's approval (step-up, second signature, served as
+the report) and verification against the service's CA and database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from app.certificates.pki import load_service_signer
+from app.certificates.signing import sign_certificate
+from app.deps import get_store
+from app.events import verify_chain
+from app.orm import Approval, Audit, AuditEvent, AuditResult, Network, User
+from app.report import Certificate
+from app.settings import Settings, get_settings
+from app.storage import Spooled
+from tests.app.certificates.conftest import MANIFEST, Rendered, render
+from tests.app.certificates.test_verify import _flip_inside_a_stream
+from tests.app.conftest import bearer
+
+AUDIT_ID = uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A certificate the service issued for :data:`AUDIT_ID`, in the store."""
+
+    rendered: Rendered
+    pdf: bytes
+    files: dict[str, str]
+
+
+def _commit(data: bytes, folder: Path, name: str) -> str:
+    path = folder / name
+    path.write_bytes(data)
+    spooled = Spooled(path, hashlib.sha256(data).hexdigest(), len(data))
+    get_store().commit(spooled)
+    return spooled.sha256
+
+
+@pytest.fixture(scope="module")
+def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Stored:
+    request.getfixturevalue("migrated")  # the settings: the test database and data directory
+    folder = tmp_path_factory.mktemp("stored")
+    rendered = render(folder, Certificate(id=AUDIT_ID, audit_id=AUDIT_ID, manifest=MANIFEST))
+    signer = load_service_signer(get_settings())  # the service's own CA, under its data dir
+    pdf = sign_certificate(rendered.pdf, signer, approval_box=rendered.files.approval_box)
+    files = {
+        "report.pdf": _commit(pdf, folder, "signed.pdf"),
+        "results.json": _commit(rendered.files.results_json.read_bytes(), folder, "r.json"),
+    }
+    return Stored(rendered, pdf, files)
+
+
+def _user(db: Session, name: str) -> User:
+    user = db.scalars(select(User).where(User.name == name)).one()
+    return user
+
+
+def _audit(db: Session, stored: Stored, *, finished: bool = True, audit_id: str = AUDIT_ID) -> None:
+    alice = _user(db, "alice")
+    network = Network(
+        owner_id=alice.id,
+        name="t",
+        sha256=uuid.uuid4().hex * 2,
+        format="onnx",
+        gradient_access="white-box",
+        size_bytes=1,
+        filename="model.onnx",
+        manifest=MANIFEST,
+        manifest_sha256="1" * 64,
+        files=[],
+        summary={},
+    )
+    db.add(network)
+    db.flush()
+    db.add(
+        Audit(
+            id=audit_id,
+            owner_id=alice.id,
+            network_id=network.id,
+            protocol_name="report-test-skipping",
+            protocol_version="1",
+            protocol_sha256="2" * 64,
+            protocol_yaml="",
+            image_set="builtin",
+            status="succeeded" if finished else "running",
+        )
+    )
+    db.flush()
+    if finished:
+        results = json.loads(stored.rendered.files.results_json.read_text())
+        db.add(
+            AuditResult(
+                audit_id=audit_id,
+                results=results,
+                results_sha256=stored.files["results.json"],
+                files=stored.files,
+            )
+        )
+    db.commit()
+
+
+def _verify(client: TestClient, token: str, pdf: bytes) -> dict[str, object]:
+    response = client.post(
+        "/api/v1/verify", headers=bearer(token), files=[("file", ("c.pdf", pdf))]
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def test_verify_checks_the_signatures_and_the_database(
+    client: TestClient,
+    db: Session,
+    tokens: dict[str, str],
+    stored: Stored,
+    rendered: Rendered,
+    tmp_path: Path,
+) -> None:
+    _audit(db, stored)
+    report = _verify(client, tokens["bob"], stored.pdf)  # any signed-in user
+    assert report["status"] == "valid", report["reason"]
+    assert report["valid"] is True
+    assert report["database"] == {
+        "checked": True,
+        "known": True,
+        "certificate_id": AUDIT_ID,
+        "audit_id": AUDIT_ID,
+        "version": "issued",
+        "stored_versions": [stored.files["report.pdf"]],
+        "results_match": True,
+    }
+    signatures = report["signatures"]
+    assert isinstance(signatures, list)
+    assert [s["meaning"] for s in signatures] == ["issued"]
+
+    # signed by another CA, for a certificate the service does not know
+    other = load_service_signer(Settings(data_dir=tmp_path))
+    foreign = sign_certificate(rendered.pdf, other, approval_box=rendered.files.approval_box)
+    report = _verify(client, tokens["bob"], foreign)
+    assert report["status"] == "unknown"
+    assert report["valid"] is False
+    assert report["database"] == {
+        "checked": True,
+        "known": False,
+        "certificate_id": rendered.certificate.id,
+    }
+
+    # the stored certificate, one bit changed
+    report = _verify(client, tokens["bob"], _flip_inside_a_stream(stored.pdf))
+    assert report["status"] == "invalid"
+    assert "signed bytes were changed" in str(report["reason"])
+
+    # a valid signature, but not the file the service stored for this certificate
+    reissued = load_service_signer(get_settings())
+    again = sign_certificate(stored.rendered.pdf, reissued)
+    report = _verify(client, tokens["bob"], again)
+    assert report["status"] == "invalid"
+    assert "not a version of certificate" in str(report["reason"])
+
+    bad = client.post(
+        "/api/v1/verify", headers=bearer(tokens["bob"]), files=[("file", ("x.pdf", b"hello"))]
+    )
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "file"
+    assert client.post("/api/v1/verify", files=[("file", ("c.pdf", stored.pdf))]).status_code == 401
+    verified = db.scalars(
+        select(AuditEvent).where(AuditEvent.action == "certificate.verified")
+    ).all()
+    assert [e.details["status"] for e in verified] == ["valid", "unknown", "invalid", "invalid"]
+    assert verified[0].subject == f"audit:{AUDIT_ID}"
+    assert verify_chain(db).valid
+
+
+def test_an_auditor_approves_once_and_the_report_is_the_approved_pdf(
+    client: TestClient, db: Session, tokens: dict[str, str], stored: Stored
+) -> None:
+    _audit(db, stored)
+    url = f"/api/v1/audits/{AUDIT_ID}/approve"
+    body = {"token": tokens["ada"], "comment": "Fits the intended use."}
+    response = client.post(url, headers=bearer(tokens["ada"]), json=body)
+    assert response.status_code == 201, response.text
+    approval = response.json()
+    assert approval["meaning"] == "approved"
+    assert approval["approver"]["name"] == "ada"
+    assert approval["comment"] == "Fits the intended use."
+    assert approval["previous_pdf_sha256"] == stored.files["report.pdf"]
+    assert approval["pdf_sha256"] != stored.files["report.pdf"]
+
+    current = client.get(f"/api/v1/audits/{AUDIT_ID}/report.pdf", headers=bearer(tokens["alice"]))
+    assert current.status_code == 200
+    assert hashlib.sha256(current.content).hexdigest() == approval["pdf_sha256"]
+    assert current.content.startswith(stored.pdf)  # an incremental update of the issued file
+    issued = client.get(
+        f"/api/v1/audits/{AUDIT_ID}/report.pdf?version=issued", headers=bearer(tokens["alice"])
+    )
+    assert issued.content == stored.pdf  # the issued certificate stays
+
+    report = _verify(client, tokens["alice"], current.content)
+    assert report["status"] == "valid", report["reason"]
+    signatures = report["signatures"]
+    assert isinstance(signatures, list)
+    assert [(s["meaning"], s["signer"], s["ok"]) for s in signatures] == [
+        ("issued", "recon-audit service", True),
+        ("approved", "ada", True),
+    ]
+    assert isinstance(report["database"], dict)
+    assert report["database"]["version"] == "approved"
+    assert _verify(client, tokens["alice"], stored.pdf)["status"] == "valid"  # still valid
+
+    again = client.post(url, headers=bearer(tokens["root"]), json={"token": tokens["root"]})
+    assert again.status_code == 409
+    assert "approved already" in again.json()["detail"]
+    events = db.scalars(select(AuditEvent).where(AuditEvent.action == "audit.approved")).all()
+    assert len(events) == 1
+    assert events[0].actor == _user(db, "ada").id
+    assert events[0].details["pdf_sha256"] == approval["pdf_sha256"]
+    assert verify_chain(db).valid
+    # approvals are append-only
+    with pytest.raises(DBAPIError, match="append-only"), db.begin_nested():
+        db.execute(text("UPDATE approvals SET comment = 'changed'"))
+
+
+def test_approval_needs_an_auditor_the_own_token_and_a_finished_audit(
+    client: TestClient, db: Session, tokens: dict[str, str], stored: Stored
+) -> None:
+    _audit(db, stored)
+    unfinished = uuid.uuid4().hex
+    _audit(db, stored, finished=False, audit_id=unfinished)
+    url = f"/api/v1/audits/{AUDIT_ID}/approve"
+    submitter = client.post(url, headers=bearer(tokens["alice"]), json={"token": tokens["alice"]})
+    assert submitter.status_code == 403
+    stolen = client.post(url, headers=bearer(tokens["ada"]), json={"token": tokens["root"]})
+    assert stolen.status_code == 403
+    assert stolen.json()["field"] == "token"
+    missing = client.post(url, headers=bearer(tokens["ada"]), json={"comment": "ok"})
+    assert missing.status_code == 422
+    running = client.post(
+        f"/api/v1/audits/{unfinished}/approve",
+        headers=bearer(tokens["ada"]),
+        json={"token": tokens["ada"]},
+    )
+    assert running.status_code == 409
+    assert "not finished" in running.json()["detail"]
+    nothing = client.post(
+        f"/api/v1/audits/{uuid.uuid4().hex}/approve",
+        headers=bearer(tokens["ada"]),
+        json={"token": tokens["ada"]},
+    )
+    assert nothing.status_code == 404
+    assert db.scalars(select(Approval)).all() == []
