@@ -124,6 +124,11 @@ def main() -> None:
         target.write_bytes(report.content)
         print(f"report: {target} ({len(report.content)} bytes)")
         print(f"results: {url}/api/v1/audits/{audit_id}/results  (API docs: {url}/docs)")
+        print(
+            f"dashboard: {url}/ui/audits/{audit_id} (sign in with the demo token: {token}); "
+            "run `RECON_AUDIT_DATA_DIR="
+            f"{args.data_dir} recon-audit serve` to browse it again"
+        )
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
