@@ -13,7 +13,8 @@ the image's peak; so one value suits every modality and intensity scale, and for
 
 * ``l1_wavelet``: ``min_x 1/2 ||A x - y||^2 + lam ||W x||_1`` with an orthonormal periodic
   Daubechies wavelet ``W`` (db4, at least 3 levels by default; the coarsest approximation band is
-  not penalised unless ``penalize_approximation=True``); FISTA with adaptive (gradient) restart.
+  not penalised unless ``penalize_approximation=True``); FISTA with adaptive (gradient) restart
+  and cycle spinning over ``CYCLE_SPINS`` wavelet shifts (see ``l1_wavelet_solve``).
   With ``sigma`` it solves the constrained basis-pursuit-denoising form
   ``min ||W x||_1 s.t. ||A x - y|| <= sigma`` (as SPGL1 does) by primal-dual iterations.
 * ``total_variation``: ``min_x 1/2 ||A x - y||^2 + lam TV(x)``, isotropic TV (anisotropic with
@@ -53,6 +54,9 @@ Transform = Callable[[Tensor], Tensor]
 
 #: How often (in iterations) the stopping rule is evaluated; each check synchronises a GPU.
 CHECK_EVERY = 10
+
+#: Shifts the l1-wavelet solver cycles through (see ``l1_wavelet_solve``); 1 turns it off.
+CYCLE_SPINS = 2
 
 #: Empirical stability: for measurement perturbations of relative size ``eps`` (random, or found
 #: by 5 steps of projected gradient ascent through ``ATTACK_ITERATIONS`` unrolled iterations),
@@ -202,8 +206,18 @@ def l1_wavelet_solve(
     tol: float = 1e-4,
     restart: bool = True,
     x0: Tensor | None = None,
+    cycle_spins: int = CYCLE_SPINS,
 ) -> tuple[Tensor, SolveInfo]:
     """Solve the l1-wavelet problem; returns ``(x [B, *op.in_shape], SolveInfo)``.
+
+    ``cycle_spins`` (penalised form): cycle spinning with a fixed schedule. One FISTA step is a
+    cycle of proximal-gradient steps with the wavelet applied to the image circularly shifted by
+    ``(k, k)``, ``k = 0 .. cycle_spins - 1`` (each the exact proximal step of
+    ``lam ||W S_k x||_1``); momentum and restarts act between cycles and the result is the
+    average of the last cycle's iterates, so the regulariser acts like a partly
+    translation-invariant frame. Measured +1.2 to +4 dB over one shift on Shepp-Logan,
+    ellipses and MR_small at equal cost per step (benchmarks/README.md). ``cycle_spins=1`` is
+    plain FISTA.
 
     ``levels`` defaults to ``min(4, deepest possible)`` and at least 3. Images whose sides are
     not divisible by ``2**levels`` are zero-padded for the transform, which stays orthonormal on
@@ -229,7 +243,11 @@ def l1_wavelet_solve(
     weight = _per_item(lam * data_scale(y, op) * op.norm_bound() ** 2, x)
     if sigma is not None:
         return _bpdn(y, op, analysis, synthesis, keep, x, weight, sigma, iterations, tol)
-    return _fista(y, op, analysis, synthesis, keep, x, weight, iterations, tol, restart)
+    if cycle_spins < 1:
+        raise ValueError(f"cycle_spins must be >= 1, got {cycle_spins}")
+    # shifts by multiples of 2**levels leave a periodic orthonormal wavelet's penalty unchanged
+    shifts = [(k, k) for k in range(min(cycle_spins, 2**transform.levels))]
+    return _fista(y, op, analysis, synthesis, keep, x, weight, iterations, tol, restart, shifts)
 
 
 def _fista(
@@ -243,19 +261,33 @@ def _fista(
     max_iter: int,
     tol: float,
     restart: bool,
+    shifts: list[tuple[int, int]],
 ) -> tuple[Tensor, SolveInfo]:
-    """FISTA with gradient-based adaptive restart (O'Donoghue & Candes 2015), per image."""
+    """FISTA with gradient-based adaptive restart (O'Donoghue & Candes 2015), per image.
+
+    With several ``shifts`` one FISTA step is a *cycle*: a proximal-gradient step with the
+    wavelet shifted by each shift in turn; momentum and restarts act between cycles, the
+    result is the average of the cycle's iterates, and the stopping rule compares successive
+    cycle averages. ``max_iter`` counts proximal-gradient steps (whole cycles, at least one).
+    One shift is plain FISTA."""
     step = 1.0 / op.norm_bound() ** 2
     threshold = weight * step
     z = x
     t = torch.ones(x.shape[0], dtype=real_dtype(x.dtype), device=x.device)
     restarts = torch.zeros((), dtype=torch.int64, device=x.device)
+    cycle = len(shifts)
     done = 0
     converged = False
-    for k in range(max_iter):
-        residual = op.A(z) - y
-        v = z - step * op.A_adjoint(residual)
-        x_new = synthesis(_soft(analysis(v), threshold, keep))
+    result = x
+    for _ in range(max(1, max_iter // cycle)):
+        w = z
+        iterates = []
+        for s in shifts:
+            v = w - step * op.A_adjoint(op.A(w) - y)
+            w = _roll(synthesis(_soft(analysis(_roll(v, s)), threshold, keep)), (-s[0], -s[1]))
+            iterates.append(w)
+        x_new = w
+        average = x_new if cycle == 1 else torch.stack(iterates).mean(0)
         if restart:
             # restart where the momentum points against the proximal-gradient step
             bad = torch.sum(((z - x_new).conj() * (x_new - x)).real.reshape(x.shape[0], -1), 1) > 0
@@ -263,13 +295,20 @@ def _fista(
             restarts += bad.sum()
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         z = x_new + _per_item((t - 1) / t_new, x_new) * (x_new - x)
-        done = k + 1
-        if _settled(done, x_new, x, tol):
-            x = x_new
+        done += cycle
+        settled = _settled(done if cycle == 1 else 0, average, result, tol)
+        x, t, result = x_new, t_new, average
+        if settled:
             converged = True
             break
-        x, t = x_new, t_new
-    return x, SolveInfo(iterations=done, converged=converged, restarts=int(restarts))
+    return result, SolveInfo(iterations=done, converged=converged, restarts=int(restarts))
+
+
+def _roll(x: Tensor, shift: tuple[int, int]) -> Tensor:
+    """Circular shift of the last two axes (no copy for the zero shift)."""
+    if shift == (0, 0):
+        return x
+    return torch.roll(x, shift, (-2, -1))
 
 
 def _ball_projection(u: Tensor, centre: Tensor, radius: Tensor) -> Tensor:
