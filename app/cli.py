@@ -6,7 +6,6 @@ Exit codes: 0 on success, 1 when a check fails (``selfcheck``), 2 on bad input, 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -18,8 +17,10 @@ import torch
 
 import reconstruction
 from reconstruction import baselines, metrics, sampling
+from reconstruction.batch import gaussian, norms
 from reconstruction.data import (
     ImageReadError,
+    array_sha256,
     dicom_example,
     random_ellipses,
     read_image,
@@ -27,7 +28,7 @@ from reconstruction.data import (
     scale_to_range,
     shepp_logan,
 )
-from reconstruction.models import ModelError, load, manifest_json_schema
+from reconstruction.models import ModelError, load, manifest_json_schema, mask_sha256
 from reconstruction.operators import (
     LinearOperator,
     MultiCoilMRI,
@@ -81,20 +82,6 @@ def _scores(image: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
         "relative_l2": float(metrics.relative_l2(image, truth)),
         "linf": float(metrics.linf_error(image, truth)),
     }
-
-
-def _noise(y: torch.Tensor, relative: float, seed: int) -> torch.Tensor:
-    """Gaussian noise with ``||e|| = relative * ||y||`` (complex where ``y`` is)."""
-    gen = torch.Generator().manual_seed(seed)
-    e = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
-    scaled: torch.Tensor = e * (
-        relative * torch.linalg.vector_norm(y) / torch.linalg.vector_norm(e)
-    )
-    return scaled
-
-
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 @main.command()
@@ -197,7 +184,7 @@ def simulate(
                 "pattern": pattern,
                 "ratio_requested": ratio,
                 "ratio": sampling.mask_ratio(mask),
-                "mask_sha256": _sha256(mask),
+                "mask_sha256": mask_sha256(mask),
             }
             if modality == "mri-multicoil":
                 record["coils"] = coils
@@ -207,7 +194,8 @@ def simulate(
     x = torch.from_numpy(truth)[None].to(device)
     y = op.A(x)
     if noise > 0:
-        y = y + _noise(y, noise, seed)
+        # Gaussian noise with ||e|| = noise * ||y|| (complex where y is), seeded
+        y = y + gaussian(y, noise * norms(y), torch.Generator().manual_seed(seed))
     reconstruction_ = op.A_dagger(y)
     shown = reconstruction_.abs() if reconstruction_.is_complex() else reconstruction_
     scores = _scores(shown, x)
@@ -238,7 +226,7 @@ def simulate(
         "version": reconstruction.__version__,
         "modality": modality,
         "operator": type(op).__name__,
-        "image": {"source": source, "size": size, "sha256": _sha256(truth)},
+        "image": {"source": source, "size": size, "sha256": array_sha256(truth)},
         "sampling": record,
         "seed": seed,
         "device": device,

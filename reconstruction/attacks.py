@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from reconstruction.batch import norms, per_item
 from reconstruction.operators import LinearOperator
 from reconstruction.operators.base import complex_dtype
 
@@ -47,18 +48,9 @@ SPSA_DIRECTIONS = 8
 SPSA_PROBE = 0.05
 
 
-def _flat_norm(t: Tensor) -> Tensor:
-    norms: Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
-    return norms
-
-
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 def relative_norm(t: Tensor, ref: Tensor) -> Tensor:
     """``||t_b|| / ||ref_b||`` per batch item."""
-    return _flat_norm(t) / _flat_norm(ref)
+    return norms(t) / norms(ref)
 
 
 def output_change(perturbed: Tensor, clean: Tensor, roi: Tensor | None = None) -> Tensor:
@@ -67,7 +59,7 @@ def output_change(perturbed: Tensor, clean: Tensor, roi: Tensor | None = None) -
     if roi is not None:
         diff = diff * roi
         clean = clean * roi
-    return _flat_norm(diff) / _flat_norm(clean).clamp_min(1e-12)
+    return norms(diff) / norms(clean).clamp_min(1e-12)
 
 
 def _noise_like(t: Tensor, gen: torch.Generator) -> Tensor:
@@ -77,7 +69,7 @@ def _noise_like(t: Tensor, gen: torch.Generator) -> Tensor:
 
 def _project(u: Tensor) -> Tensor:
     """Onto the unit ball, per item."""
-    return u / _bcast(_flat_norm(u).clamp_min(1.0), u)
+    return u / per_item(norms(u).clamp_min(1.0), u)
 
 
 @dataclass
@@ -117,11 +109,11 @@ class _Setup:
         if threat == "image":
             self.shape = x.shape
             self.dtype = complex_dtype(x.dtype) if op.in_complex else x.dtype
-            self.scale = _flat_norm(x)
+            self.scale = norms(x)
         else:
             self.shape = y.shape
             self.dtype = y.dtype
-            self.scale = _flat_norm(y)
+            self.scale = norms(y)
         self.numel = math.prod(self.shape[1:])
 
     def measurement(self, p: Tensor) -> Tensor:
@@ -145,7 +137,7 @@ def _spsa_gradient(
             delta = (delta / math.sqrt(s.numel)).to(u.dtype)
             plus, _ = _objective(s, _project(u + probe * delta) * radius, roi)
             minus, _ = _objective(s, _project(u - probe * delta) * radius, roi)
-            grad += _bcast((plus - minus) / (2 * probe), u) * delta.conj()
+            grad += per_item((plus - minus) / (2 * probe), u) * delta.conj()
     return grad / SPSA_DIRECTIONS
 
 
@@ -189,7 +181,7 @@ def budget_search(
                 u0 = warm.clone()
             else:
                 u0 = _noise_like(best_u, gen)
-                u0 = 0.5 * u0 / _bcast(_flat_norm(u0), u0)
+                u0 = 0.5 * u0 / per_item(norms(u0), u0)
             u = u0.detach().requires_grad_(True)
             optimiser = torch.optim.Adam([u], lr=lr)
             curve: list[float] = []
@@ -207,7 +199,7 @@ def budget_search(
                 change = value.detach().sqrt()
                 better = change > best_change
                 best_change = torch.where(better, change, best_change)
-                best_u = torch.where(_bcast(better, best_u), u.detach(), best_u)
+                best_u = torch.where(per_item(better, best_u), u.detach(), best_u)
                 restart_best = torch.maximum(restart_best, change)
                 curve.append(float(value.detach().mean()))
                 optimiser.step()
@@ -229,7 +221,7 @@ def budget_search(
                 threat_model=threat_model,
                 perturbation=p,
                 measurement_perturbation=e_meas,
-                size=_flat_norm(p) / s.scale,
+                size=norms(p) / s.scale,
                 measurement_size=relative_norm(e_meas, y),
                 change=change,
                 reconstruction=out,
@@ -286,7 +278,7 @@ def pnas_search(
     s = _Setup(f, op, x, y, "image")
     gen = torch.Generator().manual_seed(seed)
     u0 = torch.rand(s.shape, generator=gen, dtype=torch.float64).to(y.device)
-    u = (init_scale * u0 / _bcast(s.scale, u0)).to(s.dtype)
+    u = (init_scale * u0 / per_item(s.scale, u0)).to(s.dtype)
     v = torch.zeros_like(u)
     b = s.shape[0]
     levels = torch.tensor(sorted(checkpoints), dtype=torch.float64) * max_norm
@@ -294,18 +286,18 @@ def pnas_search(
     taken = torch.full((len(levels), b), -1, dtype=torch.long)
     curve: list[float] = []
     reason = f"iteration limit ({iterations})"
-    scale = _bcast(s.scale, u).to(y.device)
+    scale = per_item(s.scale, u).to(y.device)
     for it in range(1, iterations + 1):
         uu = u.detach().requires_grad_(True)
         change2, _ = _objective(s, uu * scale, roi)
-        q = 0.5 * change2 - 0.5 * lam * _flat_norm(uu).square()
+        q = 0.5 * change2 - 0.5 * lam * norms(uu).square()
         q.sum().backward()
         assert uu.grad is not None
         with torch.no_grad():
             v = momentum * v + step * uu.grad
             u = u + v
         curve.append(float(q.detach().mean()))
-        size = _flat_norm(u).double().cpu()
+        size = norms(u).double().cpu()
         for k, level in enumerate(levels):
             fresh = (taken[k] < 0) & (size >= level)
             if bool(fresh.any()):
@@ -328,7 +320,7 @@ def pnas_search(
         perturbations = kept * scale
         recons = torch.stack([f(y + op.A(p)) for p in perturbations])
         changes = torch.stack([output_change(r, s.clean, roi) for r in recons])
-        sizes = torch.stack([_flat_norm(p) / s.scale for p in perturbations])
+        sizes = torch.stack([norms(p) / s.scale for p in perturbations])
     return PnasResult(
         perturbations=perturbations,
         sizes=sizes,

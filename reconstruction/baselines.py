@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from reconstruction.batch import norms, per_item
 from reconstruction.operators import LinearOperator
 from reconstruction.operators.base import real_dtype
 from reconstruction.wavelets import Wavelet2D
@@ -110,15 +111,6 @@ class SolveInfo:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _per_item(v: Tensor, like: Tensor) -> Tensor:
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _norms(t: Tensor) -> Tensor:
-    norms: Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
-    return norms
-
-
 def _initial(y: Tensor, op: LinearOperator, x0: Tensor | None) -> Tensor:
     """The warm start ``x0``, else ``A_dagger y`` where that is a direct formula (zero-filled
     MRI, FBP), else ``A^H y / ||A||^2``."""
@@ -154,8 +146,8 @@ def _settled(iteration: int, new: Tensor, old: Tensor, tol: float) -> bool:
     change ``||new - old|| / ||new||`` is below ``tol``."""
     if iteration % CHECK_EVERY:
         return False
-    size = _norms(new)
-    return bool(torch.all(_norms(new - old) < tol * size.clamp_min(torch.finfo(size.dtype).tiny)))
+    size = norms(new)
+    return bool(torch.all(norms(new - old) < tol * size.clamp_min(torch.finfo(size.dtype).tiny)))
 
 
 # --------------------------------------------------------------------------- geometry
@@ -240,7 +232,7 @@ def l1_wavelet_solve(
 
     x = _initial(y, op, x0)
     # The constrained problem does not depend on the weight; its dual iterates do (see TV).
-    weight = _per_item(lam * data_scale(y, op) * op.norm_bound() ** 2, x)
+    weight = per_item(lam * data_scale(y, op) * op.norm_bound() ** 2, x)
     if sigma is not None:
         return _bpdn(y, op, analysis, synthesis, keep, x, weight, sigma, iterations, tol)
     if cycle_spins < 1:
@@ -294,7 +286,7 @@ def _fista(
             t = torch.where(bad, torch.ones_like(t), t)
             restarts += bad.sum()
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        z = x_new + _per_item((t - 1) / t_new, x_new) * (x_new - x)
+        z = x_new + per_item((t - 1) / t_new, x_new) * (x_new - x)
         done += cycle
         settled = _settled(done if cycle == 1 else 0, average, result, tol)
         x, t, result = x_new, t_new, average
@@ -314,11 +306,11 @@ def _roll(x: Tensor, shift: tuple[int, int]) -> Tensor:
 def _ball_projection(u: Tensor, centre: Tensor, radius: Tensor) -> Tensor:
     """Project each item of ``u`` onto the l2 ball ``||u - centre|| <= radius``."""
     d = u - centre
-    n = _norms(d)
+    n = norms(d)
     factor = torch.where(
         n > radius, radius / n.clamp_min(torch.finfo(n.dtype).tiny), torch.ones_like(n)
     )
-    return centre + _per_item(factor, d) * d
+    return centre + per_item(factor, d) * d
 
 
 def _sigma_tensor(sigma: float | Tensor, y: Tensor) -> Tensor:
@@ -426,7 +418,7 @@ def total_variation_solve(
     tau, step = 0.99 / 3.0 / math.sqrt(balance), 0.99 / 3.0 * math.sqrt(balance)
     # lam ||A||^2 / ||A||^2 for the unit-norm operator. The constrained problem does not depend
     # on this weight, but its dual variables do: the same weight keeps the same step balance.
-    bound = _per_item(lam * data_scale(y, op), p)
+    bound = per_item(lam * data_scale(y, op), p)
     radius = None if sigma is None else _sigma_tensor(sigma, y) / norm
     done, converged = 0, False
     for k in range(iterations):

@@ -8,6 +8,7 @@ message names the file and the problem, on anything they cannot read.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 __all__ = [
     "ImageReadError",
     "LoadedImage",
+    "array_sha256",
     "builtin_images",
     "dicom_example",
     "random_ellipses",
@@ -152,6 +154,15 @@ def builtin_images(size: int = 128, *, ellipses: int = 2, seed: int = 0) -> list
         array = scale_to_range(resize_image(loaded.array, (size, size)), (0.0, 1.0))
         images.append(LoadedImage(array, f"builtin:{name}", loaded.metadata))
     return images
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """SHA-256 of an array's bytes in C order (the hash reports print for images and masks).
+
+    >>> array_sha256(np.zeros(2, dtype=np.uint8))[:12]
+    '96a296d224f2'
+    """
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------ readers

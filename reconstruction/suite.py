@@ -7,7 +7,6 @@ service's worker both call :func:`run_suite` and render its :class:`SuiteResult`
 from __future__ import annotations
 
 import copy
-import hashlib
 import platform
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -21,7 +20,13 @@ import numpy as np
 import torch
 
 import reconstruction
-from reconstruction.data import LoadedImage, builtin_images, resize_image, scale_to_range
+from reconstruction.data import (
+    LoadedImage,
+    array_sha256,
+    builtin_images,
+    resize_image,
+    scale_to_range,
+)
 from reconstruction.instability.common import Subject, TestResult
 from reconstruction.instability.more_samples import run_more_samples
 from reconstruction.instability.perturbation import run_perturbation
@@ -79,9 +84,7 @@ class SuiteResult:
 def _image_record(image: LoadedImage, array: np.ndarray) -> dict[str, Any]:
     return {
         "source": image.source,
-        "sha256": hashlib.sha256(
-            np.ascontiguousarray(array, dtype=np.float32).tobytes()
-        ).hexdigest(),
+        "sha256": array_sha256(np.asarray(array, dtype=np.float32)),
         "original_shape": list(np.asarray(image.array).shape),
         "metadata": {k: v for k, v in image.metadata.items() if isinstance(v, str | int | float)},
     }
@@ -242,10 +245,7 @@ def run_suite(
         protocol=protocol,
         model=model.summary(),
         images=records,
-        details=[
-            {"name": name, "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}
-            for name, a in details
-        ],
+        details=[{"name": name, "sha256": array_sha256(a)} for name, a in details],
         tests=results,
         environment=_environment(device),
         timings=timings,

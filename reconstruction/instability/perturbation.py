@@ -32,6 +32,7 @@ from reconstruction.attacks import (
     output_change,
     pnas_search,
 )
+from reconstruction.batch import gaussian, norms
 from reconstruction.instability.common import (
     STABLE_WORDING,
     Recon,
@@ -61,18 +62,6 @@ def _roi(protocol: Protocol, shape: tuple[int, ...], device: torch.device) -> Te
     return roi
 
 
-def _norms(t: Tensor) -> Tensor:
-    norms: Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
-    return norms
-
-
-def _gaussian(like: Tensor, norms: Tensor, gen: torch.Generator) -> Tensor:
-    """Seeded Gaussian perturbations shaped like ``like`` with the given norm per item."""
-    n = torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
-    scale = (norms / _norms(n)).reshape(-1, *([1] * (n.ndim - 1)))
-    return n * scale
-
-
 def _noise_control(
     f: Recon, y: Tensor, clean: Tensor, e: Tensor, draws: int, seed: int, roi: Tensor | None
 ) -> Tensor:
@@ -81,7 +70,7 @@ def _noise_control(
     worst = torch.zeros(y.shape[0], device=y.device)
     with torch.no_grad():
         for _ in range(draws):
-            noisy = f(y + _gaussian(e, _norms(e), gen))
+            noisy = f(y + gaussian(e, norms(e), gen))
             worst = torch.maximum(worst, output_change(noisy, clean, roi))
     return worst
 
@@ -94,13 +83,13 @@ def _persistence(
     e = result.measurement_perturbation
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        noisy = f(y + e + _gaussian(e, fraction * _norms(e), gen))
-    return _norms(noisy - clean) / _norms(result.reconstruction - clean).clamp_min(1e-12)
+        noisy = f(y + e + gaussian(e, fraction * norms(e), gen))
+    return norms(noisy - clean) / norms(result.reconstruction - clean).clamp_min(1e-12)
 
 
 def _records(result: BudgetResult, f_clean: Tensor, truth: Tensor) -> dict[str, Any]:
-    e_norm = _norms(result.measurement_perturbation)
-    diff = _norms(result.reconstruction - f_clean)
+    e_norm = norms(result.measurement_perturbation)
+    diff = norms(result.reconstruction - f_clean)
     return {
         "size": result.size.tolist(),
         "measurement_size": result.measurement_size.tolist(),

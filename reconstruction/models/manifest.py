@@ -21,7 +21,6 @@ channel: ``part`` says whether it is the magnitude or the real part of a complex
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -30,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from reconstruction import sampling
+from reconstruction.data import array_sha256
 from reconstruction.documents import read_mapping, validation_problem
 from reconstruction.models.formats import ModelError
 from reconstruction.operators import LinearOperator, MultiCoilMRI, ParallelBeamCT, SingleCoilMRI
@@ -238,7 +238,7 @@ def sampling_mask(manifest: Manifest, base_dir: str | Path) -> np.ndarray:
 
 def mask_sha256(mask: np.ndarray) -> str:
     """SHA-256 of a mask's C-ordered boolean bytes (the hash reports and certificates print)."""
-    return hashlib.sha256(np.ascontiguousarray(mask, dtype=bool).tobytes()).hexdigest()
+    return array_sha256(np.asarray(mask, dtype=bool))
 
 
 def build_operator(
