@@ -19,7 +19,6 @@ Signing comes after (``app.certificates.signing``): the renderer never signs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -51,6 +50,7 @@ from app.certificates import (
     git_revision,
 )
 from reconstruction.instability.common import STABLE_WORDING
+from reconstruction.models.formats import sha256_file
 from reconstruction.protocols import Protocol
 from reconstruction.suite import SuiteResult
 
@@ -940,10 +940,6 @@ def write_report(
     return write_documents(result.to_json(), figures, out_dir, pdf=pdf, certificate=certificate)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _unique_af(_document: Any, pdf: Any) -> None:
     """WeasyPrint 69 lists each attachment twice in the catalog's ``/AF`` (PDF/A-3 associated
     files): once from the embedded-files name tree, once from the file specifications."""
@@ -990,8 +986,8 @@ def write_documents(
     certificate_path = out_dir / "certificate.json"
     identity = certificate.to_json(
         document,
-        results_sha256=_sha256(results_json),
-        protocol_yaml_sha256=_sha256(protocol_path),
+        results_sha256=sha256_file(results_json),
+        protocol_yaml_sha256=sha256_file(protocol_path),
     )
     certificate_path.write_text(json.dumps(identity, indent=2), encoding="utf-8")
     html = render_html(document, relative, protocol_yaml, certificate)

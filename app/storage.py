@@ -15,6 +15,7 @@ from typing import BinaryIO
 from sqlalchemy.orm import Session
 
 from app.errors import AppError, TooLarge
+from reconstruction.models.formats import sha256_file
 
 __all__ = ["CHUNK", "Spooled", "Store", "StoreCorrupted"]
 
@@ -89,20 +90,24 @@ class Store:
                 self.discard(sha)
             raise
 
+    def add(self, path: Path) -> str:
+        """Hash a file the service wrote itself (in chunks), move it into the store under its
+        hash, and return the hash."""
+        sha256 = sha256_file(path, CHUNK)
+        self.commit(Spooled(path, sha256, path.stat().st_size))
+        return sha256
+
     def discard(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 
     def verified(self, sha256: str) -> Path:
         """The stored object, after checking its bytes still hash to ``sha256``."""
         path = self.path(sha256)
-        digest = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
-                while block := f.read(CHUNK):
-                    digest.update(block)
+            actual = sha256_file(path, CHUNK)
         except OSError as exc:
             raise StoreCorrupted(f"stored object {sha256} is missing: {exc}") from exc
-        if digest.hexdigest() != sha256:
+        if actual != sha256:
             raise StoreCorrupted(f"stored object {sha256} does not match its hash")
         return path
 

@@ -18,7 +18,6 @@ again; results are written once (the results table is keyed by the audit and ref
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -37,7 +36,7 @@ from app.orm import Audit, AuditResult, AuditShard, ImageSet, Network
 from app.report import Certificate, write_documents
 from app.sandbox import run_cli
 from app.settings import get_settings
-from app.storage import Spooled, Store
+from app.storage import Store
 from reconstruction.protocols import parse_protocol
 from reconstruction.suite import TESTS, merge_results
 from worker.celery_app import app
@@ -110,10 +109,7 @@ class _Progress:
 def _store_outputs(store: Store, out: Path, pattern: str = "*") -> dict[str, str]:
     files: dict[str, str] = {}
     for path in sorted(p for p in out.rglob(pattern) if p.is_file()):
-        data = path.read_bytes()
-        spooled = Spooled(path, hashlib.sha256(data).hexdigest(), len(data))
-        store.commit(spooled)
-        files[path.relative_to(out).as_posix()] = spooled.sha256
+        files[path.relative_to(out).as_posix()] = store.add(path)
     return files
 
 
