@@ -26,6 +26,7 @@ __all__ = [
     "require_role",
     "sees_everything",
     "token_hash",
+    "user_for_token",
 ]
 
 TOKEN_PREFIX = "ra_"
@@ -57,15 +58,20 @@ def create_user(
     return user, token
 
 
+def user_for_token(session: Session, token: str | None) -> User | None:
+    """The user a token belongs to (API bearer tokens and the dashboards' cookie)."""
+    if not token:
+        return None
+    return session.scalars(select(User).where(User.token_hash == token_hash(token))).first()
+
+
 def current_user(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    user = session.scalars(
-        select(User).where(User.token_hash == token_hash(credentials.credentials))
-    ).first()
+    user = user_for_token(session, credentials.credentials)
     if user is None:
         raise Unauthorized("invalid token")
     return user

@@ -13,12 +13,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Cookie, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audits import repository as audits
 from app.audits.service import as_out
-from app.auth import SessionDep, token_hash
+from app.auth import SessionDep, user_for_token
 from app.certificates import service as certificates
 from app.certificates.schemas import ApprovalRequest
 from app.deps import SettingsDep, StoreDep
@@ -36,12 +35,6 @@ STATUSES = ("queued", "running", "succeeded", "failed")
 APPROVERS = ("auditor", "admin")
 VERDICTS = ("unstable", "inconclusive", "stable", "skipped")
 TokenCookie = Annotated[str | None, Cookie(alias=COOKIE)]
-
-
-def _user(session: Session, token: str | None) -> User | None:
-    if not token:
-        return None
-    return session.scalars(select(User).where(User.token_hash == token_hash(token))).first()
 
 
 def _login() -> RedirectResponse:
@@ -68,7 +61,7 @@ def login_form(request: Request) -> HTMLResponse:
 
 @router.post("/login")
 def login(request: Request, session: SessionDep, token: Annotated[str, Form()]) -> Response:
-    user = _user(session, token.strip())
+    user = user_for_token(session, token.strip())
     if user is None:
         return _page(request, "login.html.j2", None, error="invalid token")
     response = RedirectResponse("/ui/audits", status_code=303)
@@ -112,7 +105,7 @@ def audit_list(
     verdict: str | None = None,
     model: str | None = None,
 ) -> Response:
-    user = _user(session, token)
+    user = user_for_token(session, token)
     if user is None:
         return _login()
     rows = _filtered(session, user, status, verdict, model)
@@ -139,7 +132,7 @@ def audit_rows(
     model: str | None = None,
 ) -> Response:
     """The list's rows alone (htmx polls this for live status and progress)."""
-    user = _user(session, token)
+    user = user_for_token(session, token)
     if user is None:
         return Response(status_code=401)
     rows = _filtered(session, user, status, verdict, model)
@@ -170,7 +163,7 @@ def _detail(session: Session, user: User, audit_id: str) -> dict[str, Any] | Non
 def audit_page(
     request: Request, audit_id: str, session: SessionDep, token: TokenCookie = None
 ) -> Response:
-    user = _user(session, token)
+    user = user_for_token(session, token)
     if user is None:
         return _login()
     detail = _detail(session, user, audit_id)
@@ -191,7 +184,7 @@ def approve(
     token: TokenCookie = None,
 ) -> Response:
     """The auditor's sign-off: re-enter the token (step-up) to add the "approved" signature."""
-    user = _user(session, token)
+    user = user_for_token(session, token)
     if user is None:
         return _login()
     message, error = None, None
@@ -222,7 +215,7 @@ def audit_status(
     request: Request, audit_id: str, session: SessionDep, token: TokenCookie = None
 ) -> Response:
     """The status block alone (htmx polls this while the audit runs)."""
-    user = _user(session, token)
+    user = user_for_token(session, token)
     audit = audits.visible(session, user, audit_id) if user else None
     if audit is None:
         return Response(status_code=404)
@@ -234,7 +227,7 @@ def audit_file(
     audit_id: str, name: str, session: SessionDep, store: StoreDep, token: TokenCookie = None
 ) -> Response:
     """A stored artefact (figure, report, results) of a finished audit, re-verified."""
-    user = _user(session, token)
+    user = user_for_token(session, token)
     audit = audits.visible(session, user, audit_id) if user else None
     result = audits.result_of(session, audit.id) if audit else None
     if result is None or name not in result.files:
@@ -254,7 +247,7 @@ def compare(
     b: str = "",
     token: TokenCookie = None,
 ) -> Response:
-    user = _user(session, token)
+    user = user_for_token(session, token)
     if user is None:
         return _login()
     left, right = _detail(session, user, a), _detail(session, user, b)
@@ -266,7 +259,7 @@ def compare(
 
 @router.get("/models")
 def model_list(request: Request, session: SessionDep, token: TokenCookie = None) -> Response:
-    user = _user(session, token)
+    user = user_for_token(session, token)
     if user is None:
         return _login()
     return _page(request, "models.html.j2", user, models=networks.listed(session, user))
@@ -276,7 +269,7 @@ def model_list(request: Request, session: SessionDep, token: TokenCookie = None)
 def model_page(
     request: Request, model_id: str, session: SessionDep, token: TokenCookie = None
 ) -> Response:
-    user = _user(session, token)
+    user = user_for_token(session, token)
     if user is None:
         return _login()
     network = networks.visible(session, user, model_id)
