@@ -4,22 +4,18 @@ the PDF report. Downloads are recorded in the audit log."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, status
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from app import events
 from app.audits import repository, service
 from app.audits.schemas import AuditCreate, AuditOut
 from app.auth import CurrentUser, SessionDep
-from app.certificates.service import current_pdf
 from app.deps import StoreDep
 from app.errors import Conflict, NotFound
 from app.orm import Audit, AuditResult, User
-from app.storage import Store
 
 router = APIRouter(prefix="/api/v1/audits", tags=["audits"])
 _FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -62,16 +58,10 @@ def get_audit(audit_id: str, session: SessionDep, user: CurrentUser) -> AuditOut
 @router.get("/{audit_id}/results")
 def get_results(audit_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     result = _finished(session, user, audit_id)
-    events.record(session, user.id, "audit.downloaded", f"audit:{audit_id}", {"what": "results"})
-    session.commit()
+    service.record_download(
+        session, user, audit_id, "results.json", str(result.files.get("results.json"))
+    )
     return result.results
-
-
-def _artefact(store: Store, result: AuditResult, name: str) -> Path:
-    sha = result.files.get(name)
-    if sha is None:
-        raise NotFound(f"no artefact {name}")
-    return store.verified(sha)
 
 
 @router.get("/{audit_id}/figures/{name}", response_class=FileResponse)
@@ -82,7 +72,7 @@ def get_figure(
     if not _FIGURE.match(stem):
         raise NotFound(f"no figure {name}")
     result = _finished(session, user, audit_id)
-    path = _artefact(store, result, f"figures/{stem}.png")
+    _, path = service.artefact(session, store, result, f"figures/{stem}.png")
     return FileResponse(path, media_type="image/png")
 
 
@@ -97,16 +87,6 @@ def get_report(
     """The signed certificate: its approved version once an auditor approved it
     (``version=issued``: the one the service issued)."""
     result = _finished(session, user, audit_id)
-    sha = current_pdf(session, result) if version == "current" else result.files.get("report.pdf")
-    if sha is None:
-        raise NotFound("no artefact report.pdf")
-    path = store.verified(sha)
-    events.record(
-        session,
-        user.id,
-        "audit.downloaded",
-        f"audit:{audit_id}",
-        {"what": "report.pdf", "sha256": sha},
-    )
-    session.commit()
+    sha, path = service.artefact(session, store, result, "report.pdf", version=version)
+    service.record_download(session, user, audit_id, "report.pdf", sha)
     return FileResponse(path, media_type="application/pdf", filename=f"audit-{audit_id}.pdf")

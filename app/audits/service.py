@@ -3,18 +3,23 @@ progress, verdicts and artefacts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from sqlalchemy.orm import Session
 
 from app import events
 from app.audits.schemas import AuditCreate, AuditOut, Progress
+from app.certificates.service import current_pdf
 from app.errors import Invalid, NotFound
 from app.images import repository as images
 from app.images.service import BUILTIN_SET
 from app.networks import repository as networks
-from app.orm import Audit, User
+from app.orm import Audit, AuditResult, User
+from app.storage import Store
 from reconstruction.protocols import BUILTIN, ProtocolError, load_protocol, parse_protocol
 
-__all__ = ["as_out", "create_audit", "enqueue"]
+__all__ = ["artefact", "as_out", "create_audit", "enqueue", "record_download"]
 
 
 def create_audit(session: Session, user: User, request: AuditCreate) -> Audit:
@@ -55,6 +60,33 @@ def create_audit(session: Session, user: User, request: AuditCreate) -> Audit:
     )
     session.commit()
     return audit
+
+
+def artefact(
+    session: Session,
+    store: Store,
+    result: AuditResult,
+    name: str,
+    *,
+    version: Literal["current", "issued"] = "current",
+) -> tuple[str, Path]:
+    """A finished audit's stored artefact, re-verified: ``(sha256, path)``. ``report.pdf`` is
+    the certificate: its approved version once an auditor approved it (``version="issued"``:
+    the one the service issued)."""
+    if name == "report.pdf" and version == "current":
+        sha = current_pdf(session, result)
+    else:
+        sha = result.files.get(name)
+    if sha is None:
+        raise NotFound(f"no artefact {name}")
+    return str(sha), store.verified(str(sha))
+
+
+def record_download(session: Session, user: User, audit_id: str, name: str, sha256: str) -> None:
+    """Downloads of the results and the certificate go into the audit log."""
+    details = {"what": "results"} if name == "results.json" else {"what": name, "sha256": sha256}
+    events.record(session, user.id, "audit.downloaded", f"audit:{audit_id}", details)
+    session.commit()
 
 
 def enqueue(audit_id: str) -> None:

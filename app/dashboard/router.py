@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.audits import repository as audits
-from app.audits.service import as_out
+from app.audits.service import artefact, as_out, record_download
 from app.auth import SessionDep, user_for_token
 from app.certificates import service as certificates
 from app.certificates.schemas import ApprovalRequest
@@ -226,17 +226,19 @@ def audit_status(
 def audit_file(
     audit_id: str, name: str, session: SessionDep, store: StoreDep, token: TokenCookie = None
 ) -> Response:
-    """A stored artefact (figure, report, results) of a finished audit, re-verified."""
+    """A stored artefact (figure, certificate, results) of a finished audit, re-verified and
+    resolved as the API does (the approved certificate once there is one); downloads of the
+    certificate and the results are logged."""
     user = user_for_token(session, token)
     audit = audits.visible(session, user, audit_id) if user else None
     result = audits.result_of(session, audit.id) if audit else None
-    if result is None or name not in result.files:
+    if user is None or result is None or name not in result.files:
         return Response(status_code=404)
+    sha, path = artefact(session, store, result, name)
+    if name in ("report.pdf", "results.json"):
+        record_download(session, user, audit_id, name, sha)
     media = {".png": "image/png", ".pdf": "application/pdf", ".json": "application/json"}
-    return FileResponse(
-        store.verified(result.files[name]),
-        media_type=media.get(Path(name).suffix, "text/html"),
-    )
+    return FileResponse(path, media_type=media.get(Path(name).suffix, "text/html"))
 
 
 @router.get("/compare")

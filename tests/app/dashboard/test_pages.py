@@ -6,6 +6,7 @@ out/test-artifacts/dashboard/."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +109,17 @@ def test_sign_in_follow_an_audit_and_see_its_figures(
     ).json()
     assert verdict["valid"], verdict
     assert [s["meaning"] for s in verdict["signatures"]] == ["issued", "approved"]
+    # the dashboard's download is the same approved certificate, and it is logged
+    with httpx.Client(base_url=svc.url) as ui:
+        ui.post("/ui/login", data={"token": tokens["ada"]})
+        assert ui.get(f"/ui/audits/{audit_id}/files/report.pdf").content == pdf
+    database = Path(svc.env["RECON_AUDIT_DATA_DIR"]) / "recon-audit.db"
+    with sqlite3.connect(database) as connection:
+        downloads = connection.execute(
+            "SELECT count(*) FROM audit_events WHERE action = 'audit.downloaded'"
+        ).fetchone()
+    assert downloads == (2,)  # the API's and the dashboard's
+    assert '"valid": true' in svc.cli("admin", "verify-events")
 
 
 def test_pages_read_without_javascript(audited: tuple[Service, dict[str, str], str]) -> None:
