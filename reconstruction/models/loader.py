@@ -236,7 +236,10 @@ class _Intake:
     notes: list[str] = field(default_factory=list)
 
 
-def _probes(intake: _Intake, device: str) -> tuple[Tensor, Tensor, list[Tensor]]:
+Probed = tuple[Tensor, Tensor, list[Tensor]]
+
+
+def _probes(intake: _Intake, device: str) -> Probed:
     """The validation image, its measurements, and the network inputs for it and for a seeded
     perturbation of it (the parity probes)."""
     truth = probe_image(intake.manifest).to(device)
@@ -248,10 +251,11 @@ def _probes(intake: _Intake, device: str) -> tuple[Tensor, Tensor, list[Tensor]]
     return truth, y, [shape_probe.network_input(y), shape_probe.network_input(y_perturbed)]
 
 
-def _finish(intake: _Intake, device: str) -> LoadedModel:
-    """Batching, validation on a real input, gradient check and backend choice."""
+def _finish(intake: _Intake, device: str, probed: Probed) -> LoadedModel:
+    """Batching, validation on a real input (``probed``: from :func:`_probes`), gradient check
+    and backend choice."""
     manifest, op = intake.manifest, intake.op
-    truth, y, probes = _probes(intake, device)
+    truth, y, probes = probed
     module, ort, notes = intake.module, intake.ort, intake.notes
     max_batch = intake.max_batch
     if module is not None:
@@ -341,11 +345,12 @@ def load(
         sha256=sha256_file(model_path),
         size_bytes=size,
     )
+    probed = _probes(intake, device)
     if fmt == "onnx":
         with tempfile.TemporaryDirectory(prefix="recon-audit-onnx-") as workdir:
             proto = read_onnx(model_path, Path(workdir), max_bytes=max_bytes)
         ort = OrtNetwork(proto, device)
-        _, _, probes = _probes(intake, device)
+        probes = probed[2]
         _check_declared_shape(ort.input_shape, list(probes[0].shape), manifest)
         if isinstance(ort.input_shape[0], int):
             intake.max_batch = ort.input_shape[0]
@@ -366,7 +371,7 @@ def load(
     else:
         intake.module = load_torchscript(model_path)
         intake.notes.append("TorchScript is deprecated upstream; prefer torch.export (.pt2)")
-    return _finish(intake, device)
+    return _finish(intake, device, probed)
 
 
 def from_module(
@@ -393,4 +398,4 @@ def from_module(
         size_bytes=sum(t.numel() * t.element_size() for t in module.state_dict().values()),
         module=module.eval(),
     )
-    return _finish(intake, device)
+    return _finish(intake, device, _probes(intake, device))
