@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends
@@ -14,14 +15,12 @@ __all__ = ["SettingsDep", "StoreDep", "get_store"]
 
 
 @lru_cache
-def _store(root: str) -> Store:
-    from pathlib import Path
-
-    return Store(Path(root))
+def _store(root: Path) -> Store:
+    return Store(root)
 
 
 def get_store() -> Store:
-    return _store(str(get_settings().store_dir))
+    return _store(get_settings().store_dir)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
