@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reconstruction import metrics
 from reconstruction.attacks import (
     BudgetResult,
     ThreatModel,
@@ -41,6 +40,7 @@ from reconstruction.instability.common import (
     Verdict,
     baseline_reconstructor,
     network_reconstructor,
+    scores,
     seeded,
     to_numpy,
 )
@@ -90,14 +90,15 @@ def _persistence(
 def _records(result: BudgetResult, f_clean: Tensor, truth: Tensor) -> dict[str, Any]:
     e_norm = norms(result.measurement_perturbation)
     diff = norms(result.reconstruction - f_clean)
+    clean, perturbed = scores(f_clean, truth), scores(result.reconstruction, truth)
     return {
         "size": result.size.tolist(),
         "measurement_size": result.measurement_size.tolist(),
         "output_change": result.change.tolist(),
-        "psnr_clean_db": [float(v) for v in metrics.psnr(f_clean.float(), truth)],
-        "psnr_perturbed_db": [float(v) for v in metrics.psnr(result.reconstruction.float(), truth)],
-        "ssim_clean": [float(v) for v in metrics.ssim(f_clean.float(), truth)],
-        "ssim_perturbed": [float(v) for v in metrics.ssim(result.reconstruction.float(), truth)],
+        "psnr_clean_db": clean["psnr_db"],
+        "psnr_perturbed_db": perturbed["psnr_db"],
+        "ssim_clean": clean["ssim"],
+        "ssim_perturbed": perturbed["ssim"],
         "local_lipschitz": (diff / e_norm.clamp_min(1e-12)).tolist(),
         "restart_changes": result.restart_changes,
         "loss_curves": result.loss_curves,
