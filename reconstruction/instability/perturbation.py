@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reconstruction import metrics
 from reconstruction.attacks import (
     BudgetResult,
     ThreatModel,
