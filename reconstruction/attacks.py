@@ -4,10 +4,20 @@ Two threat models: the *image* domain (``e = A r`` for an image perturbation ``r
 ``||r|| <= eps ||x||``) and the *measurement* domain (``e`` itself, ``||e|| <= eps ||y||``).
 Two searches, with exact autograd through ``f`` and ``A``:
 
-* :func:`budget_search` -- projected Adam on the ball, several seeded restarts, the worst per
-  image kept, warm starts across an increasing ``eps`` grid. For networks without gradients it
-  runs the same loop on an SPSA gradient estimate (Rademacher directions, two queries each) and
-  reports the query count (weaker evidence).
+* :func:`budget_search` -- a projected ascent of the relative output change on the ball, per
+  image, for every ``eps`` of a grid. The search variable ``u`` lives in the unit ball
+  (``r = u eps ||x||``), so one step rule fits every image and every ``eps``. Its starts run
+  side by side along the batch dimension: the top right-singular vector of the Jacobian at the
+  clean input (the locally worst direction, by power iteration with Jacobian-vector and
+  vector-Jacobian products), seeded random directions at the full radius, and the best few
+  points of the neighbouring ``eps`` (warm starts carried up the grid, then carried down it
+  again). Steps are normalised gradients starting at ``step_size`` times the radius, with
+  momentum, halved (and restarted from the best point) when a start stops improving -- the
+  step rule of Auto-PGD (Croce & Hein 2020) -- or Adam steps (the published replays). A start
+  stops when its best change improved by less than ``plateau_tolerance`` over the last
+  ``plateau_window`` iterations (it *plateaued*), or at the ``iterations`` cap (it did not).
+  For networks without gradients the same loop runs on an SPSA estimate (Rademacher
+  directions, two queries each) and reports the query count (weaker evidence).
 * :func:`pnas_search` -- the algorithm of Antun et al. (PNAS 2020): heavy-ball gradient ascent
   ``v <- momentum v + step grad Q(r)``, ``r <- r + v`` on
   ``Q(r) = 1/2 ||f(y + A r) - f(y)||^2 / ||f(y)||^2 - lam/2 ||r||^2 / ||x||^2`` (both terms
@@ -22,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -33,7 +44,9 @@ from reconstruction.operators.base import complex_dtype
 
 __all__ = [
     "BudgetResult",
+    "BudgetSearch",
     "PnasResult",
+    "SearchSettings",
     "ThreatModel",
     "budget_search",
     "output_change",
@@ -43,9 +56,20 @@ __all__ = [
 
 Recon = Callable[[Tensor], Tensor]
 ThreatModel = Literal["image", "measurement"]
+SearchMethod = Literal["normalized-gradient", "adam"]
+#: ``change``: maximise ``||f(y + e) - f(y)|| / ||f(y)||`` (the paper's); ``error``: maximise
+#: ``||f(y + e) - x|| / ||x||`` (Genzel et al.'s untargeted attack)
+Objective = Literal["change", "error"]
 #: SPSA: Rademacher directions per gradient estimate, and the probe size relative to the radius
 SPSA_DIRECTIONS = 8
 SPSA_PROBE = 0.05
+#: normalised-gradient steps: momentum weight of the new point (Auto-PGD's 0.75)
+MOMENTUM = 0.75
+#: Adam's moment decay rates
+ADAM_BETAS = (0.9, 0.999)
+#: central finite-difference step (relative to the norm of the clean input) for a Jacobian-vector
+#: product when the network has no second derivative
+FD_STEP = 1e-3
 
 
 def relative_norm(t: Tensor, ref: Tensor) -> Tensor:
@@ -54,7 +78,8 @@ def relative_norm(t: Tensor, ref: Tensor) -> Tensor:
 
 
 def output_change(perturbed: Tensor, clean: Tensor, roi: Tensor | None = None) -> Tensor:
-    """``||f(y + e) - f(y)|| / ||f(y)||`` per image, optionally weighted by ``roi`` [H, W]."""
+    """``||f(y + e) - f(y)|| / ||f(y)||`` per image, optionally weighted by ``roi`` (``[H, W]``
+    or one weight map per image ``[B, H, W]``)."""
     diff = perturbed - clean
     if roi is not None:
         diff = diff * roi
@@ -72,9 +97,47 @@ def _project(u: Tensor) -> Tensor:
     return u / per_item(norms(u).clamp_min(1.0), u)
 
 
+def _unit(u: Tensor) -> Tensor:
+    """Onto the unit sphere, per item."""
+    return u / per_item(norms(u).clamp_min(1e-30), u)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How hard :func:`budget_search` looks (the protocol's ``perturbation.budget`` less its
+    ``eps`` grid)."""
+
+    #: starts per ``eps``, run side by side: warm starts, the Jacobian's direction, random ones
+    restarts: int = 6
+    #: best points of one ``eps`` carried to the next as warm starts
+    keep: int = 3
+    #: the cap on iterations per start
+    iterations: int = 100
+    #: no start stops on a plateau before this many iterations
+    min_iterations: int = 10
+    #: the first step as a fraction of the radius (Adam: its learning rate, per coordinate,
+    #: times ``1 / sqrt(n)``)
+    step_size: float = 0.25
+    method: SearchMethod = "normalized-gradient"
+    #: a start has plateaued when its best change grew by less than ``plateau_tolerance``
+    #: (relative) over the last ``plateau_window`` iterations
+    plateau_window: int = 10
+    plateau_tolerance: float = 0.01
+    #: start from the top right-singular vector of the Jacobian at the clean input
+    jacobian_start: bool = True
+    power_iterations: int = 6
+    #: after the pass up the grid, carry each ``eps``'s best point down to the smaller ones
+    downward: bool = True
+
+    @property
+    def patience(self) -> int:
+        """Iterations without improvement after which a normalised-gradient step is halved."""
+        return max(2, self.plateau_window // 2)
+
+
 @dataclass
 class BudgetResult:
-    """The worst perturbation found per image at one ``eps``."""
+    """The worst perturbation found per image at one ``eps``, and how the search got there."""
 
     eps: float
     threat_model: ThreatModel
@@ -88,57 +151,260 @@ class BudgetResult:
     measurement_size: Tensor
     #: ``||f(y + e) - f(y)|| / ||f(y)||`` per image (ROI-weighted when an ROI is given)
     change: Tensor
+    #: ``||f(y + e) - x|| / ||x||`` per image (the error against the ground truth)
+    error: Tensor
     #: the reconstruction ``f(y + e)``
     reconstruction: Tensor
-    #: mean objective per iteration, one curve per restart
+    #: iterations the image's longest start ran at this ``eps`` (the pass down included) ``[B]``
+    iterations: Tensor
+    #: every start of the image stopped on a plateau, none at the cap ``[B]``
+    plateaued: Tensor
+    #: ``1 - second best / best`` over the starts' changes: how far the restarts disagree ``[B]``
+    restart_spread: Tensor
+    #: forward+backward passes (black box: forward queries) spent at this ``eps``, all images
+    passes: int
+    #: the mean over images of the best change so far, per iteration, one curve per start
     loss_curves: list[list[float]] = field(default_factory=list)
-    #: the change each restart reached, ``[restarts, B]`` (the spread across restarts)
+    #: the change each start reached, ``[starts, B]``
     restart_changes: list[list[float]] = field(default_factory=list)
+    #: the starts in order (``warm``, ``jacobian``, ``random``)
+    starts: list[str] = field(default_factory=list)
     #: forward queries spent (black-box SPSA), else ``None``
     queries: int | None = None
 
 
-class _Setup:
+@dataclass
+class BudgetSearch:
+    """:func:`budget_search`'s answer: one result per ``eps`` and the local amplification."""
+
+    results: list[BudgetResult]
+    #: the Jacobian's largest singular value at the clean input in relative units,
+    #: ``(||J e|| / ||f(y)||) / (||e|| / ||y||)`` (image threat model: per ``||r|| / ||x||``),
+    #: per image; ``None`` without gradients or when not asked for
+    amplification: Tensor | None
+    #: how the Jacobian-vector products were taken (``autograd`` or ``finite differences``)
+    jacobian_method: str | None
+    #: forward+backward passes in all (Jacobian power iterations count two each)
+    passes: int
+
+
+class _Problem:
+    """The map ``u -> f(y + M(u * radius))`` per item; items are ``(start, image)`` pairs
+    whose image is ``owner[item]``."""
+
     def __init__(
-        self, f: Recon, op: LinearOperator, x: Tensor, y: Tensor, threat: ThreatModel
+        self,
+        f: Recon,
+        op: LinearOperator,
+        x: Tensor,
+        y: Tensor,
+        threat: ThreatModel,
+        roi: Tensor | None,
+        objective: Objective = "change",
     ) -> None:
-        self.f, self.op, self.threat = f, op, threat
-        self.y = y
+        self.f, self.op, self.threat, self.y = f, op, threat, y
         with torch.no_grad():
             self.clean = f(y)
+        #: what the search moves away from: the clean reconstruction, or the ground truth
+        self.target = self.clean if objective == "change" else x.abs().to(self.clean.dtype)
         if threat == "image":
-            self.shape = x.shape
+            self.shape = tuple(x.shape)
             self.dtype = complex_dtype(x.dtype) if op.in_complex else x.dtype
             self.scale = norms(x)
         else:
-            self.shape = y.shape
+            self.shape = tuple(y.shape)
             self.dtype = y.dtype
             self.scale = norms(y)
         self.numel = math.prod(self.shape[1:])
+        self.roi = roi
+        self.per_image_roi = roi is not None and roi.ndim == 3
 
     def measurement(self, p: Tensor) -> Tensor:
         return self.op.A(p) if self.threat == "image" else p
 
+    def weights(self, owner: Tensor) -> Tensor | None:
+        if self.roi is None or not self.per_image_roi:
+            return self.roi
+        return self.roi[owner]
 
-def _objective(s: _Setup, p: Tensor, roi: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Per-image squared relative change and the reconstruction."""
-    out = s.f(s.y + s.measurement(p))
-    return output_change(out, s.clean, roi).square(), out
+    def change2(self, u: Tensor, owner: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+        """Squared relative change per item, and the reconstruction."""
+        p = u * per_item(radius[owner], u)
+        out = self.f(self.y[owner] + self.measurement(p))
+        return output_change(out, self.target[owner], self.weights(owner)).square(), out
+
+    def zeros(self, n: int) -> Tensor:
+        return torch.zeros((n, *self.shape[1:]), dtype=self.dtype, device=self.y.device)
+
+    def random(self, n: int, gen: torch.Generator) -> Tensor:
+        return _unit(_noise_like(self.zeros(n), gen))
 
 
 def _spsa_gradient(
-    s: _Setup, u: Tensor, radius: Tensor, roi: Tensor | None, gen: torch.Generator
+    prob: _Problem, u: Tensor, owner: Tensor, radius: Tensor, gen: torch.Generator
 ) -> Tensor:
     grad = torch.zeros_like(u)
-    probe = SPSA_PROBE
     with torch.no_grad():
         for _ in range(SPSA_DIRECTIONS):
             delta = torch.randint(0, 2, u.shape, generator=gen).to(u.device) * 2.0 - 1.0
-            delta = (delta / math.sqrt(s.numel)).to(u.dtype)
-            plus, _ = _objective(s, _project(u + probe * delta) * radius, roi)
-            minus, _ = _objective(s, _project(u - probe * delta) * radius, roi)
-            grad += per_item((plus - minus) / (2 * probe), u) * delta.conj()
+            delta = (delta / math.sqrt(prob.numel)).to(u.dtype)
+            plus, _ = prob.change2(_project(u + SPSA_PROBE * delta), owner, radius)
+            minus, _ = prob.change2(_project(u - SPSA_PROBE * delta), owner, radius)
+            grad += per_item((plus - minus) / (2 * SPSA_PROBE), u) * delta.conj()
     return grad / SPSA_DIRECTIONS
+
+
+@dataclass
+class _Ascent:
+    """Where a batch of starts ended: best point and change per item, and how."""
+
+    best_u: Tensor
+    best: Tensor
+    iterations: Tensor
+    plateaued: Tensor
+    curves: list[list[float]]
+    passes: int
+
+
+def _ascend(
+    prob: _Problem,
+    u0: Tensor,
+    owner: Tensor,
+    radius: Tensor,
+    cfg: SearchSettings,
+    *,
+    gradients: bool,
+    gen: torch.Generator,
+    progress: Callable[[int], None] | None,
+    slots: int,
+) -> _Ascent:
+    """Ascend from the starts ``u0`` (items ``[N, ...]``), each item until it plateaus or
+    reaches the cap; items that are done leave the batch."""
+    n = u0.shape[0]
+    device = u0.device
+    u = _project(u0.clone())
+    u_prev = u.clone()
+    best_u = u.clone()
+    best = torch.full((n,), -1.0, device=device)
+    step = torch.full((n,), cfg.step_size, device=device)
+    since = torch.zeros(n, dtype=torch.long, device=device)
+    iters = torch.zeros(n, dtype=torch.long, device=device)
+    plateaued = torch.zeros(n, dtype=torch.bool, device=device)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    history: list[Tensor] = []
+    adam_m = torch.zeros_like(u)
+    adam_v = torch.zeros(u.shape, dtype=u.real.dtype, device=device)
+    lr = cfg.step_size / math.sqrt(prob.numel)
+    passes = 0
+    for it in range(cfg.iterations):
+        idx = active.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        ui = u[idx].detach().requires_grad_(gradients)
+        if gradients:
+            value, _ = prob.change2(ui, owner[idx], radius)
+            (grad,) = torch.autograd.grad(value.sum(), ui)
+            passes += idx.numel()
+        else:
+            with torch.no_grad():
+                value, _ = prob.change2(ui, owner[idx], radius)
+            grad = _spsa_gradient(prob, ui.detach(), owner[idx], radius, gen)
+            passes += idx.numel() * (1 + 2 * SPSA_DIRECTIONS)
+        change = value.detach().sqrt()
+        iters[idx] += 1
+        better = change > best[idx]
+        improved = idx[better]
+        best[improved] = change[better]
+        best_u[improved] = ui.detach()[better]
+        since[idx] = torch.where(better, 0, since[idx] + 1)
+        history.append(best.clone())
+        with torch.no_grad():
+            if cfg.method == "adam":
+                g = torch.view_as_real(grad) if grad.is_complex() else grad
+                m = adam_m[idx]
+                m_real = torch.view_as_real(m) if m.is_complex() else m
+                m_real.mul_(ADAM_BETAS[0]).add_((1 - ADAM_BETAS[0]) * g)
+                v = adam_v[idx]
+                g2 = g.square().sum(-1) if grad.is_complex() else g.square()
+                v.mul_(ADAM_BETAS[1]).add_((1 - ADAM_BETAS[1]) * g2)
+                t = iters[idx].to(torch.float32)
+                m_hat = m / per_item(1 - ADAM_BETAS[0] ** t, m)
+                v_hat = v / per_item(1 - ADAM_BETAS[1] ** t, v)
+                adam_m[idx], adam_v[idx] = m, v
+                u[idx] = _project(ui.detach() + lr * m_hat / (v_hat.sqrt() + 1e-8))
+            else:
+                halve = since[idx] >= cfg.patience
+                restart = idx[halve]
+                step[restart] = step[restart] / 2
+                since[restart] = 0
+                base = torch.where(per_item(halve, ui), best_u[idx], ui.detach())
+                prev = torch.where(per_item(halve, ui), best_u[idx], u_prev[idx])
+                z = _project(base + per_item(step[idx], grad) * _unit(grad))
+                fresh = per_item((iters[idx] == 1) | halve, z)
+                moved = _project(base + MOMENTUM * (z - base) + (1 - MOMENTUM) * (base - prev))
+                u_prev[idx] = base
+                u[idx] = torch.where(fresh, z, moved)
+        if it + 1 >= max(cfg.min_iterations, cfg.plateau_window + 1):
+            old = history[it - cfg.plateau_window]
+            flat = best[idx] <= old[idx] * (1 + cfg.plateau_tolerance)
+            plateaued[idx[flat]] = True
+            active[idx[flat]] = False
+        if progress is not None:
+            progress(1)
+    if history and len(history) > cfg.plateau_window:
+        # a start that ran to the cap may still have flattened out in its last window
+        old = history[-1 - cfg.plateau_window]
+        plateaued |= best <= old * (1 + cfg.plateau_tolerance)
+    curves = []
+    if history:
+        stacked = torch.stack(history).clamp_min(0.0)  # [iterations, N]
+        per_slot = stacked.reshape(len(history), slots, -1)
+        curves = [[float(v) for v in per_slot[:, k].mean(1)] for k in range(slots)]
+    return _Ascent(best_u, best.clamp_min(0.0), iters, plateaued, curves, passes)
+
+
+def _top_singular(
+    prob: _Problem, iterations: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor, str]:
+    """The Jacobian of ``u -> f(y + M(u ||x||))`` at ``u = 0``: its top right-singular vector
+    per image and the singular value divided by ``||f(y)||`` (relative units), by power
+    iteration on ``J^T J`` with exact products (double backward), or central differences for
+    ``J v`` where the network has no second derivative."""
+    b = prob.shape[0]
+    u0 = prob.zeros(b).requires_grad_(True)
+    value = prob.f(prob.y + prob.measurement(u0 * per_item(prob.scale, u0)))
+    v = prob.random(b, gen)
+
+    def vjp(w: Tensor) -> Tensor:
+        (g,) = torch.autograd.grad(value, u0, w, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(u0) if g is None else g
+
+    def jvp_fd(d: Tensor) -> Tensor:
+        step = FD_STEP * d * per_item(prob.scale, d)
+        with torch.no_grad():
+            out_p = prob.f(prob.y + prob.measurement(step))
+            out_m = prob.f(prob.y - prob.measurement(step))
+        return (out_p - out_m) / (2 * FD_STEP)
+
+    method = "autograd"
+    try:
+        w = torch.zeros_like(value, requires_grad=True)
+        (g_w,) = torch.autograd.grad(value, u0, w, create_graph=True, allow_unused=True)
+        if g_w is None:
+            raise RuntimeError("the output does not depend on the input")
+
+        def jvp(d: Tensor) -> Tensor:
+            (jv,) = torch.autograd.grad(g_w, w, d, retain_graph=True)
+            return jv
+
+        jvp(v)
+    except RuntimeError:
+        method = "finite differences"
+        jvp = jvp_fd
+    for _ in range(iterations):
+        v = _unit(vjp(jvp(v)))
+    sigma = norms(jvp(v)) / norms(prob.clean).clamp_min(1e-12)
+    return v.detach(), sigma.detach(), method
 
 
 def budget_search(
@@ -149,88 +415,116 @@ def budget_search(
     *,
     threat_model: ThreatModel,
     eps: Sequence[float],
-    restarts: int,
-    iterations: int,
-    step_size: float,
+    settings: SearchSettings,
     seed: int,
     roi: Tensor | None = None,
+    objective: Objective = "change",
     gradients: bool = True,
+    initial: Sequence[Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list[BudgetResult]:
-    """Worst-case perturbations for each ``eps`` (increasing), per image.
-
-    The search variable ``u`` lives in the unit ball and ``r = u * eps * ||x_b||`` (or
-    ``e = u * eps * ||y_b||``), so one learning rate (``step_size / sqrt(n)`` per coordinate)
-    fits every image. Restart 0 warm-starts from the previous ``eps``'s worst case; the others
-    start from seeded Gaussian directions at half the radius. ``progress`` is called with the
-    number of iterations done after each iteration."""
-    s = _Setup(f, op, x, y, threat_model)
+) -> BudgetSearch:
+    """Worst-case perturbations for each ``eps`` (increasing), per image; see the module
+    documentation for the search. ``initial``: one more start per ``eps`` (``[B, ...]`` points
+    of the unit ball, e.g. the worst cases of another objective). ``progress`` is called with
+    the number of iterations done after each iteration of a batch of starts."""
+    prob = _Problem(f, op, x, y, threat_model, roi, objective)
     gen = torch.Generator().manual_seed(seed)
-    results: list[BudgetResult] = []
+    b = prob.shape[0]
+    images = torch.arange(b, device=y.device)
+    passes = [0] * len(eps)
+    jac: Tensor | None = None
+    amplification: Tensor | None = None
+    jacobian_method: str | None = None
+    extra = 0
+    if gradients and settings.jacobian_start:
+        jac, amplification, jacobian_method = _top_singular(prob, settings.power_iterations, gen)
+        extra = b * (2 * settings.power_iterations + 3)
+    ascend = partial(_ascend, prob, cfg=settings, gradients=gradients, gen=gen, progress=progress)
+    points: list[Tensor] = []
+    bests: list[Tensor] = []
+    iterations: list[Tensor] = []
+    plateaued: list[Tensor] = []
+    spreads: list[Tensor] = []
+    curves: list[list[list[float]]] = []
+    per_start: list[list[list[float]]] = []
+    labels: list[list[str]] = []
     warm: Tensor | None = None
-    lr = step_size / math.sqrt(s.numel)
-    for e in eps:
-        radius = (s.scale * e).reshape(-1, *([1] * (len(s.shape) - 1)))
-        best_u = torch.zeros(s.shape, dtype=s.dtype, device=y.device)
-        best_change = torch.full((s.shape[0],), -1.0, device=y.device)
-        curves: list[list[float]] = []
-        per_restart: list[list[float]] = []
-        queries = 0
-        for k in range(restarts):
-            if k == 0 and warm is not None:
-                u0 = warm.clone()
-            else:
-                u0 = _noise_like(best_u, gen)
-                u0 = 0.5 * u0 / per_item(norms(u0), u0)
-            u = u0.detach().requires_grad_(True)
-            optimiser = torch.optim.Adam([u], lr=lr)
-            curve: list[float] = []
-            restart_best = torch.full((s.shape[0],), -1.0, device=y.device)
-            for _ in range(iterations):
-                optimiser.zero_grad()
-                if gradients:
-                    value, _ = _objective(s, u * radius, roi)
-                    (-value.sum()).backward()
-                else:
-                    with torch.no_grad():
-                        value, _ = _objective(s, u * radius, roi)
-                    u.grad = -_spsa_gradient(s, u.detach(), radius, roi, gen)
-                    queries += 1 + 2 * SPSA_DIRECTIONS
-                change = value.detach().sqrt()
-                better = change > best_change
-                best_change = torch.where(better, change, best_change)
-                best_u = torch.where(per_item(better, best_u), u.detach(), best_u)
-                restart_best = torch.maximum(restart_best, change)
-                curve.append(float(value.detach().mean()))
-                optimiser.step()
-                with torch.no_grad():
-                    u.copy_(_project(u))
-                if progress is not None:
-                    progress(1)
-            curves.append(curve)
-            per_restart.append(restart_best.tolist())
-        warm = best_u
+    for k, e in enumerate(eps):
+        radius = prob.scale * e
+        starts: list[Tensor] = []
+        names: list[str] = []
+        if initial is not None:
+            starts.append(initial[k].to(prob.dtype))
+            names.append("given")
+        if warm is not None:
+            n_warm = min(len(warm), settings.keep, max(settings.restarts - 1, 1))
+            starts += [_unit(w) for w in warm[:n_warm]]
+            names += ["warm"] * n_warm
+        if jac is not None and len(starts) < settings.restarts:
+            starts.append(jac)
+            names.append("jacobian")
+        while len(starts) < settings.restarts:
+            starts.append(prob.random(b, gen))
+            names.append("random")
+        n = len(starts)
+        run = ascend(torch.cat(starts), images.repeat(n), radius, slots=n)
+        values = run.best.reshape(n, b)
+        found = run.best_u.reshape(n, *prob.shape)
+        order = values.argsort(dim=0, descending=True)
+        points.append(found[order[0], images].clone())
+        bests.append(values[order[0], images].clone())
+        iterations.append(run.iterations.reshape(n, b).amax(0))
+        plateaued.append(run.plateaued.reshape(n, b).all(0))
+        if n > 1:
+            second = values[order[1], images]
+            spreads.append(1.0 - second / bests[-1].clamp_min(1e-12))
+        else:
+            spreads.append(torch.full((b,), float("nan"), device=y.device))
+        warm = found[order[: min(settings.keep, n)], images]
+        passes[k] += run.passes
+        curves.append(run.curves)
+        per_start.append(values.tolist())
+        labels.append(names)
+    if settings.downward:
+        for k in reversed(range(len(eps) - 1)):
+            radius = prob.scale * eps[k]
+            run = ascend(points[k + 1], images, radius, slots=1)
+            gained = run.best > bests[k]
+            bests[k][gained] = run.best[gained]
+            points[k][gained] = run.best_u[gained]
+            iterations[k] += run.iterations
+            plateaued[k] &= run.plateaued
+            passes[k] += run.passes
+    results = []
+    for k, e in enumerate(eps):
         with torch.no_grad():
-            p = best_u * radius
-            e_meas = s.measurement(p)
+            p = points[k] * per_item(prob.scale * e, points[k])
+            e_meas = prob.measurement(p)
             out = f(y + e_meas)
-            change = output_change(out, s.clean, roi)
+            change = output_change(out, prob.clean, prob.weights(images))
+            error = output_change(out, x.abs().to(out.dtype))
         results.append(
             BudgetResult(
                 eps=float(e),
                 threat_model=threat_model,
                 perturbation=p,
                 measurement_perturbation=e_meas,
-                size=norms(p) / s.scale,
+                size=norms(p) / prob.scale,
                 measurement_size=relative_norm(e_meas, y),
                 change=change,
+                error=error,
                 reconstruction=out,
-                loss_curves=curves,
-                restart_changes=per_restart,
-                queries=queries if not gradients else None,
+                iterations=iterations[k].cpu(),
+                plateaued=plateaued[k].cpu(),
+                restart_spread=spreads[k].cpu(),
+                passes=passes[k],
+                loss_curves=curves[k],
+                restart_changes=per_start[k],
+                starts=labels[k],
+                queries=None if gradients else passes[k],
             )
         )
-    return results
+    return BudgetSearch(results, amplification, jacobian_method, sum(passes) + extra)
 
 
 @dataclass
@@ -275,7 +569,7 @@ def pnas_search(
     Checkpoint ``k`` is the first iterate whose ``||r|| / ||x||`` reaches
     ``checkpoints[k] * max_norm`` (the final iterate when the run stops before that), so the
     kept perturbations are ordered by norm: the paper's ``r1 < r2 < r3``."""
-    s = _Setup(f, op, x, y, "image")
+    s = _Problem(f, op, x, y, "image", roi)
     gen = torch.Generator().manual_seed(seed)
     u0 = torch.rand(s.shape, generator=gen, dtype=torch.float64).to(y.device)
     u = (init_scale * u0 / per_item(s.scale, u0)).to(s.dtype)
@@ -287,9 +581,10 @@ def pnas_search(
     curve: list[float] = []
     reason = f"iteration limit ({iterations})"
     scale = per_item(s.scale, u).to(y.device)
+    images = torch.arange(b, device=y.device)
     for it in range(1, iterations + 1):
         uu = u.detach().requires_grad_(True)
-        change2, _ = _objective(s, uu * scale, roi)
+        change2, _ = s.change2(uu, images, s.scale)
         q = 0.5 * change2 - 0.5 * lam * norms(uu).square()
         q.sum().backward()
         assert uu.grad is not None

@@ -1,24 +1,33 @@
 """Test 1: tiny worst-case perturbations, network beside the baseline attacked the same way.
 
-For each threat model and each ``eps`` of the protocol's grid, the worst perturbation found
-for the network and, with the same search and budget, for the baseline; the controls
-(Gaussian noise of the same norm, worst of N draws; the worst case plus noise of a fraction of
-its norm, the paper's Fig. 2); and, when the protocol asks, the paper's heavy-ball search
-giving ``r1 < r2 < r3``.
+For each threat model and each ``eps`` of the protocol's grid: the worst perturbation found for
+the network and, with the same search and budget, for the baseline (whole-image objective);
+the localized damage each causes (worst sliding window, :mod:`~reconstruction.instability.local`);
+searches that target the network's worst window, for the network and the baseline alike; the
+controls (Gaussian noise of the same norm, worst of N draws; the worst case plus noise of a
+fraction of its norm, the paper's Fig. 2); the local amplification (the Jacobian's largest
+singular value at the clean input, network and baseline); and, when the protocol asks, the
+paper's heavy-ball search giving ``r1 < r2 < r3``.
 
-Verdict (thresholds from the protocol):
+Verdict (thresholds from the protocol; ``docs/verdicts.md`` gives the reasons):
 
-* ``unstable`` -- for some image, threat model and ``eps``, the network's relative output
-  change exceeds ``margin`` times the baseline's at the same ``eps`` *and* its PSNR against the
-  ground truth falls by at least ``min_psnr_drop_db``;
-* ``inconclusive`` -- the change exceeds the margin but the PSNR drop stays below the
-  threshold (a larger output change than the baseline's, but not a clear degradation);
+* ``unstable`` -- for some image, threat model and ``eps``, a perturbation found makes the
+  network change by at least ``margin`` times what the baseline changes at the same ``eps``
+  (whole image; or inside the window targeted, both attacked there), *and* the damage is
+  material: the network's PSNR against the ground truth falls by ``min_psnr_drop_db``, or its
+  SSIM by ``min_ssim_drop``, or its worst window's error grows by ``local_min_psnr_drop_db``;
+* ``inconclusive`` -- the change exceeds the margin but the damage is not material; or no
+  evidence was found but the network's search did not converge (a start still improving at its
+  cap, or its two best starts disagreeing by more than ``max_restart_spread``): absence of
+  evidence from a search that was not finished is not evidence of absence;
 * ``stable`` -- otherwise: "no instability found within the protocol's budget".
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -27,12 +36,13 @@ from torch import Tensor
 from reconstruction import metrics
 from reconstruction.attacks import (
     BudgetResult,
+    BudgetSearch,
     ThreatModel,
     budget_search,
     output_change,
     pnas_search,
 )
-from reconstruction.batch import gaussian, norms
+from reconstruction.batch import gaussian, norms, per_item
 from reconstruction.instability.common import (
     STABLE_WORDING,
     Recon,
@@ -45,11 +55,15 @@ from reconstruction.instability.common import (
     seeded,
     to_numpy,
 )
-from reconstruction.protocols import Protocol
+from reconstruction.instability.local import local_damage, window_change, window_masks
+from reconstruction.protocols import PerturbationThresholds, Protocol
 
 __all__ = ["run_perturbation"]
 
 Progress = Callable[[int], None]
+ROLES = ("network", "baseline")
+#: what the threat models' budgets are relative to
+NORMALISATION = {"image": "||r|| / ||x||", "measurement": "||e|| / ||y||"}
 
 
 def _roi(protocol: Protocol, shape: tuple[int, ...], device: torch.device) -> Tensor | None:
@@ -58,6 +72,10 @@ def _roi(protocol: Protocol, shape: tuple[int, ...], device: torch.device) -> Te
     if box is None:
         return None
     r0, c0, r1, c1 = box
+    if r1 > shape[-2] or c1 > shape[-1]:
+        raise ValueError(
+            f"perturbation.roi {list(box)} does not fit the {shape[-2]}x{shape[-1]} images"
+        )
     roi = torch.zeros(shape[-2:], device=device)
     roi[r0:r1, c0:c1] = 1.0
     return roi
@@ -88,22 +106,116 @@ def _persistence(
     return norms(noisy - clean) / norms(result.reconstruction - clean).clamp_min(1e-12)
 
 
-def _records(result: BudgetResult, f_clean: Tensor, truth: Tensor) -> dict[str, Any]:
-    e_norm = norms(result.measurement_perturbation)
-    diff = norms(result.reconstruction - f_clean)
-    clean, perturbed = scores(f_clean, truth), scores(result.reconstruction, truth)
+def _floats(t: Tensor) -> list[float]:
+    return [float(v) for v in t.tolist()]
+
+
+def _search_record(result: BudgetResult) -> dict[str, Any]:
+    """How the search got to its worst case: the evidence behind its strength."""
     return {
-        "size": result.size.tolist(),
-        "measurement_size": result.measurement_size.tolist(),
-        "output_change": result.change.tolist(),
+        "iterations": [int(v) for v in result.iterations.tolist()],
+        "plateaued": [bool(v) for v in result.plateaued.tolist()],
+        "restart_spread": [None if math.isnan(v) else float(v) for v in result.restart_spread],
+        "passes": result.passes,
+        "starts": result.starts,
+    }
+
+
+def _damage(f_clean: Tensor, result: BudgetResult, truth: Tensor, window: float) -> dict[str, Any]:
+    clean, perturbed = scores(f_clean, truth), scores(result.reconstruction, truth)
+    local = local_damage(f_clean, result.reconstruction, truth, window)
+    return {
+        "size": _floats(result.size),
+        "measurement_size": _floats(result.measurement_size),
+        "output_change": _floats(result.change),
+        "error": _floats(result.error),
         "psnr_clean_db": clean["psnr_db"],
         "psnr_perturbed_db": perturbed["psnr_db"],
         "ssim_clean": clean["ssim"],
         "ssim_perturbed": perturbed["ssim"],
-        "local_lipschitz": (diff / e_norm.clamp_min(1e-12)).tolist(),
+        "worst_window": local.boxes.tolist(),
+        "local_error_increase_db": _floats(local.error_increase_db),
+        "local_change": _floats(local.change),
+    }
+
+
+def _records(result: BudgetResult, f_clean: Tensor, truth: Tensor, window: float) -> dict[str, Any]:
+    e_norm = norms(result.measurement_perturbation)
+    diff = norms(result.reconstruction - f_clean)
+    return {
+        **_damage(f_clean, result, truth, window),
+        "local_lipschitz": _floats(diff / e_norm.clamp_min(1e-12)),
+        "search": _search_record(result),
         "restart_changes": result.restart_changes,
         "loss_curves": result.loss_curves,
     }
+
+
+@dataclass
+class _Finding:
+    """One perturbation's case against the network at one (threat, eps, image)."""
+
+    kind: str
+    ratio: float
+    network_change: float
+    baseline_change: float
+    psnr_drop: float
+    ssim_drop: float
+    local_increase: float
+
+    def material(self, th: PerturbationThresholds) -> bool:
+        return bool(
+            self.psnr_drop >= th.min_psnr_drop_db
+            or self.ssim_drop >= th.min_ssim_drop
+            or self.local_increase >= th.local_min_psnr_drop_db
+        )
+
+
+def _finding(
+    kind: str, net: dict[str, Any], net_change: float, base_change: float, i: int
+) -> _Finding:
+    return _Finding(
+        kind=kind,
+        ratio=net_change / max(base_change, 1e-12),
+        network_change=net_change,
+        baseline_change=base_change,
+        psnr_drop=net["psnr_clean_db"][i] - net["psnr_perturbed_db"][i],
+        ssim_drop=net["ssim_clean"][i] - net["ssim_perturbed"][i],
+        local_increase=net["local_error_increase_db"][i],
+    )
+
+
+def _unit_points(search: BudgetSearch, scale: Tensor) -> list[Tensor]:
+    """Each eps's worst case as a point of the unit ball (the search's own variable)."""
+    return [r.perturbation / per_item(scale * r.eps, r.perturbation) for r in search.results]
+
+
+def _convergence(rows: list[dict[str, Any]], threat: str, spread_limit: float) -> list[str]:
+    """Why the network's searches at this threat model do not support ``stable``."""
+    problems = []
+    for row in rows:
+        for kind, rec in (("whole image", row["network"]), ("window", row.get("local_network"))):
+            if rec is None:
+                continue
+            s = rec["search"]
+            where = f"{threat} domain, eps = {row['eps']:g}, {kind}"
+            for i, plateaued in enumerate(s["plateaued"]):
+                if not plateaued:
+                    problems.append(
+                        f"search still improving at its cap ({where}, image {i}, "
+                        f"{s['iterations'][i]} iterations)"
+                    )
+            for i, spread in enumerate(s["restart_spread"]):
+                if spread is None and kind == "window":
+                    continue  # one start from the whole-image worst case, by design
+                if spread is None:
+                    problems.append(f"one start only: agreement not shown ({where}, image {i})")
+                elif spread > spread_limit:
+                    problems.append(
+                        f"restarts disagree by {spread:.0%} ({where}, image {i}; limit "
+                        f"{spread_limit:.0%})"
+                    )
+    return problems
 
 
 def run_perturbation(
@@ -120,81 +232,210 @@ def run_perturbation(
     white = subject.gradient_access == "white-box"
     f_net = network_reconstructor(subject, differentiable=white)
     f_base = baseline_reconstructor(op, protocol.baseline, attack=True)
+    fs = {"network": f_net, "baseline": f_base}
     y = op.A(truth)
-    roi = _roi(protocol, truth.shape, truth.device)
+    roi = _roi(protocol, tuple(truth.shape), truth.device)
     with torch.no_grad():
-        clean = {"network": f_net(y), "baseline": f_base(y)}
+        clean = {role: f(y) for role, f in fs.items()}
     th = cfg.thresholds
+    settings = cfg.budget.settings()
+    role_settings = {
+        "network": settings,
+        "baseline": replace(
+            settings,
+            restarts=cfg.budget.baseline_restarts,
+            keep=min(settings.keep, cfg.budget.baseline_restarts),
+        ),
+    }
+    local_settings = replace(
+        settings,
+        restarts=cfg.local.restarts,
+        keep=min(settings.keep, cfg.local.restarts),
+        jacobian_start=False,
+        downward=False,
+    )
+    window = cfg.local.window
     per_threat: dict[str, Any] = {}
     evidence: list[dict[str, Any]] = []
     borderline: list[dict[str, Any]] = []
+    problems: list[str] = []
     figures: dict[str, Any] = {"truth": to_numpy(truth)}
     for t_index, threat in enumerate(cfg.threat_models):
         threat_model: ThreatModel = threat
-        runs: dict[str, list[BudgetResult]] = {}
-        for r_index, (role, f) in enumerate((("network", f_net), ("baseline", f_base))):
-            runs[role] = budget_search(
-                f,
+        scale = norms(truth) if threat == "image" else norms(y)
+        searches: dict[str, BudgetSearch] = {}
+        for r_index, role in enumerate(ROLES):
+            searches[role] = budget_search(
+                fs[role],
                 op,
                 truth,
                 y,
                 threat_model=threat_model,
                 eps=cfg.budget.eps,
-                restarts=cfg.budget.restarts,
-                iterations=cfg.budget.iterations,
-                step_size=cfg.budget.step_size,
+                settings=role_settings[role],
                 seed=seeded(protocol.seed, 1, t_index, r_index),
                 roi=roi,
+                objective=cfg.budget.objective,
                 gradients=white or role == "baseline",
                 progress=progress,
             )
+        runs = {role: searches[role].results for role in ROLES}
+        # the network's worst window at the largest eps: where it is damaged most
+        target = local_damage(
+            clean["network"], runs["network"][-1].reconstruction, truth, window
+        ).boxes
+        local_runs: dict[str, dict[int, BudgetResult]] = {}
+        if cfg.local.attack:
+            masks = window_masks(tuple(truth.shape), target, truth.device)
+
+            every = list(range(len(cfg.budget.eps)))
+            for r_index, role in enumerate(ROLES):
+                ks = every
+                if role == "baseline":
+                    # the baseline's window search can only raise its window change: it is
+                    # needed only where the network's window change reaches the margin over the
+                    # baseline's untargeted one
+                    ks = [
+                        k
+                        for k in every
+                        if bool(
+                            (
+                                window_change(
+                                    clean["network"],
+                                    local_runs["network"][k].reconstruction,
+                                    target,
+                                )
+                                >= th.margin
+                                * window_change(
+                                    clean["baseline"], runs["baseline"][k].reconstruction, target
+                                )
+                            ).any()
+                        )
+                    ]
+                starts = _unit_points(searches[role], scale)
+                found = (
+                    budget_search(
+                        fs[role],
+                        op,
+                        truth,
+                        y,
+                        threat_model=threat_model,
+                        eps=[cfg.budget.eps[k] for k in ks],
+                        settings=local_settings,
+                        seed=seeded(protocol.seed, 5, t_index, r_index),
+                        roi=masks,
+                        gradients=white or role == "baseline",
+                        initial=[starts[k] for k in ks],
+                        progress=progress,
+                    ).results
+                    if ks
+                    else []
+                )
+                local_runs[role] = dict(zip(ks, found, strict=True))
         rows = []
         for k, eps in enumerate(cfg.budget.eps):
             row: dict[str, Any] = {"eps": eps}
-            for role, f in (("network", f_net), ("baseline", f_base)):
+            for role in ROLES:
                 result = runs[role][k]
-                rec = _records(result, clean[role], truth)
-                rec["noise_control_change"] = _noise_control(
-                    f,
-                    y,
-                    clean[role],
-                    result.measurement_perturbation,
-                    cfg.controls.noise_draws,
-                    seeded(protocol.seed, 2, t_index, k),
-                    roi,
-                ).tolist()
-                rec["persistence"] = _persistence(
-                    f,
-                    y,
-                    clean[role],
-                    result,
-                    cfg.controls.persistence_noise,
-                    seeded(protocol.seed, 3, t_index, k),
-                ).tolist()
+                rec = _records(result, clean[role], truth, window)
+                rec["noise_control_change"] = _floats(
+                    _noise_control(
+                        fs[role],
+                        y,
+                        clean[role],
+                        result.measurement_perturbation,
+                        cfg.controls.noise_draws,
+                        seeded(protocol.seed, 2, t_index, k),
+                        roi,
+                    )
+                )
+                rec["persistence"] = _floats(
+                    _persistence(
+                        fs[role],
+                        y,
+                        clean[role],
+                        result,
+                        cfg.controls.persistence_noise,
+                        seeded(protocol.seed, 3, t_index, k),
+                    )
+                )
                 if role == "network" and result.queries is not None:
                     rec["queries"] = result.queries
                 row[role] = rec
+                if local_runs:
+                    targeted = k in local_runs[role]
+                    local = local_runs[role][k] if targeted else result
+                    row[f"local_{role}"] = {
+                        **_damage(clean[role], local, truth, window),
+                        "window": target.tolist(),
+                        "window_change": _floats(
+                            window_change(clean[role], local.reconstruction, target)
+                        ),
+                        "targeted": targeted,
+                        "search": _search_record(local),
+                    }
             rows.append(row)
             for i in range(truth.shape[0]):
                 net, base = row["network"], row["baseline"]
-                ratio = net["output_change"][i] / max(base["output_change"][i], 1e-12)
-                drop = net["psnr_clean_db"][i] - net["psnr_perturbed_db"][i]
-                finding = {
-                    "threat_model": threat,
-                    "eps": eps,
-                    "image": i,
-                    "network_change": net["output_change"][i],
-                    "baseline_change": base["output_change"][i],
-                    "change_ratio": ratio,
-                    "network_psnr_drop_db": drop,
-                    "baseline_psnr_drop_db": base["psnr_clean_db"][i]
-                    - base["psnr_perturbed_db"][i],
-                }
-                if ratio >= th.margin and drop >= th.min_psnr_drop_db:
-                    evidence.append(finding)
-                elif ratio >= th.margin:
-                    borderline.append(finding)
-        per_threat[threat] = {"eps": list(cfg.budget.eps), "results": rows}
+                candidates = [
+                    (
+                        _finding(
+                            "whole image",
+                            net,
+                            net["output_change"][i],
+                            base["output_change"][i],
+                            i,
+                        ),
+                        base["search"]["plateaued"][i],
+                    )
+                ]
+                if local_runs:
+                    ln, lb = row["local_network"], row["local_baseline"]
+                    candidates.append(
+                        (
+                            _finding(
+                                "window", ln, ln["window_change"][i], lb["window_change"][i], i
+                            ),
+                            lb["search"]["plateaued"][i],
+                        )
+                    )
+                for c, baseline_done in candidates:
+                    if c.ratio < th.margin:
+                        continue
+                    finding = {
+                        "threat_model": threat,
+                        "eps": eps,
+                        "image": i,
+                        "objective": c.kind,
+                        "network_change": c.network_change,
+                        "baseline_change": c.baseline_change,
+                        "change_ratio": c.ratio,
+                        "network_psnr_drop_db": c.psnr_drop,
+                        "network_ssim_drop": c.ssim_drop,
+                        "network_local_error_increase_db": c.local_increase,
+                        "baseline_psnr_drop_db": base["psnr_clean_db"][i]
+                        - base["psnr_perturbed_db"][i],
+                        "baseline_search_plateaued": baseline_done,
+                    }
+                    # a baseline search still improving may have understated the baseline's
+                    # change, and so overstated the ratio: not evidence on its own
+                    strong = c.material(th) and baseline_done
+                    (evidence if strong else borderline).append(finding)
+        amplification = {
+            role: None if s.amplification is None else _floats(s.amplification)
+            for role, s in searches.items()
+        }
+        per_threat[threat] = {
+            "eps": list(cfg.budget.eps),
+            "normalisation": NORMALISATION[threat],
+            "results": rows,
+            "amplification": {
+                **amplification,
+                "method": searches["network"].jacobian_method,
+            },
+            "passes": {role: s.passes for role, s in searches.items()},
+        }
+        problems += _convergence(rows, threat, th.max_restart_spread)
         worst = runs["network"][-1]
         figures[threat] = {
             "eps": list(cfg.budget.eps),
@@ -205,16 +446,26 @@ def run_perturbation(
             "network_perturbed": to_numpy(worst.reconstruction),
             "baseline_clean": to_numpy(clean["baseline"]),
             "baseline_perturbed": to_numpy(runs["baseline"][-1].reconstruction),
+            "window": target.tolist(),
             "loss_curves": worst.loss_curves,
         }
 
     numbers: dict[str, Any] = {
-        "search": "projected Adam" if white else "SPSA (black-box: weaker evidence)",
+        "search": (
+            f"{settings.method} steps (restarts {settings.restarts}, keep {settings.keep}, "
+            f"cap {settings.iterations} iterations, plateau {settings.plateau_tolerance:g} over "
+            f"{settings.plateau_window})"
+            if white
+            else "SPSA (black-box: weaker evidence)"
+        ),
+        "objective": cfg.budget.objective,
         "gradient_access": subject.gradient_access,
         "baseline": protocol.baseline.method,
         "baseline_attack_iterations": protocol.baseline.attack_iterations,
         "threat_models": per_threat,
         "thresholds": th.model_dump(),
+        "local": cfg.local.model_dump(),
+        "convergence": {"converged": not problems, "problems": problems[:20]},
     }
     if cfg.pnas is not None and "image" in cfg.threat_models and white:
         numbers["pnas"], figures["pnas"] = _run_pnas(
@@ -223,36 +474,47 @@ def run_perturbation(
     evidence.sort(key=lambda e: (e["eps"], -e["change_ratio"]))
     numbers["evidence"] = evidence[:20]
     numbers["borderline"] = borderline[:20]
-    verdict: Verdict
-    if evidence:
-        first = evidence[0]
-        verdict, reason = (
-            "unstable",
-            (
-                f"at eps = {first['eps']:g} ({first['threat_model']} domain, image "
-                f"{first['image']}) "
-                f"the network's output changed by {first['network_change']:.3g} relative, "
-                f"{first['change_ratio']:.3g}x the baseline's {first['baseline_change']:.3g}, and "
-                f"its PSNR fell by {first['network_psnr_drop_db']:.2f} dB (thresholds: "
-                f"{th.margin:g}x, {th.min_psnr_drop_db:g} dB)"
-            ),
-        )
-    elif borderline:
-        first = borderline[0]
-        verdict, reason = (
-            "inconclusive",
-            (
-                "the network's output change exceeds the baseline's by "
-                f"{first['change_ratio']:.3g}x "
-                f"at eps = {first['eps']:g}, but its PSNR fell by only "
-                f"{first['network_psnr_drop_db']:.2f} dB (< {th.min_psnr_drop_db:g} dB)"
-            ),
-        )
-    else:
-        verdict, reason = "stable", STABLE_WORDING
+    verdict, reason = _verdict(evidence, borderline, problems, th)
     if not white:
         reason += " (black-box search: weaker evidence)"
     return TestResult("perturbation", verdict, reason, numbers, figures)
+
+
+def _verdict(
+    evidence: list[dict[str, Any]],
+    borderline: list[dict[str, Any]],
+    problems: list[str],
+    th: PerturbationThresholds,
+) -> tuple[Verdict, str]:
+    if evidence:
+        first = evidence[0]
+        where = "whole image" if first["objective"] == "whole image" else "in the window targeted"
+        return "unstable", (
+            f"at eps = {first['eps']:g} ({first['threat_model']} domain, image "
+            f"{first['image']}, {where}) the network's output changed by "
+            f"{first['network_change']:.3g} relative, {first['change_ratio']:.3g}x the "
+            f"baseline's {first['baseline_change']:.3g}, and the damage is material: PSNR "
+            f"{-first['network_psnr_drop_db']:+.2f} dB, SSIM {-first['network_ssim_drop']:+.3f}, "
+            f"worst window's error {first['network_local_error_increase_db']:+.1f} dB "
+            f"(thresholds: {th.margin:g}x; {th.min_psnr_drop_db:g} dB, {th.min_ssim_drop:g}, "
+            f"{th.local_min_psnr_drop_db:g} dB)"
+        )
+    if borderline:
+        first = borderline[0]
+        return "inconclusive", (
+            "the network's output change exceeds the baseline's by "
+            f"{first['change_ratio']:.3g}x at eps = {first['eps']:g}, but the damage is not "
+            f"material: PSNR {-first['network_psnr_drop_db']:+.2f} dB (threshold "
+            f"{th.min_psnr_drop_db:g}), SSIM {-first['network_ssim_drop']:+.3f} "
+            f"({th.min_ssim_drop:g}), worst window "
+            f"{first['network_local_error_increase_db']:+.1f} dB ({th.local_min_psnr_drop_db:g})"
+        )
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return "inconclusive", (
+            f"no instability found, but the search is not shown to be finished: {problems[0]}{more}"
+        )
+    return "stable", STABLE_WORDING
 
 
 def _run_pnas(

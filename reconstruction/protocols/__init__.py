@@ -2,14 +2,16 @@
 verdict depends on, identified by a canonical SHA-256.
 
 Built in: ``quick`` (smoke-size, CI and demos), ``standard`` (the full audit), ``pnas`` (the
-paper's settings). A user's own file follows the same schema (:func:`protocol_json_schema`).
+paper's settings), and replays of published robustness protocols: ``genzel2022`` (Genzel,
+Macdonald & März, TPAMI 2022) and ``darestani2021`` (Darestani, Chaudhari & Heckel, ICML 2021).
+A user's own file follows the same schema (:func:`protocol_json_schema`).
 The canonical hash is the SHA-256 of the protocol's canonical JSON (every field, defaults
 filled in, keys sorted, no whitespace), so two files that differ only in comments, key order
 or formatting have the same hash, and any change of a value changes it.
 
 >>> p = load_protocol("quick")
 >>> p.name, p.version, len(p.sha256)
-('quick', '1', 64)
+('quick', '2', 64)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from reconstruction.attacks import SearchSettings
 from reconstruction.documents import read_mapping, validation_problem
 
 __all__ = [
@@ -34,7 +37,7 @@ __all__ = [
 ]
 
 HERE = Path(__file__).resolve().parent
-BUILTIN = ("quick", "standard", "pnas")
+BUILTIN = ("quick", "standard", "pnas", "genzel2022", "darestani2021")
 
 Positive = Annotated[float, Field(gt=0.0)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -60,19 +63,52 @@ class Baseline(_Strict):
 
 
 class Budget(_Strict):
-    """Projected Adam on ``||r|| <= eps ||x||`` (or ``||e|| <= eps ||y||``)."""
+    """The worst-case search on ``||r|| <= eps ||x||`` (or ``||e|| <= eps ||y||``); see
+    :mod:`reconstruction.attacks` for what each field does."""
 
     eps: list[Positive] = Field(min_length=1)
-    restarts: Annotated[int, Field(ge=1, le=32)] = 3
-    iterations: Annotated[int, Field(ge=1, le=10000)] = 50
-    #: Adam's learning rate as a fraction of the radius ``eps ||x||``
-    step_size: Positive = 0.1
+    #: starts per eps, run side by side: warm starts, the Jacobian's top singular vector and
+    #: seeded random directions at the full radius
+    restarts: Annotated[int, Field(ge=1, le=64)] = 4
+    #: best points of one eps kept as warm starts for the next
+    keep: Annotated[int, Field(ge=1, le=64)] = 2
+    #: starts per eps for the baseline: a convex-regularised solver whose worst case a short
+    #: search finds (its warm start and its Jacobian's direction); every unstable finding also
+    #: needs the baseline's search to have plateaued, so a weak baseline search cannot make the
+    #: network look worse
+    baseline_restarts: Annotated[int, Field(ge=1, le=64)] = 2
+    #: the cap on iterations per start (a start stops earlier when it plateaus)
+    iterations: Annotated[int, Field(ge=1, le=10000)] = 100
+    min_iterations: Annotated[int, Field(ge=1, le=10000)] = 10
+    #: the first step as a fraction of the radius (Adam: the learning rate per coordinate,
+    #: times 1 / sqrt(n))
+    step_size: Positive = 0.25
+    method: Literal["normalized-gradient", "adam"] = "normalized-gradient"
+    #: a start has plateaued when its best change grew by less than plateau_tolerance
+    #: (relative) over its last plateau_window iterations
+    plateau_window: Annotated[int, Field(ge=1, le=10000)] = 10
+    plateau_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    jacobian_start: bool = True
+    power_iterations: Annotated[int, Field(ge=1, le=100)] = 6
+    #: carry each eps's best point down to the smaller eps and search again from there
+    downward: bool = True
+    #: what the search maximises: the change from the clean reconstruction
+    #: ||f(y + e) - f(y)|| / ||f(y)|| (the paper's), or the error against the ground truth
+    #: ||f(y + e) - x|| / ||x|| (Genzel et al.'s untargeted attack)
+    objective: Literal["change", "error"] = "change"
 
     @model_validator(mode="after")
-    def _sorted(self) -> Budget:
+    def _consistent(self) -> Budget:
         if self.eps != sorted(set(self.eps)):
             raise ValueError("perturbation.budget.eps must be increasing and distinct")
+        if self.keep > self.restarts:
+            raise ValueError("perturbation.budget.keep must not exceed restarts")
+        if self.min_iterations > self.iterations:
+            raise ValueError("perturbation.budget.min_iterations must not exceed iterations")
         return self
+
+    def settings(self) -> SearchSettings:
+        return SearchSettings(**self.model_dump(exclude={"eps", "objective", "baseline_restarts"}))
 
 
 class Pnas(_Strict):
@@ -101,11 +137,29 @@ class Controls(_Strict):
 
 
 class PerturbationThresholds(_Strict):
-    #: unstable needs the network's worst relative output change to exceed the baseline's by
-    #: this factor at the same eps ...
+    #: unstable needs the network's worst relative output change (whole image, or in the
+    #: worst window) to exceed the baseline's by this factor at the same eps ...
     margin: Annotated[float, Field(ge=1.0)] = 2.0
-    #: ... and its PSNR against the ground truth to fall by at least this much
+    #: ... and material damage: its PSNR against the ground truth falls by at least this much,
     min_psnr_drop_db: Annotated[float, Field(ge=0.0)] = 3.0
+    #: or its SSIM by at least this much,
+    min_ssim_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    #: or, in its worst window, the squared error grows by at least this many dB over the
+    #: larger of the window's and the whole image's clean error
+    local_min_psnr_drop_db: Annotated[float, Field(ge=0.0)] = 6.0
+    #: stable needs every network search to have plateaued and its two best starts to agree
+    #: within this fraction (1 - second best / best)
+    max_restart_spread: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+
+
+class Local(_Strict):
+    """Localized damage: sliding windows of ``window`` times the image side (half-overlapping),
+    and searches that target the network's worst window (network and baseline alike), each
+    started from its whole-image worst case (plus ``restarts - 1`` random starts)."""
+
+    window: Annotated[float, Field(gt=0.0, le=0.5)] = 0.125
+    attack: bool = True
+    restarts: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class Perturbation(_Strict):
@@ -117,7 +171,19 @@ class Perturbation(_Strict):
     controls: Controls = Controls()
     #: optional region of interest [row0, col0, row1, col1] weighting the output difference
     roi: tuple[int, int, int, int] | None = None
+    local: Local = Local()
     thresholds: PerturbationThresholds = PerturbationThresholds()
+
+    @model_validator(mode="after")
+    def _roi_box(self) -> Perturbation:
+        if self.roi is not None:
+            r0, c0, r1, c1 = self.roi
+            if min(self.roi) < 0 or r1 <= r0 or c1 <= c0:
+                raise ValueError(
+                    "perturbation.roi must be [row0, col0, row1, col1] with 0 <= row0 < row1 "
+                    "and 0 <= col0 < col1"
+                )
+        return self
 
 
 class StructuralThresholds(_Strict):
@@ -204,7 +270,7 @@ def parse_protocol(text: str, source: str = "protocol") -> Protocol:
 
 
 def load_protocol(name_or_path: str | Path) -> Protocol:
-    """A built-in protocol by name (``quick``, ``standard``, ``pnas``) or a YAML file."""
+    """A built-in protocol by name (one of :data:`BUILTIN`) or a YAML file."""
     if str(name_or_path) in BUILTIN:
         path = HERE / f"{name_or_path}.yaml"
     else:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from reconstruction.attacks import budget_search, output_change, pnas_search, relative_norm
+from reconstruction.attacks import (
+    SearchSettings,
+    budget_search,
+    output_change,
+    pnas_search,
+    relative_norm,
+)
 from reconstruction.data import shepp_logan
 from reconstruction.operators import SingleCoilMRI
 from reconstruction.sampling import variable_density
 
 SIZE = 32
+QUICK = SearchSettings(restarts=2, keep=1, iterations=30, plateau_window=5, power_iterations=3)
 
 
 def _setup() -> tuple[SingleCoilMRI, torch.Tensor, torch.Tensor]:
@@ -19,47 +26,77 @@ def _setup() -> tuple[SingleCoilMRI, torch.Tensor, torch.Tensor]:
     return op, x, op.A(x)
 
 
-def test_budget_search_reaches_the_linear_bound() -> None:
+def test_budget_search_reaches_the_linear_bound_and_plateaus() -> None:
     """For f = A^H (zero-filling), ||f(y + A r) - f(y)|| = ||A^H A r|| <= ||r||, attained by r in
-    the row space of A: the search must get close to eps ||x|| / ||A^H y||."""
+    the row space of A: the search must get close to eps ||x|| / ||A^H y||, and say it is done."""
     op, x, y = _setup()
-    results = budget_search(
-        op.A_adjoint,
-        op,
-        x,
-        y,
-        threat_model="image",
-        eps=[0.01, 0.02],
-        restarts=2,
-        iterations=30,
-        step_size=0.25,
-        seed=0,
+    search = budget_search(
+        op.A_adjoint, op, x, y, threat_model="image", eps=[0.01, 0.02], settings=QUICK, seed=0
     )
-    for result in results:
-        bound = result.eps * relative_norm(x.to(torch.complex64), op.A_adjoint(y))
+    bound_per_eps = relative_norm(x.to(torch.complex64), op.A_adjoint(y))
+    # the Jacobian of A^H composed with A is the projection A^H A: its top singular value is 1
+    assert search.amplification is not None
+    torch.testing.assert_close(search.amplification, bound_per_eps, rtol=1e-3, atol=0)
+    assert search.jacobian_method == "autograd"
+    for result in search.results:
+        bound = result.eps * bound_per_eps
         assert torch.all(result.size <= result.eps * (1 + 1e-5))
         assert torch.all(result.change <= bound * (1 + 1e-4))
-        assert torch.all(result.change >= 0.9 * bound)
+        assert torch.all(result.change >= 0.99 * bound)
+        assert bool(result.plateaued.all())
+        assert torch.all(result.iterations <= 2 * QUICK.iterations)
+        assert torch.all(result.restart_spread <= 0.01)
         assert len(result.loss_curves) == 2
+        assert len(result.restart_changes) == 2
         assert len(result.restart_changes[0]) == 2
+        assert result.passes > 0
+    assert search.results[0].starts == ["jacobian", "random"]
+    assert search.results[1].starts == ["warm", "jacobian"]
+    assert search.passes >= sum(r.passes for r in search.results)
+
+
+def test_a_search_stopped_at_its_cap_does_not_claim_a_plateau() -> None:
+    op, x, y = _setup()
+    capped = SearchSettings(restarts=1, keep=1, iterations=3, min_iterations=1, plateau_window=5)
+    result = budget_search(
+        op.A_adjoint, op, x, y, threat_model="image", eps=[0.02], settings=capped, seed=0
+    ).results[0]
+    assert not bool(result.plateaued.any())
+    assert torch.all(result.iterations == 3)
+    assert bool(torch.isnan(result.restart_spread).all())  # one start: agreement not shown
 
 
 def test_measurement_threat_model_and_determinism() -> None:
     op, x, y = _setup()
-    kwargs = {
-        "threat_model": "measurement",
-        "eps": [0.02],
-        "restarts": 1,
-        "iterations": 5,
-        "step_size": 0.25,
-        "seed": 3,
-    }
-    first = budget_search(op.A_adjoint, op, x, y, **kwargs)[0]  # type: ignore[arg-type]
-    second = budget_search(op.A_adjoint, op, x, y, **kwargs)[0]  # type: ignore[arg-type]
+    kwargs = {"threat_model": "measurement", "eps": [0.02], "settings": QUICK, "seed": 3}
+    first = budget_search(op.A_adjoint, op, x, y, **kwargs).results[0]  # type: ignore[arg-type]
+    second = budget_search(op.A_adjoint, op, x, y, **kwargs).results[0]  # type: ignore[arg-type]
     assert torch.equal(first.perturbation, second.perturbation)
     torch.testing.assert_close(first.measurement_size, torch.full((2,), 0.02), rtol=1e-4, atol=0)
     # A^H is an isometry on measurements (A A^H = I): the change is eps ||y|| / ||A^H y|| = eps
     torch.testing.assert_close(first.change, torch.full((2,), 0.02), rtol=1e-3, atol=0)
+
+
+def test_error_objective_moves_away_from_the_truth() -> None:
+    op, x, y = _setup()
+    kwargs = {"threat_model": "image", "eps": [0.02], "settings": QUICK, "seed": 0}
+    change = budget_search(op.A_adjoint, op, x, y, **kwargs).results[0]  # type: ignore[arg-type]
+    error = budget_search(op.A_adjoint, op, x, y, objective="error", **kwargs).results[0]  # type: ignore[arg-type]
+    assert torch.all(error.error >= change.error - 1e-6)
+    assert torch.all(error.error > output_change(op.A_adjoint(y), x.to(torch.complex64)))
+
+
+def test_adam_steps_and_the_adam_method_reach_the_bound() -> None:
+    op, x, y = _setup()
+    settings = SearchSettings(
+        restarts=2, keep=1, iterations=200, plateau_window=20, method="adam", jacobian_start=False
+    )
+    result = budget_search(
+        op.A_adjoint, op, x, y, threat_model="image", eps=[0.02], settings=settings, seed=0
+    ).results[0]
+    bound = 0.02 * relative_norm(x.to(torch.complex64), op.A_adjoint(y))
+    assert torch.all(result.change >= 0.95 * bound)
+    assert result.starts == ["random", "random"]
 
 
 def test_spsa_beats_random_noise_without_gradients() -> None:
@@ -72,9 +109,13 @@ def test_spsa_beats_random_noise_without_gradients() -> None:
         out: torch.Tensor = z + 50 * (z * direction).sum((-2, -1)).reshape(-1, 1, 1) * direction
         return out
 
-    common = {"threat_model": "image", "eps": [0.02], "restarts": 1, "step_size": 0.5, "seed": 0}
-    spsa = budget_search(f, op, x, y, iterations=15, gradients=False, **common)[0]  # type: ignore[arg-type]
-    assert spsa.queries == 15 * (1 + 2 * 8)
+    settings = SearchSettings(restarts=1, iterations=15, step_size=0.5, plateau_window=15)
+    search = budget_search(
+        f, op, x, y, threat_model="image", eps=[0.02], settings=settings, seed=0, gradients=False
+    )
+    spsa = search.results[0]
+    assert search.amplification is None
+    assert spsa.queries == 2 * 15 * (1 + 2 * 8)
     gen = torch.Generator().manual_seed(5)
     r = torch.randn(x.shape, generator=gen, dtype=torch.complex64)
     r = r * (0.02 * x.flatten(1).norm(dim=1) / r.flatten(1).norm(dim=1)).reshape(-1, 1, 1)

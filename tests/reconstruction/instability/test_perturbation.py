@@ -26,7 +26,10 @@ def test_large_gain_along_one_direction_is_unstable(
     assert result.verdict == "unstable", result.reason
     evidence = result.numbers["evidence"][0]
     assert evidence["change_ratio"] >= 2.0
-    assert evidence["network_psnr_drop_db"] >= 3.0
+    assert evidence["network_psnr_drop_db"] >= 3.0 or evidence["network_ssim_drop"] >= 0.05 or (
+        evidence["network_local_error_increase_db"] >= 6.0
+    )
+    assert evidence["baseline_search_plateaued"]
     # the controls: same-norm Gaussian noise does far less than the worst case
     row = result.numbers["threat_models"]["image"]["results"][-1]["network"]
     assert max(row["noise_control_change"]) < 0.5 * max(row["output_change"])
