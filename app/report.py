@@ -295,6 +295,7 @@ def _perturbation_images(
         perturbed = _real(np.asarray(data[f"{role}_perturbed"])[worst])
         diffs[role] = (clean, perturbed, np.abs(perturbed - clean))
     top = max(float(d[2].max()) for d in diffs.values()) or 1.0
+    boxes = data.get("window")
     shown_diff: AxesImage | None = None
     for row, role in enumerate(ROLES):
         clean, perturbed, diff = diffs[role]
@@ -311,10 +312,13 @@ def _perturbation_images(
         shown_diff = _show(
             axes[row, 3],
             diff,
-            f"|difference|, rel. change\n{rec['output_change'][worst]:.3g}",
+            f"|f(y+e) - f(y)|, rel. change\n{rec['output_change'][worst]:.3g}",
             (0.0, top),
             DIFF_CMAP,
         )
+        if boxes is not None:
+            _box(axes[row, 2], boxes[worst])
+            _box(axes[row, 3], boxes[worst])
     assert shown_diff is not None
     bar = fig.colorbar(shown_diff, ax=list(axes[:, 3]), shrink=0.8)
     bar.ax.tick_params(labelsize=6)
@@ -324,6 +328,16 @@ def _perturbation_images(
         fontsize=8,
     )
     return fig
+
+
+def _box(ax: Axes, box: Sequence[int]) -> None:
+    """Outline ``[row0, col0, row1, col1]`` (the network's worst window)."""
+    r0, c0, r1, c1 = box
+    ax.add_patch(
+        Rectangle(
+            (c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="#ffbf00", linewidth=1
+        )
+    )
 
 
 def _perturbation_loss(numbers: dict[str, Any], threat: str) -> Figure:
@@ -348,7 +362,7 @@ def _perturbation_loss(numbers: dict[str, Any], threat: str) -> Figure:
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    axes[0].set_ylabel("objective: squared relative\noutput change (mean)", fontsize=7)
+    axes[0].set_ylabel("best relative change\nso far (mean)", fontsize=7)
     return fig
 
 
@@ -641,11 +655,14 @@ def figure_caption(name: str) -> str:
         ),
         "images": (
             "The worst image at the largest eps ({t} domain): network and baseline, clean and "
-            "perturbed, with the same intensity window; the differences share one colour scale."
+            "perturbed, with the same intensity window; the hallucination maps |f(y+e) - f(y)| "
+            "share one colour scale; the box is the network's worst window (where its error "
+            "grew most), the window the localized searches target."
         ),
         "loss": (
-            "Attack objective per iteration ({t} domain), one line per eps and restart "
-            "(restarts faded)."
+            "The search's progress ({t} domain): the best relative change found so far per "
+            "iteration, one line per eps and start (mean over images; later starts faded), on "
+            "the pass down the grid; a flat end is the plateau that stopped the start."
         ),
     }
     match = re.fullmatch(r"perturbation_(image|measurement)_(curves|images|loss)", name)
@@ -723,10 +740,39 @@ def _verdict_class(verdict: Any) -> str:
     return str(verdict) if verdict in VERDICT_CLASSES else "skipped"
 
 
+def _search_diagnostics(rec: dict[str, Any]) -> dict[str, Any]:
+    """How strong the search behind one row was (results written before the search recorded
+    its convergence show the restarts' spread only)."""
+    # restart_changes: [starts][images]
+    starts = np.asarray(rec.get("restart_changes") or [], dtype=float)
+    n_starts = int(starts.shape[0]) if starts.ndim == 2 else 0
+    search = rec.get("search")
+    if search is None:
+        several = n_starts > 1
+        return {
+            "restarts": n_starts,
+            "iterations": len(rec["loss_curves"][0]) if rec.get("loss_curves") else 0,
+            "plateaued": None,
+            "spread": _max(1.0 - starts.min(axis=0) / np.maximum(starts.max(axis=0), 1e-12))
+            if several
+            else None,
+            "passes": None,
+        }
+    spreads = [v for v in search["restart_spread"] if v is not None]
+    done = sum(bool(v) for v in search["plateaued"])
+    return {
+        "restarts": n_starts,
+        "iterations": max(search["iterations"], default=0),
+        "plateaued": f"{done} of {len(search['plateaued'])}",
+        "spread": _max(spreads) if spreads else None,
+        "passes": search["passes"],
+    }
+
+
 def _perturbation_view(test: dict[str, Any]) -> dict[str, Any]:
     threats = []
     for threat, block in test.get("threat_models", {}).items():
-        rows, diagnostics = [], []
+        rows, diagnostics, local = [], [], []
         for row in block["results"]:
             net_change = np.asarray(row["network"]["output_change"], float)
             base_change = np.asarray(row["baseline"]["output_change"], float)
@@ -744,26 +790,51 @@ def _perturbation_view(test: dict[str, Any]) -> dict[str, Any]:
                         "noise": _mean(rec["noise_control_change"]),
                         "psnr_clean": _mean(rec["psnr_clean_db"]),
                         "psnr_perturbed": _mean(rec["psnr_perturbed_db"]),
+                        "local": _max(rec.get("local_error_increase_db", [])),
                         "persistence": _mean(rec["persistence"]),
                         "lipschitz": _mean(rec["local_lipschitz"]),
                     }
                 )
-                # restart_changes: [restarts][images]; the spread needs two restarts or more
-                restarts = np.asarray(rec.get("restart_changes") or [], dtype=float)
-                several = restarts.ndim == 2 and restarts.shape[0] > 1
-                spread = _max(restarts.max(axis=0) - restarts.min(axis=0)) if several else None
                 diagnostics.append(
                     {
                         "eps": row["eps"],
                         "role": role,
-                        "restarts": int(restarts.shape[0]) if restarts.ndim == 2 else 0,
                         "best": _max(rec["output_change"]),
-                        "spread": spread,
-                        "iterations": len(rec["loss_curves"][0]) if rec.get("loss_curves") else 0,
                         "queries": rec.get("queries"),
+                        **_search_diagnostics(rec),
                     }
                 )
-        threats.append({"name": threat, "rows": rows, "diagnostics": diagnostics})
+                targeted = row.get(f"local_{role}")
+                if targeted is not None:
+                    local.append(
+                        {
+                            "eps": row["eps"],
+                            "role": role,
+                            "change": _max(targeted["window_change"]),
+                            "local": _max(targeted["local_error_increase_db"]),
+                            "psnr_drop": _max(
+                                np.asarray(targeted["psnr_clean_db"], float)
+                                - np.asarray(targeted["psnr_perturbed_db"], float)
+                            ),
+                            "targeted": targeted.get("targeted", True),
+                            **_search_diagnostics(targeted),
+                        }
+                    )
+        amplification = block.get("amplification") or {}
+        threats.append(
+            {
+                "name": threat,
+                "normalisation": block.get("normalisation", _eps_label(threat)),
+                "rows": rows,
+                "diagnostics": diagnostics,
+                "local": local,
+                "amplification": {
+                    role: _mean(amplification[role]) if amplification.get(role) else None
+                    for role in ROLES
+                },
+                "amplification_method": amplification.get("method"),
+            }
+        )
     pnas = []
     for role in ROLES:
         block = test.get("pnas", {}).get(role)
@@ -782,6 +853,7 @@ def _perturbation_view(test: dict[str, Any]) -> dict[str, Any]:
         pnas.append({"role": role, "checkpoints": checkpoints, "stop": block["stop_reason"]})
     return {
         "threats": threats,
+        "convergence": test.get("convergence"),
         "pnas": pnas,
         "pnas_settings": test.get("pnas", {}).get("settings"),
         "evidence": test.get("evidence", [])[:5],

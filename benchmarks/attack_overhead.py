@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._timing import median_seconds
-from reconstruction.attacks import budget_search
+from reconstruction.attacks import SearchSettings, budget_search
 from reconstruction.data import random_ellipses
 from reconstruction.models import load, magnitude
 
@@ -61,9 +61,16 @@ def main() -> None:
             y,
             threat_model="image",
             eps=[0.01],
-            restarts=1,
-            iterations=args.iterations,
-            step_size=0.1,
+            # one start, no Jacobian start, no early stop: iterations only
+            settings=SearchSettings(
+                restarts=1,
+                keep=1,
+                iterations=args.iterations,
+                min_iterations=args.iterations,
+                plateau_window=args.iterations,
+                jacobian_start=False,
+                both_ways=False,
+            ),
             seed=0,
         )
 

@@ -10,8 +10,9 @@ Two searches, with exact autograd through ``f`` and ``A``:
   side by side along the batch dimension: the top right-singular vector of the Jacobian at the
   clean input (the locally worst direction, by power iteration with Jacobian-vector and
   vector-Jacobian products), seeded random directions at the full radius, and the best few
-  points of the neighbouring ``eps`` (warm starts carried up the grid, then carried down it
-  again). Steps are normalised gradients starting at ``step_size`` times the radius, with
+  points of the neighbouring ``eps`` (warm starts carried down the grid from the largest
+  ball, where a response hidden beyond a norm is easiest to reach, then carried back up).
+  Steps are normalised gradients starting at ``step_size`` times the radius, with
   momentum, halved (and restarted from the best point) when a start stops improving -- the
   step rule of Auto-PGD (Croce & Hein 2020) -- or Adam steps (the published replays). A start
   stops when its best change improved by less than ``plateau_tolerance`` over the last
@@ -126,8 +127,10 @@ class SearchSettings:
     #: start from the top right-singular vector of the Jacobian at the clean input
     jacobian_start: bool = True
     power_iterations: int = 6
-    #: after the pass up the grid, carry each ``eps``'s best point down to the smaller ones
-    downward: bool = True
+    #: after the pass down the grid (largest ``eps`` first, each warm-started from the larger
+    #: one's best points), carry each ``eps``'s best point up to the next larger one and search
+    #: again from there
+    both_ways: bool = True
 
     @property
     def patience(self) -> int:
@@ -159,7 +162,8 @@ class BudgetResult:
     iterations: Tensor
     #: every start of the image stopped on a plateau, none at the cap ``[B]``
     plateaued: Tensor
-    #: ``1 - second best / best`` over the starts' changes: how far the restarts disagree ``[B]``
+    #: ``1 - second best / best`` over the starts' changes (and the point carried from the
+    #: neighbouring ``eps``, when the search goes both ways): how far the routes disagree ``[B]``
     restart_spread: Tensor
     #: forward+backward passes (black box: forward queries) spent at this ``eps``, all images
     passes: int
@@ -440,17 +444,21 @@ def budget_search(
         jac, amplification, jacobian_method = _top_singular(prob, settings.power_iterations, gen)
         extra = b * (2 * settings.power_iterations + 3)
     ascend = partial(_ascend, prob, cfg=settings, gradients=gradients, gen=gen, progress=progress)
-    points: list[Tensor] = []
-    bests: list[Tensor] = []
-    iterations: list[Tensor] = []
-    plateaued: list[Tensor] = []
-    spreads: list[Tensor] = []
-    curves: list[list[list[float]]] = []
-    per_start: list[list[list[float]]] = []
-    labels: list[list[str]] = []
+    m = len(eps)
+    points: list[Tensor] = [torch.empty(0)] * m
+    bests: list[Tensor] = [torch.empty(0)] * m
+    iterations: list[Tensor] = [torch.empty(0)] * m
+    plateaued: list[Tensor] = [torch.empty(0)] * m
+    spreads: list[Tensor] = [torch.empty(0)] * m
+    finals: list[Tensor] = [torch.empty(0)] * m
+    curves: list[list[list[float]]] = [[] for _ in eps]
+    per_start: list[list[list[float]]] = [[] for _ in eps]
+    labels: list[list[str]] = [[] for _ in eps]
     warm: Tensor | None = None
-    for k, e in enumerate(eps):
-        radius = prob.scale * e
+    # down the grid: the largest ball first, where a response hidden beyond a norm is easiest
+    # to reach, its best points warm-starting the smaller balls
+    for k in reversed(range(m)):
+        radius = prob.scale * eps[k]
         starts: list[Tensor] = []
         names: list[str] = []
         if initial is not None:
@@ -471,30 +479,35 @@ def budget_search(
         values = run.best.reshape(n, b)
         found = run.best_u.reshape(n, *prob.shape)
         order = values.argsort(dim=0, descending=True)
-        points.append(found[order[0], images].clone())
-        bests.append(values[order[0], images].clone())
-        iterations.append(run.iterations.reshape(n, b).amax(0))
-        plateaued.append(run.plateaued.reshape(n, b).all(0))
-        if n > 1:
-            second = values[order[1], images]
-            spreads.append(1.0 - second / bests[-1].clamp_min(1e-12))
-        else:
-            spreads.append(torch.full((b,), float("nan"), device=y.device))
+        points[k] = found[order[0], images].clone()
+        bests[k] = values[order[0], images].clone()
+        iterations[k] = run.iterations.reshape(n, b).amax(0)
+        plateaued[k] = run.plateaued.reshape(n, b).all(0)
+        finals[k] = values
         warm = found[order[: min(settings.keep, n)], images]
         passes[k] += run.passes
-        curves.append(run.curves)
-        per_start.append(values.tolist())
-        labels.append(names)
-    if settings.downward:
-        for k in reversed(range(len(eps) - 1)):
-            radius = prob.scale * eps[k]
-            run = ascend(points[k + 1], images, radius, slots=1)
+        curves[k] = run.curves
+        per_start[k] = values.tolist()
+        labels[k] = names
+    if settings.both_ways:
+        # and back up: each ball's best point, scaled to the next larger one, searched again
+        for k in range(1, m):
+            run = ascend(_unit(points[k - 1]), images, prob.scale * eps[k], slots=1)
             gained = run.best > bests[k]
             bests[k][gained] = run.best[gained]
             points[k][gained] = run.best_u[gained]
             iterations[k] += run.iterations
             plateaued[k] &= run.plateaued
             passes[k] += run.passes
+            finals[k] = torch.cat([finals[k], run.best[None]])
+    for k in range(m):
+        # agreement: how close the second best route (a start of this eps, or the point carried
+        # from the neighbouring eps) came to the best
+        if len(finals[k]) > 1:
+            top2 = finals[k].topk(2, dim=0).values
+            spreads[k] = 1.0 - top2[1] / top2[0].clamp_min(1e-12)
+        else:
+            spreads[k] = torch.full((b,), float("nan"), device=y.device)
     results = []
     for k, e in enumerate(eps):
         with torch.no_grad():

@@ -170,8 +170,8 @@ def _totals(protocol: Protocol, n_images: int) -> dict[str, int]:
     totals = {}
     p = protocol.perturbation
     if p is not None:
-        # iterations of batched starts: the pass up the grid, the pass down, the window's search
-        passes = (2 if p.budget.downward else 1) * (2 if p.local.attack else 1)
+        # iterations of batched starts: the pass down the grid, the pass up, the window's search
+        passes = (2 if p.budget.both_ways else 1) * (2 if p.local.attack else 1)
         steps = 2 * len(p.threat_models) * len(p.budget.eps) * p.budget.iterations * passes
         if p.pnas is not None and "image" in p.threat_models:
             steps += p.pnas.iterations * (2 if p.pnas.attack_baseline else 1)

@@ -252,7 +252,7 @@ def run_perturbation(
         restarts=cfg.local.restarts,
         keep=min(settings.keep, cfg.local.restarts),
         jacobian_start=False,
-        downward=False,
+        both_ways=False,
     )
     window = cfg.local.window
     per_threat: dict[str, Any] = {}

@@ -90,8 +90,9 @@ class Budget(_Strict):
     plateau_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     jacobian_start: bool = True
     power_iterations: Annotated[int, Field(ge=1, le=100)] = 6
-    #: carry each eps's best point down to the smaller eps and search again from there
-    downward: bool = True
+    #: the grid is searched from the largest eps down (warm starts carried down); then each
+    #: eps's best point is carried up to the next larger eps and searched again from there
+    both_ways: bool = True
     #: what the search maximises: the change from the clean reconstruction
     #: ||f(y + e) - f(y)|| / ||f(y)|| (the paper's), or the error against the ground truth
     #: ||f(y + e) - x|| / ||x|| (Genzel et al.'s untargeted attack)

@@ -24,7 +24,7 @@ images: {max_images: 2}
 baseline: {method: total_variation, attack_iterations: 20}
 perturbation:
   threat_models: [image, measurement]
-  budget: {eps: [0.01, 0.03], restarts: 2, keep: 1, iterations: 30, min_iterations: 5,
+  budget: {eps: [0.01, 0.03], restarts: 3, keep: 2, iterations: 60, min_iterations: 5,
            plateau_window: 5, power_iterations: 3}
   pnas: {iterations: 6, lam: 0.01, momentum: 0.9, step: 0.05, init_scale: 0.001,
          max_norm: 0.03, max_output_change: 1.0, checkpoints: [0.33, 0.66, 1.0],

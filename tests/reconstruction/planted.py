@@ -25,9 +25,7 @@ __all__ = ["BeyondNorm", "Smooth", "Switch", "gaussian_blob", "reference_search"
 
 def gaussian_blob(size: int, row: float, col: float, sigma: float) -> Tensor:
     grid = torch.arange(size, dtype=torch.float32)
-    return torch.exp(
-        -((grid[:, None] - row) ** 2 + (grid[None, :] - col) ** 2) / (2 * sigma**2)
-    )
+    return torch.exp(-((grid[:, None] - row) ** 2 + (grid[None, :] - col) ** 2) / (2 * sigma**2))
 
 
 def _direction(size: int, seed: int, smooth: float = 4.0) -> Tensor:
@@ -36,7 +34,7 @@ def _direction(size: int, seed: int, smooth: float = 4.0) -> Tensor:
     noise = torch.randn(1, 1, size, size, generator=gen)
     k = int(3 * smooth) | 1
     g = gaussian_blob(k, k // 2, k // 2, smooth)
-    d = torch.nn.functional.conv2d(noise, (g / g.sum())[None, None], padding=k // 2)[0, 0]
+    d: Tensor = torch.nn.functional.conv2d(noise, (g / g.sum())[None, None], padding=k // 2)[0, 0]
     return d / d.norm()
 
 

@@ -9,6 +9,7 @@ from reconstruction.instability import STABLE_WORDING, run_perturbation
 from reconstruction.protocols import Protocol
 from reconstruction.suite import prepare_images
 from tests.reconstruction.conftest import SIZE, Leaky, subject
+from tests.reconstruction.planted import Smooth, Switch
 
 
 def _truth(images: list[LoadedImage], manifest_size: int = SIZE) -> torch.Tensor:
@@ -26,8 +27,10 @@ def test_large_gain_along_one_direction_is_unstable(
     assert result.verdict == "unstable", result.reason
     evidence = result.numbers["evidence"][0]
     assert evidence["change_ratio"] >= 2.0
-    assert evidence["network_psnr_drop_db"] >= 3.0 or evidence["network_ssim_drop"] >= 0.05 or (
-        evidence["network_local_error_increase_db"] >= 6.0
+    assert (
+        evidence["network_psnr_drop_db"] >= 3.0
+        or evidence["network_ssim_drop"] >= 0.05
+        or (evidence["network_local_error_increase_db"] >= 6.0)
     )
     assert evidence["baseline_search_plateaued"]
     # the controls: same-norm Gaussian noise does far less than the worst case
@@ -52,3 +55,73 @@ def test_harmless_network_is_stable(
     for threat in ("image", "measurement"):
         for row in result.numbers["threat_models"][threat]["results"]:
             assert max(row["network"]["size"]) <= row["eps"] * (1 + 1e-5)
+
+
+def test_a_hidden_switch_is_found_and_unstable(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    """A saturating gate along a direction the decoy hides: a bright blob appears once the input
+    moves past a threshold (below the smallest eps) along it."""
+    model = subject(Switch(SIZE, threshold=0.003), mask_dir)
+    result = run_perturbation(model, _truth(images), small_protocol)
+    assert result.verdict == "unstable", result.reason
+    for threat in ("image", "measurement"):
+        smallest = result.numbers["threat_models"][threat]["results"][0]
+        # the blob is tripped at every image: far beyond the decoy's linear change
+        assert min(smallest["network"]["output_change"]) > 5 * smallest["eps"]
+
+
+def test_a_fake_lesion_is_unstable_though_the_global_psnr_hides_it(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    """A faint blob on a small area: the whole image's PSNR falls by less than the global
+    threshold, the worst window's error grows far beyond the local one."""
+    model = subject(Switch(SIZE, threshold=0.003, amplitude=0.3), mask_dir)
+    result = run_perturbation(model, _truth(images), small_protocol)
+    assert result.verdict == "unstable", result.reason
+    th = small_protocol.perturbation.thresholds  # type: ignore[union-attr]
+    local_only = [
+        e
+        for e in result.numbers["evidence"]
+        if e["network_psnr_drop_db"] < th.min_psnr_drop_db
+        and e["network_ssim_drop"] < th.min_ssim_drop
+    ]
+    assert local_only, result.numbers["evidence"]
+    assert all(
+        e["network_local_error_increase_db"] >= th.local_min_psnr_drop_db for e in local_only
+    )
+
+
+def test_identity_like_networks_are_stable(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    model = subject(Smooth(SIZE, gain=1.0), mask_dir)
+    result = run_perturbation(model, _truth(images), small_protocol)
+    assert result.verdict == "stable", result.reason
+    assert result.numbers["convergence"]["converged"]
+    for threat in ("image", "measurement"):
+        block = result.numbers["threat_models"][threat]
+        # the decoy's gain of one: the Jacobian's top singular value is about 1 in these units
+        assert all(0.9 < a < 1.3 for a in block["amplification"]["network"])
+        assert block["amplification"]["baseline"] is not None
+
+
+def test_no_stable_verdict_from_a_search_stopped_at_its_cap(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    capped = small_protocol.model_copy(
+        update={
+            "perturbation": small_protocol.perturbation.model_copy(  # type: ignore[union-attr]
+                update={
+                    "budget": small_protocol.perturbation.budget.model_copy(  # type: ignore[union-attr]
+                        update={"iterations": 3, "min_iterations": 1}
+                    )
+                }
+            )
+        }
+    )
+    model = subject(Leaky(gain=0.0), mask_dir)
+    result = run_perturbation(model, _truth(images), capped)
+    assert result.verdict == "inconclusive", result.reason
+    assert "search still improving at its cap" in result.reason
+    assert not result.numbers["convergence"]["converged"]
