@@ -34,8 +34,9 @@ def _direction(size: int, seed: int, smooth: float = 4.0) -> Tensor:
     noise = torch.randn(1, 1, size, size, generator=gen)
     k = int(3 * smooth) | 1
     g = gaussian_blob(k, k // 2, k // 2, smooth)
-    d: Tensor = torch.nn.functional.conv2d(noise, (g / g.sum())[None, None], padding=k // 2)[0, 0]
-    return d / d.norm()
+    d = torch.nn.functional.conv2d(noise, (g / g.sum())[None, None], padding=k // 2)[0, 0]
+    unit: Tensor = d / d.norm()
+    return unit
 
 
 class Smooth(torch.nn.Module):
