@@ -111,6 +111,20 @@ class Eraser(torch.nn.Module):
         return smooth
 
 
+class PartialEraser(torch.nn.Module):
+    """Zero-filled image whose fine structure (what a 9x9 box filter removes) is kept only at
+    ``keep`` of its contrast: details fade without vanishing."""
+
+    def __init__(self, keep: float = 0.3) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, x: Tensor) -> Tensor:
+        smooth = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)
+        out: Tensor = smooth + self.keep * (x - smooth)
+        return out
+
+
 class SampleHungry(torch.nn.Module):
     """Takes zero-filled k-space and rescales its image by the training count over the given
     count of samples, squared: right at the training ratio, darker with more samples."""
