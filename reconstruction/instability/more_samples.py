@@ -194,7 +194,7 @@ def judge_ladder(
             "unstable",
             f"with more samples the network gets worse: {_describe(worst, th.confidence)}; "
             f"{len(confirmed)} of the {len(comparisons)} comparisons of a ratio with a smaller "
-            "one show such a decline",
+            f"one {'shows' if len(confirmed) == 1 else 'show'} such a decline",
             numbers,
         )
     if beyond:
