@@ -547,6 +547,13 @@ def _sampling_curves(numbers: dict[str, Any]) -> Figure:
     axes = fig.subplots(1, 2)
     panels = ((axes[0], "psnr", "psnr_db", "PSNR (dB)"), (axes[1], "ssim_ci", "ssim", "SSIM"))
     for ax, key, per_image, label in panels:
+        # the axes fit the per-image values: with few images a t interval is far wider than
+        # the data, and would hide the curves (its band is then clipped at the axes)
+        values = np.asarray([row[r][per_image] for row in rows for r in ROLES], dtype=float)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            pad = 0.08 * max(float(finite.max() - finite.min()), 1e-3)
+            ax.set_ylim(float(finite.min()) - pad, float(finite.max()) + pad)
         for role, colour in zip(ROLES, (NETWORK_COLOUR, BASELINE_COLOUR), strict=True):
             mean, low, high = _ci_band(rows, role, key)
             ax.plot(ratios, mean, "o-", color=colour, label=role)
@@ -716,8 +723,9 @@ def figure_caption(name: str) -> str:
         ),
         "sampling_curves": (
             "PSNR and SSIM against the sampling ratio for the network and the baseline (mean "
-            "over images, band: confidence interval; thin lines: each image); the dotted line "
-            "marks the training ratio, the arrow the decline the verdict cites."
+            "over images, band: confidence interval, clipped to the axes, which fit the images' "
+            "values; thin lines: each image); the dotted line marks the training ratio, the "
+            "arrow the decline the verdict cites."
         ),
         "sampling_images": "Reconstructions of image 0 at each sampling ratio.",
     }.get(name, name.replace("_", " "))
