@@ -193,8 +193,8 @@ def judge_ladder(
         return (
             "unstable",
             f"with more samples the network gets worse: {_describe(worst, th.confidence)}; "
-            f"{len(confirmed)} of the {len(comparisons)} comparisons of a ratio with a smaller "
-            f"one {'shows' if len(confirmed) == 1 else 'show'} such a decline",
+            f"{len(confirmed)} of the {len(comparisons)} comparisons (every pair of ratios, PSNR "
+            f"and SSIM) {'shows' if len(confirmed) == 1 else 'show'} such a decline",
             numbers,
         )
     if beyond:
