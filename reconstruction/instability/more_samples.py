@@ -150,9 +150,10 @@ def run_more_samples(
         figures["baseline"].append(to_numpy(base[0]))
         if progress is not None:
             progress(1)
-    verdict, reason, judged = judge_ladder(rows, cfg.thresholds)
+    unit = "angles" if isinstance(subject.operator, ParallelBeamCT) else "fraction of k-space"
+    verdict, reason, judged = judge_ladder(rows, cfg.thresholds, unit=unit)
     numbers: dict[str, Any] = {
-        "unit": "angles" if isinstance(subject.operator, ParallelBeamCT) else "fraction of k-space",
+        "unit": unit,
         "training_ratio": next(r["ratio"] for r in rows if r["training"]),
         "ladder": rows,
         "thresholds": cfg.thresholds.model_dump(),
@@ -162,13 +163,14 @@ def run_more_samples(
 
 
 def judge_ladder(
-    rows: list[dict[str, Any]], th: SamplingThresholds
+    rows: list[dict[str, Any]], th: SamplingThresholds, *, unit: str = "fraction of k-space"
 ) -> tuple[Verdict, str, dict[str, Any]]:
     """The verdict on a scored ladder, its reason and the numbers behind it.
 
     ``rows``: one per ratio, increasing, each with ``factor``, ``ratio``, ``training`` and, for
     ``network`` and ``baseline``, the per-image ``psnr_db`` and ``ssim`` lists (the same images
-    in the same order at every ratio)."""
+    in the same order at every ratio). ``unit``: what a ratio counts (``"angles"`` for CT, where
+    the reason names angle counts)."""
     mean = {role: [float(np.mean(r[role]["psnr_db"])) for r in rows] for role in ROLES}
     comparisons = _comparisons(rows, {"psnr_db": th.decay_db, "ssim": th.decay_ssim}, th.confidence)
     numbers: dict[str, Any] = {
@@ -192,7 +194,7 @@ def judge_ladder(
         numbers["decline"] = worst
         return (
             "unstable",
-            f"with more samples the network gets worse: {_describe(worst, th.confidence)}; "
+            f"with more samples the network gets worse: {_describe(worst, th.confidence, unit)}; "
             f"{len(confirmed)} of the {len(comparisons)} comparisons (every pair of ratios, PSNR "
             f"and SSIM) {'shows' if len(confirmed) == 1 else 'show'} such a decline",
             numbers,
@@ -203,7 +205,7 @@ def judge_ladder(
         numbers["decline"] = worst
         return (
             "inconclusive",
-            f"possible decay, not confirmed: {_describe(worst, th.confidence)}; "
+            f"possible decay, not confirmed: {_describe(worst, th.confidence, unit)}; "
             + _unconfirmed(worst, th.confidence),
             numbers,
         )
@@ -277,27 +279,31 @@ def _worst(comparisons: list[dict[str, Any]]) -> dict[str, Any]:
     return max(psnr or comparisons, key=lambda c: c["decline"])
 
 
-def _describe(c: dict[str, Any], level: float) -> str:
-    unit, name = (" dB", "PSNR") if c["metric"] == "psnr_db" else ("", "SSIM")
+def _where(ratio: float, unit: str) -> str:
+    return f"{ratio:g} angles" if unit == "angles" else f"ratio {ratio:g}"
+
+
+def _describe(c: dict[str, Any], level: float, unit: str) -> str:
+    suffix, name = (" dB", "PSNR") if c["metric"] == "psnr_db" else ("", "SSIM")
     net, base = c["network"], c["baseline"]
     digits = 2 if c["metric"] == "psnr_db" else 3
     ci = (
         f" ({level:.0%} CI of the paired difference over {net['n']} images: "
-        f"[{net['ci_low']:.{digits}f}, {net['ci_high']:.{digits}f}]{unit})"
+        f"[{net['ci_low']:.{digits}f}, {net['ci_high']:.{digits}f}]{suffix})"
         if net["n"] >= 2
         else " (1 image)"
     )
     every = (
         f"; every image declines by more than the threshold (the least by "
-        f"{-max(net['differences']):.{digits}f}{unit})"
+        f"{-max(net['differences']):.{digits}f}{suffix})"
         if c["every_image"]
         else ""
     )
     return (
-        f"from ratio {c['from_ratio']:g} (factor {c['from_factor']:g}) to {c['to_ratio']:g} "
-        f"(factor {c['to_factor']:g}) the network's mean {name} changes by "
-        f"{net['mean']:+.{digits}f}{unit}{ci}{every}, while the baseline's changes by "
-        f"{base['mean']:+.{digits}f}{unit}"
+        f"from {_where(c['from_ratio'], unit)} (factor {c['from_factor']:g}) to "
+        f"{_where(c['to_ratio'], unit)} (factor {c['to_factor']:g}) the network's mean {name} "
+        f"changes by {net['mean']:+.{digits}f}{suffix}{ci}{every}, while the baseline's changes "
+        f"by {base['mean']:+.{digits}f}{suffix}"
     )
 
 

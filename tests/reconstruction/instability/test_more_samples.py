@@ -238,3 +238,13 @@ def test_improvement_and_stagnation_keep_their_verdicts() -> None:
     flat = [[20.0, 21.0], [24.0, 25.0], [24.5, 25.3]]
     verdict, reason, numbers = judge_ladder(_ladder(flat), THRESHOLDS)
     assert (verdict, numbers["pattern"]) == ("inconclusive", "stagnation"), reason
+
+
+def test_ct_reasons_name_angle_counts() -> None:
+    curve = [[30.0, 31.0], [28.0, 29.0], [26.0, 27.0]]
+    rows = _ladder(curve)
+    for row, count in zip(rows, (25.0, 50.0, 100.0), strict=True):
+        row["ratio"] = count
+    verdict, reason, _ = judge_ladder(rows, THRESHOLDS, unit="angles")
+    assert verdict == "unstable"
+    assert "from 25 angles (factor 0.5) to 100 angles (factor 2)" in reason
