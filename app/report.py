@@ -474,22 +474,45 @@ def _pnas(
 
 
 def _detail_row(numbers: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any] | None:
+    image = panel.get("image", 0)
     for row in numbers.get("details", []):
         if (
-            row["image"] == 0
+            row["image"] == image
             and row["name"] == panel["name"]
-            and row["contrast"] == panel["contrast"]
+            and row.get("class_contrast", row["contrast"]) == panel["contrast"]
         ):
             found: dict[str, Any] = row
             return found
     return None
 
 
+#: the colour of the box marking a detail on its crops
+DETAIL_BOX_COLOUR = "#ffd54f"
+
+
+def _boxed(ax: Axes, box: Sequence[int] | None) -> None:
+    """Outline a detail's box ``(row0, col0, row1, col1)`` (crop coordinates) on ``ax``."""
+    if box is None:
+        return
+    r0, c0, r1, c1 = (int(v) for v in box)
+    ax.add_patch(
+        Rectangle(
+            (c0 - 0.5, r0 - 0.5),
+            c1 - c0,
+            r1 - r0,
+            fill=False,
+            edgecolor=DETAIL_BOX_COLOUR,
+            linewidth=0.8,
+        )
+    )
+
+
 def _structural(
     numbers: dict[str, Any], panels: Sequence[dict[str, Any]], window: tuple[float, float]
 ) -> Figure:
-    """Rows = details, columns = truth / network / baseline crops; more than four details are
-    laid out in two groups side by side (so twelve still fit a page)."""
+    """Rows = details, columns = truth / network / baseline crops, the detail boxed on each;
+    more than four details are laid out in two groups side by side (so twelve still fit a
+    page). Missed details come first."""
     groups = 1 if len(panels) <= 4 else 2
     rows = math.ceil(len(panels) / groups)
     fig = _new_figure(3.6 * groups + 1.0, 1.45 * rows + 0.3)
@@ -499,9 +522,14 @@ def _structural(
     for index, panel in enumerate(panels):
         i, c0 = index % rows, 3 * (index // rows)
         row = _detail_row(numbers, panel)
-        label = f"truth: {panel['name']}\ncontrast {float(panel['contrast']):g}"
+        missed = " (MISSED)" if row is not None and row.get("missed") else ""
+        label = (
+            f"image {panel.get('image', 0)}: {panel['name']}{missed}\n"
+            f"contrast {float(panel['contrast']):g}"
+        )
         axes[i, c0].set_axis_on()
         _show(axes[i, c0], panel["truth"], label, window)
+        _boxed(axes[i, c0], panel.get("box"))
         for j, role in enumerate(ROLES, start=1):
             if row is None:
                 title = role
@@ -511,7 +539,8 @@ def _structural(
                 title = f"{role}: recovery {score['contrast_recovery']:.2f}\n({seen})"
             axes[i, c0 + j].set_axis_on()
             _show(axes[i, c0 + j], panel[role], title, window)
-    fig.suptitle("details in image 0 (crops around each detail)", fontsize=8)
+            _boxed(axes[i, c0 + j], panel.get("box"))
+    fig.suptitle("details (crops; box: the detail; missed details first)", fontsize=8)
     return fig
 
 
@@ -530,11 +559,36 @@ def _sampling_curves(numbers: dict[str, Any]) -> Figure:
     unit = numbers.get("unit", "ratio")
     fig = _new_figure(6.8, 2.9)
     axes = fig.subplots(1, 2)
-    for ax, key, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim_ci", "SSIM")):
+    panels = ((axes[0], "psnr", "psnr_db", "PSNR (dB)"), (axes[1], "ssim_ci", "ssim", "SSIM"))
+    for ax, key, per_image, label in panels:
+        # the axes fit the per-image values: with few images a t interval is far wider than
+        # the data, and would hide the curves (its band is then clipped at the axes)
+        values = np.asarray([row[r][per_image] for row in rows for r in ROLES], dtype=float)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            pad = 0.08 * max(float(finite.max() - finite.min()), 1e-3)
+            ax.set_ylim(float(finite.min()) - pad, float(finite.max()) + pad)
         for role, colour in zip(ROLES, (NETWORK_COLOUR, BASELINE_COLOUR), strict=True):
             mean, low, high = _ci_band(rows, role, key)
             ax.plot(ratios, mean, "o-", color=colour, label=role)
             ax.fill_between(ratios, low, high, color=colour, alpha=0.18, linewidth=0)
+            # one thin line per image: the paired curves the verdict compares
+            curves = np.asarray([row[role][per_image] for row in rows], dtype=float)
+            ax.plot(ratios, curves, "-", color=colour, alpha=0.45, linewidth=0.6)
+        decline = numbers.get("decline")
+        if decline is not None and decline["metric"] == per_image:
+            # the cited decline: from the smaller ratio's mean to the larger one's
+            change = float(decline["network"]["mean"])
+            means = _ci_band(rows, "network", key)[0]
+            at = [float(row["ratio"]) for row in rows].index(float(decline["from_ratio"]))
+            ax.annotate(
+                f"{change:+.2f}",
+                xy=(float(decline["to_ratio"]), means[at] + change),
+                xytext=(float(decline["from_ratio"]), means[at]),
+                arrowprops={"arrowstyle": "->", "color": NETWORK_COLOUR, "linewidth": 0.8},
+                fontsize=6,
+                color=NETWORK_COLOUR,
+            )
         train = float(numbers["training_ratio"])
         ax.axvline(train, color="0.3", linestyle=":", linewidth=1)
         ax.annotate(
@@ -551,7 +605,8 @@ def _sampling_curves(numbers: dict[str, Any]) -> Figure:
         ax.set_xlabel(
             "number of angles" if unit == "angles" else "sampling ratio (" + unit + ")", fontsize=7
         )
-        ax.set_ylabel(label + " (mean, 95 % CI)", fontsize=7)
+        level = float(numbers.get("thresholds", {}).get("confidence", 0.95))
+        ax.set_ylabel(f"{label} (mean, {level:.0%} CI)", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -679,14 +734,15 @@ def figure_caption(name: str) -> str:
             "the last checkpoint, for every checkpoint."
         ),
         "structural_details": (
-            "Each detail added to image 0: the truth with the detail, the network's and the "
-            "baseline's reconstructions (crops, same intensity window), with their contrast "
-            "recovery."
+            "Details added to the images, the missed ones first (up to twelve): the truth with "
+            "the detail, the network's and the baseline's reconstructions (crops, same intensity "
+            "window; the box marks the detail), with their contrast recovery."
         ),
         "sampling_curves": (
             "PSNR and SSIM against the sampling ratio for the network and the baseline (mean "
-            "over images, band: 95 % confidence interval); the dotted line marks the training "
-            "ratio."
+            "over images, band: confidence interval, clipped to the axes, which fit the images' "
+            "values; thin lines: each image); the dotted line marks the training ratio, the "
+            "arrow the decline the verdict cites."
         ),
         "sampling_images": "Reconstructions of image 0 at each sampling ratio.",
     }.get(name, name.replace("_", " "))
@@ -872,9 +928,39 @@ def _sampling_view(test: dict[str, Any]) -> dict[str, Any]:
             "training": row["training"],
         }
         for role in ROLES:
-            entry[role] = {"psnr": row[role]["psnr"], "ssim": row[role]["ssim_ci"]}
+            entry[role] = {
+                "psnr": row[role]["psnr"],
+                "ssim": row[role]["ssim_ci"],
+                "per_image": row[role]["psnr_db"],
+            }
         rows.append(entry)
-    return {"rows": rows}
+    largest = test.get("largest_decline") or {}
+    return {
+        "rows": rows,
+        "images": range(len(rows[0]["network"]["per_image"])) if rows else range(0),
+        "declines": [
+            {"label": label, **largest[metric]}
+            for metric, label in (("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"))
+            if largest.get(metric)
+        ],
+    }
+
+
+def _structural_view(test: dict[str, Any]) -> dict[str, Any]:
+    smallest = test.get("smallest_recovered_px") or {}
+    contrasts = sorted(smallest.get("network", {}), key=float)
+    return {
+        "classes": test.get("classes", []),
+        "paired": test.get("paired"),
+        "smallest": [
+            {
+                "contrast": c,
+                "network": smallest["network"].get(c),
+                "baseline": smallest.get("baseline", {}).get(c),
+            }
+            for c in contrasts
+        ],
+    }
 
 
 def _test_views(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -894,6 +980,8 @@ def _test_views(results: dict[str, Any]) -> list[dict[str, Any]]:
                 view["perturbation"] = _perturbation_view(test)
             elif name == "sampling":
                 view["sampling"] = _sampling_view(test)
+            elif name == "structural":
+                view["structural"] = _structural_view(test)
         views.append(view)
     return views
 

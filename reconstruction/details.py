@@ -41,6 +41,7 @@ __all__ = [
     "DetailSet",
     "add_details",
     "crop",
+    "crop_box",
     "detail_from_image",
     "font_path",
     "place_details",
@@ -751,3 +752,17 @@ def crop(image: np.ndarray, detail: Detail, pad: int = 6) -> np.ndarray:
         raise ValueError(f"expected an image [..., H, W], got shape {a.shape}")
     rows, cols = _region(detail, pad, (a.shape[-2], a.shape[-1]))
     return np.array(a[..., rows, cols], copy=True)
+
+
+def crop_box(detail: Detail, shape: tuple[int, int], pad: int = 6) -> tuple[int, int, int, int]:
+    """``detail``'s box in the coordinates of :func:`crop` (same ``pad``) of an image of
+    ``shape`` ``(H, W)``: where to draw the box on the crop.
+
+    >>> d = Detail("dot", np.zeros((10, 10), bool), np.zeros((10, 10), np.float32),
+    ...            np.zeros((10, 10), np.float32), (4, 4, 6, 6), 2, 0.1, 0.1)
+    >>> crop_box(d, (10, 10), pad=1), crop_box(d, (10, 10), pad=9)
+    ((1, 1, 3, 3), (4, 4, 6, 6))
+    """
+    rows, cols = _region(detail, pad, shape)
+    r0, c0, r1, c1 = detail.box
+    return (r0 - rows.start, c0 - cols.start, r1 - rows.start, c1 - cols.start)

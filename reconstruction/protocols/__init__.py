@@ -18,11 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from reconstruction.attacks import SearchSettings
 from reconstruction.documents import read_mapping, validation_problem
@@ -187,12 +196,26 @@ class Perturbation(_Strict):
         return self
 
 
+#: confidence level of the Student-t intervals the verdicts of tests 2 and 3 rest on
+Confidence = Annotated[float, Field(ge=0.5, lt=1.0)]
+
+
+def _increasing(values: list[Any], where: str) -> None:
+    if values != sorted(set(values)):
+        raise ValueError(f"{where} must be increasing and distinct")
+
+
 class StructuralThresholds(_Strict):
+    #: a detail is visible when the correlation of the reconstruction's change with it reaches
+    #: ``visible_correlation`` and its contrast recovery reaches ``visible_recovery``
     visible_correlation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    visible_recovery: Annotated[float, Field(ge=0.0)] = 0.5
-    #: unstable: a detail the baseline shows, the network does not, and its contrast recovery
-    #: is below the baseline's by at least this much
-    margin: Annotated[float, Field(ge=0.0)] = 0.25
+    visible_recovery: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    #: a miss: a detail the baseline shows and the network does not, with the network's
+    #: contrast recovery below the baseline's by at least this much; unstable: for some height
+    #: and contrast, the network's mean recovery over the details the baseline shows is below
+    #: the baseline's by at least this much too, with a paired confidence interval above zero
+    margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    confidence: Confidence = 0.95
 
 
 class Structural(_Strict):
@@ -202,13 +225,35 @@ class Structural(_Strict):
     symbols: bool = True
     thresholds: StructuralThresholds = StructuralThresholds()
 
+    @field_validator("heights_px", "contrasts")
+    @classmethod
+    def _distinct(cls, values: list[Any], info: ValidationInfo) -> list[Any]:
+        _increasing(values, f"structural.{info.field_name}")
+        return values
+
+    def check_image_size(self, image_size: Sequence[int]) -> None:
+        """Raise :class:`ProtocolError` naming ``structural.heights_px`` when a detail is
+        taller than the image (known only at audit start, from the model's manifest)."""
+        rows = int(image_size[0])
+        too_tall = [h for h in self.heights_px if h > rows]
+        if too_tall:
+            raise ProtocolError(
+                f"field 'structural.heights_px': detail heights {too_tall} px are larger than "
+                f"the image ({rows} rows, image size {list(image_size)})"
+            )
+
 
 class SamplingThresholds(_Strict):
-    #: decay: the PSNR at a higher ratio below the training ratio's by more than this
-    decay_db: Annotated[float, Field(ge=0.0)] = 1.0
+    #: decay: between two ratios of the ladder, the mean PSNR at the larger one below the
+    #: smaller one's by more than this (dB) ...
+    decay_db: Annotated[float, Field(ge=0.0, le=60.0)] = 1.0
+    #: ... or the mean SSIM by more than this; in both cases with a paired confidence
+    #: interval over images below zero
+    decay_ssim: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
     #: stagnation: the network's gain up to the largest ratio below this fraction of the
     #: baseline's gain
     stagnation_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    confidence: Confidence = 0.95
 
 
 class Sampling(_Strict):
@@ -216,11 +261,15 @@ class Sampling(_Strict):
     factors: list[Positive] = Field(min_length=2)
     thresholds: SamplingThresholds = SamplingThresholds()
 
-    @model_validator(mode="after")
-    def _has_training(self) -> Sampling:
-        if 1.0 not in self.factors or self.factors != sorted(set(self.factors)):
-            raise ValueError("sampling.factors must be increasing, distinct and include 1.0")
-        return self
+    @field_validator("factors")
+    @classmethod
+    def _has_training(cls, factors: list[float]) -> list[float]:
+        if factors != sorted(set(factors)) or 1.0 not in factors:
+            raise ValueError(
+                "sampling.factors must be increasing, distinct and include 1.0 (the training "
+                "ratio): a nested ladder"
+            )
+        return factors
 
 
 class Protocol(_Strict):

@@ -290,3 +290,25 @@ def test_audit_bad_input_exits_2(tmp_path: Path, extra: list[str], message: str)
     assert code == 2
     assert message in output
     assert not (tmp_path / "o").exists()
+
+
+def test_audit_with_details_taller_than_the_image_exits_2(tmp_path: Path) -> None:
+    """The protocol is valid on its own; the model's 32 x 32 images make its heights wrong."""
+    from reconstruction.protocols import load_protocol
+
+    protocol = tmp_path / "tall.yaml"
+    protocol.write_text(load_protocol("quick").to_yaml().replace("- 10\n", "- 40\n", 1))
+    folder = EXAMPLES / "automap-mri"
+    code, output = _run(
+        "audit",
+        str(folder / "model.onnx"),
+        "--manifest",
+        str(folder / "manifest.json"),
+        "--protocol",
+        str(protocol),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 2, output
+    assert "field 'structural.heights_px'" in output
+    assert not (tmp_path / "o").exists()

@@ -250,3 +250,41 @@ def test_write_figures_skips_tests_without_figures(result: SuiteResult, tmp_path
     )
     figures = write_figures(skipped, tmp_path / "figures")
     assert set(figures) == {"structural_details"}
+
+
+def test_structural_and_sampling_sections_show_the_statistics(
+    result: SuiteResult, report: ReportFiles
+) -> None:
+    prose = " ".join(_text(report.html).split())
+    structural = prose[prose.index("Small structural changes</h2>") :]
+    assert "By size and contrast" in structural
+    assert "Smallest height recovered at contrast 0.3" in structural
+    assert "paired confidence interval above zero" in structural
+    sampling = prose[prose.index("More samples</h2>") :]
+    assert "Per image: network PSNR" in sampling
+    assert "between any two ratios" in sampling
+    # every crop of the structural figure carries the detail's box
+    assert all(len(panel["box"]) == 4 for panel in result.tests["structural"].figures["panels"])
+
+
+def test_the_cited_decline_is_rendered_and_v1_results_without_it_still_render(
+    result: SuiteResult,
+) -> None:
+    document = copy.deepcopy(result.to_json())
+    sampling = document["tests"]["sampling"]
+    comparison = dict(sampling["comparisons"][0], beyond_threshold=True, significant=True)
+    comparison["network"] = dict(comparison["network"], mean=-1.75, ci_low=-2.5, ci_high=-1.0)
+    sampling["largest_decline"] = {"psnr_db": comparison, "ssim": None}
+    page = " ".join(html.unescape(render_html(document, {}, "")).split())
+    section = page[page.index("Largest decline of the network") :]
+    assert "-1.75 [-2.5, -1]" in section
+    assert "PSNR (dB)" in section
+    # a results.json of the first v1 layout: none of the additive fields
+    for key in ("comparisons", "largest_decline", "decline", "n_images"):
+        sampling.pop(key, None)
+    for key in ("classes", "paired", "smallest_recovered_px"):
+        document["tests"]["structural"].pop(key, None)
+    page = " ".join(html.unescape(render_html(document, {}, "")).split())
+    assert "Largest decline of the network" not in page
+    assert "By size and contrast" not in page
+    assert result.tests["sampling"].reason in page

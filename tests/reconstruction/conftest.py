@@ -112,6 +112,20 @@ class Eraser(torch.nn.Module):
         return smooth
 
 
+class PartialEraser(torch.nn.Module):
+    """Zero-filled image whose fine structure (what a 9x9 box filter removes) is kept only at
+    ``keep`` of its contrast: details fade without vanishing."""
+
+    def __init__(self, keep: float = 0.3) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, x: Tensor) -> Tensor:
+        smooth = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)
+        out: Tensor = smooth + self.keep * (x - smooth)
+        return out
+
+
 class SampleHungry(torch.nn.Module):
     """Takes zero-filled k-space and rescales its image by the training count over the given
     count of samples, squared: right at the training ratio, darker with more samples."""
@@ -122,12 +136,69 @@ class SampleHungry(torch.nn.Module):
 
     def forward(self, k: Tensor) -> Tensor:
         z = torch.complex(k[:, 0], k[:, 1])
-        count = (z.abs() > 0).flatten(1).sum(1).clamp_min(1).to(k.dtype)
-        image = torch.fft.fftshift(
-            torch.fft.ifft2(torch.fft.ifftshift(z, dim=(-2, -1)), norm="ortho"), dim=(-2, -1)
-        )
-        image = image * ((self.trained / count) ** 2).reshape(-1, 1, 1)
+        image = zero_filled(z) * ((self.trained / sample_count(z)) ** 2).reshape(-1, 1, 1)
         return torch.stack([image.real, image.imag], 1)
+
+
+def zero_filled(z: Tensor) -> Tensor:
+    """The zero-filled image of a centred complex k-space grid ``[B, H, W]``."""
+    image: Tensor = torch.fft.fftshift(
+        torch.fft.ifft2(torch.fft.ifftshift(z, dim=(-2, -1)), norm="ortho"), dim=(-2, -1)
+    )
+    return image
+
+
+def sample_count(z: Tensor) -> Tensor:
+    """How many k-space samples each grid of the batch holds (nonzero entries)."""
+    return (z.abs() > 0).flatten(1).sum(1).clamp_min(1).to(z.real.dtype)
+
+
+class GentleDecliner(torch.nn.Module):
+    """Zero-filled image plus a smooth stripe artefact whose amplitude grows gently with the
+    number of samples (``amplitude * (count / trained) ** growth``): every step of the ladder
+    loses less than 1 dB, the whole ladder more."""
+
+    stripes: Tensor
+
+    def __init__(self, trained_count: int, amplitude: float = 0.5, growth: float = 0.15) -> None:
+        super().__init__()
+        self.trained, self.amplitude, self.growth = float(trained_count), amplitude, growth
+        rows = torch.arange(SIZE, dtype=torch.float32)
+        stripes = torch.cos(2 * torch.pi * 3 * rows / SIZE)[:, None].expand(SIZE, SIZE)
+        self.register_buffer("stripes", stripes.contiguous())
+
+    def forward(self, k: Tensor) -> Tensor:
+        z = torch.complex(k[:, 0], k[:, 1])
+        gain = self.amplitude * (sample_count(z) / self.trained) ** self.growth
+        image = zero_filled(z).real + gain.reshape(-1, 1, 1) * self.stripes
+        return torch.stack([image, torch.zeros_like(image)], 1)
+
+
+class Stagnating(torch.nn.Module):
+    """Reconstructs from the samples of its training mask only: more samples change nothing."""
+
+    trained_mask: Tensor
+
+    def __init__(self, mask: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("trained_mask", torch.from_numpy(mask.astype(np.float32)))
+
+    def forward(self, k: Tensor) -> Tensor:
+        image = zero_filled(torch.complex(k[:, 0], k[:, 1]) * self.trained_mask)
+        return torch.stack([image.real, image.imag], 1)
+
+
+class Smooth(torch.nn.Module):
+    """Identity-like: the zero-filled image blended with a little of its 3x3 average."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        blur = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        out: Tensor = (1 - self.weight) * x + self.weight * blur
+        return out
 
 
 def subject(module: torch.nn.Module, folder: Path, domain: str = "image") -> LoadedModel:

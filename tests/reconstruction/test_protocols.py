@@ -54,6 +54,19 @@ def test_hash_ignores_formatting_but_not_values(tmp_path: Path) -> None:
         ({"sampling": {"factors": [0.5, 2.0]}}, "include 1.0"),
         ({"colour": "red"}, "field 'colour': Extra inputs"),
         ({"structural": {"heights_px": [2], "contrasts": [0.1]}}, "heights_px.0"),
+        ({"sampling": {"factors": [1.0, 0.5, 2.0]}}, "field 'sampling.factors': .*increasing"),
+        ({"sampling": {"factors": [0.0, 1.0]}}, "field 'sampling.factors.0': .*greater than 0"),
+        ({"sampling": {"factors": [1.0, 1.0, 2.0]}}, "field 'sampling.factors'"),
+        ({"sampling": {"thresholds": {"decay_db": -1.0}}}, "'sampling.thresholds.decay_db'"),
+        ({"sampling": {"thresholds": {"decay_ssim": 2.0}}}, "'sampling.thresholds.decay_ssim'"),
+        ({"sampling": {"thresholds": {"confidence": 1.0}}}, "'sampling.thresholds.confidence'"),
+        ({"sampling": {"thresholds": {"stagnation_fraction": 1.5}}}, "stagnation_fraction"),
+        ({"structural": {"heights_px": [12, 8]}}, "field 'structural.heights_px': .*increasing"),
+        ({"structural": {"contrasts": [0.3, 0.3]}}, "field 'structural.contrasts'"),
+        ({"structural": {"contrasts": [0.0]}}, "field 'structural.contrasts.0'"),
+        ({"structural": {"thresholds": {"margin": 1.5}}}, "'structural.thresholds.margin'"),
+        ({"structural": {"thresholds": {"visible_recovery": 2}}}, "visible_recovery"),
+        ({"structural": {"thresholds": {"confidence": 0.2}}}, "structural.thresholds.confidence"),
         ({"version": ""}, "field 'version'"),
     ],
 )
@@ -85,3 +98,11 @@ def test_unknown_and_unreadable_protocols(tmp_path: Path) -> None:
 
 def test_schema() -> None:
     assert protocol_json_schema()["title"] == "recon-audit protocol"
+
+
+def test_detail_heights_are_checked_against_the_image_size() -> None:
+    structural = load_protocol("standard").structural
+    assert structural is not None
+    structural.check_image_size((64, 64))
+    with pytest.raises(ProtocolError, match=r"'structural.heights_px': .*\[12, 16\] px .*larger"):
+        structural.check_image_size((10, 32))

@@ -84,6 +84,16 @@ def test_inline_protocol_and_its_errors(
     assert bad.status_code == 422
     assert bad.json()["field"] == "protocol"
     assert "perturbation.budget.restarts" in bad.json()["detail"]
+    # detail heights are checked against the model's image size (32 x 32) when the audit is made
+    tall = client.post(
+        "/api/v1/audits",
+        headers=bearer(tokens["alice"]),
+        json={"model_id": model_id, "protocol": inline.replace("- 10\n", "- 40\n", 1)},
+    )
+    assert tall.status_code == 422, tall.text
+    assert tall.json()["field"] == "protocol"
+    assert "'structural.heights_px'" in tall.json()["detail"]
+    assert "[40] px are larger than the image" in tall.json()["detail"]
 
 
 @pytest.mark.parametrize(
