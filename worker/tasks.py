@@ -34,7 +34,7 @@ from app.db import session_factory, utcnow
 from app.networks.service import materialise, safe_name
 from app.orm import Audit, AuditResult, AuditShard, ImageSet, Network
 from app.report import Certificate, write_documents
-from app.sandbox import run_cli
+from app.sandbox import SandboxUnavailable, describe_failure, run_cli, sanitise
 from app.settings import get_settings
 from app.storage import Store
 from reconstruction.protocols import parse_protocol
@@ -127,26 +127,41 @@ def _run(store: Store, audit_id: str, workdir: Path, extra: list[str], test: str
     (workdir / "model").mkdir()
     model, manifest = materialise(store, network, workdir / "model")
     (workdir / "protocol.yaml").write_text(protocol_yaml)
-    args = ["audit", str(model), "--manifest", str(manifest), "--protocol", "protocol.yaml"]
+    # paths relative to the job's folder, which is the jail's working directory
+    args = ["audit", _inside(model, workdir), "--manifest", _inside(manifest, workdir)]
+    args += ["--protocol", "protocol.yaml"]
     if image_set is not None:
         (workdir / "images").mkdir()
         for image in image_set.images:
             target = workdir / "images" / safe_name(image["name"], "images")
             store.copy_out(image["sha256"], target)
-            args += ["--images", str(target)]
+            args += ["--images", _inside(target, workdir)]
     args += ["--device", settings.device, "--out", "out", "--progress", "json", *extra]
     stages = 1 if test is not None else len(_tests(protocol_yaml))
     result = run_cli(
         args,
         workdir=workdir,
         timeout=settings.audit_time_limit,
-        cpu_seconds=settings.sandbox_cpu_seconds,
-        memory_bytes=settings.sandbox_memory_bytes,
+        limits=settings.sandbox_limits(),
+        bwrap=settings.sandbox_bwrap,
+        gpu=settings.device.startswith("cuda"),
         on_progress=_Progress(audit_id, test, stages),
     )
     if result.returncode != 0:
-        raise RuntimeError(f"the audit run failed: {result.error_message()}")
+        raise RuntimeError(describe_failure(result, "the audit run failed"))
     return workdir / "out"
+
+
+def _inside(path: Path, workdir: Path) -> str:
+    return path.relative_to(workdir).as_posix()
+
+
+def _message(exc: Exception) -> str:
+    """What an audit's failure says: the jail's own reduced message, else the exception's type
+    and a sanitised excerpt (no paths, no long tokens)."""
+    if isinstance(exc, RuntimeError | SandboxUnavailable):
+        return str(exc)
+    return f"{type(exc).__name__}: {sanitise(str(exc))}"
 
 
 def _certify(
@@ -280,9 +295,7 @@ def run_audit(audit_id: str) -> str:
         _fail(audit_id, "the audit exceeded its time limit")
         return "failed"
     except Exception as exc:
-        _fail(
-            audit_id, str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
-        )
+        _fail(audit_id, _message(exc))
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -314,8 +327,7 @@ def run_shard(audit_id: str, test: str) -> str:
             _fail(audit_id, f"the {test} test exceeded its time limit")
             return "failed"
         except Exception as exc:
-            message = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
-            _fail(audit_id, f"{test}: {message}")
+            _fail(audit_id, f"{test}: {_message(exc)}")
             return "failed"
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -355,7 +367,7 @@ def _merge_if_complete(store: Store, audit_id: str) -> str:
         _finish(audit_id, merged, files, signed)
         return "merged"
     except Exception as exc:
-        _fail(audit_id, f"merging the shards failed: {type(exc).__name__}: {exc}")
+        _fail(audit_id, f"merging the shards failed: {_message(exc)}")
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

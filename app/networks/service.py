@@ -16,7 +16,7 @@ from app import events
 from app.errors import Invalid, TooLarge, UnsupportedMedia
 from app.networks import repository
 from app.orm import Network, User
-from app.sandbox import run_cli
+from app.sandbox import describe_failure, run_cli
 from app.settings import Settings
 from app.storage import Spooled, Store
 from reconstruction.models import ManifestError, ModelError, detect_format, load_manifest
@@ -36,7 +36,8 @@ def safe_name(name: str | None, field: str) -> str:
 
 
 def _field_of(message: str) -> str | None:
-    match = re.search(r"manifest field '([^']+)'", message)
+    """The manifest field a CLI error names (a plain dotted name, never the model's text)."""
+    match = re.search(r"^Error: .*manifest field '([A-Za-z0-9_.]{1,64})'", message, re.M)
     return match.group(1) if match else None
 
 
@@ -84,14 +85,13 @@ def upload_network(
             ["inspect", model_name, "--manifest", manifest_name, "--device", "cpu"],
             workdir=workdir,
             timeout=settings.inspect_timeout,
-            cpu_seconds=settings.inspect_timeout,
-            memory_bytes=settings.sandbox_memory_bytes,
+            limits=settings.sandbox_limits(cpu_seconds=settings.inspect_timeout),
+            bwrap=settings.sandbox_bwrap,
         )
         if result.returncode != 0:
-            message = result.error_message()
-            named = _field_of(message)
+            named = _field_of(result.stderr)
             raise Invalid(
-                f"the model failed validation: {message}",
+                describe_failure(result, "the model failed validation"),
                 field=f"manifest.{named}" if named else "model",
             )
         summary = json.loads(result.stdout)
