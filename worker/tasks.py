@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -47,6 +48,10 @@ ACTOR = "worker"
 #: seconds between progress writes
 PROGRESS_EVERY = 1.0
 FINISHED = ("succeeded", "failed")
+#: what a jailed run's outputs may weigh: results.json, and each figure (bytes, pixels)
+MAX_RESULTS_BYTES = 64 * 2**20
+MAX_FIGURE_BYTES = 16 * 2**20
+MAX_FIGURE_PIXELS = 8192 * 8192
 
 
 def _fail(audit_id: str, message: str) -> None:
@@ -107,8 +112,9 @@ class _Progress:
 
 
 def _store_outputs(store: Store, out: Path, pattern: str = "*") -> dict[str, str]:
+    """Store the regular files of ``out`` (never what a link points to)."""
     files: dict[str, str] = {}
-    for path in sorted(p for p in out.rglob(pattern) if p.is_file()):
+    for path in sorted(p for p in out.rglob(pattern) if p.is_file() and not p.is_symlink()):
         files[path.relative_to(out).as_posix()] = store.add(path)
     return files
 
@@ -188,12 +194,28 @@ def _regular(path: Path) -> Path:
     return path
 
 
+def _results(out: Path) -> dict[str, Any]:
+    """The ``results.json`` a jailed run wrote: a regular file, of bounded size."""
+    path = _regular(out / "results.json")
+    if path.stat().st_size > MAX_RESULTS_BYTES:
+        raise RuntimeError(f"the audit run wrote a results.json over {MAX_RESULTS_BYTES} bytes")
+    results: dict[str, Any] = json.loads(path.read_text())
+    return results
+
+
 def _sandbox_figures(out: Path) -> list[Path]:
-    """The PNG figures a sandboxed run wrote: regular files only, no links."""
+    """The PNG figures a jailed run wrote: regular files only, no links, each of bounded size
+    and pixel count (the PDF renderer decodes them in the worker)."""
     folder = out / "figures"
     if folder.is_symlink() or not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink())
+    figures = sorted(p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink())
+    for figure in figures:
+        with Image.open(figure) as image:
+            width, height = image.size
+        if figure.stat().st_size > MAX_FIGURE_BYTES or width * height > MAX_FIGURE_PIXELS:
+            raise RuntimeError(f"the audit run wrote an oversized figure ({figure.name})")
+    return figures
 
 
 def _figures(out: Path, names: list[str]) -> dict[str, Path]:
@@ -282,7 +304,7 @@ def run_audit(audit_id: str) -> str:
     clean = store.workdir(f"certificate-{audit_id}-")
     try:
         out = _run(store, audit_id, workdir, ["--no-pdf"], None)
-        results = json.loads(_regular(out / "results.json").read_text())
+        results = _results(out)
         (clean / "figures").mkdir()
         names = []
         for figure in _sandbox_figures(out):
@@ -321,8 +343,8 @@ def run_shard(audit_id: str, test: str) -> str:
         workdir = store.workdir(f"shard-{audit_id}-{test}-")
         try:
             out = _run(store, audit_id, workdir, ["--only", test, "--no-pdf"], test)
-            results = json.loads((out / "results.json").read_text())
-            figures = _store_outputs(store, out, "figures/*")
+            results = _results(out)
+            figures = {f"figures/{p.name}": store.add(p) for p in _sandbox_figures(out)}
         except SoftTimeLimitExceeded:
             _fail(audit_id, f"the {test} test exceeded its time limit")
             return "failed"

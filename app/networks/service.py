@@ -19,6 +19,7 @@ from app.orm import Network, User
 from app.sandbox import describe_failure, run_cli
 from app.settings import Settings
 from app.storage import Spooled, Store
+from reconstruction.bounded import ExpansionError
 from reconstruction.models import ManifestError, ModelError, detect_format, load_manifest
 
 __all__ = ["Upload", "safe_name", "upload_network"]
@@ -71,6 +72,8 @@ def upload_network(
         manifest_name = safe_name(manifest[0], "manifest")
         try:
             fmt = detect_format(workdir / model_name)
+        except ExpansionError as exc:
+            raise TooLarge(str(exc), field="model") from exc
         except ModelError as exc:
             raise UnsupportedMedia(str(exc), field="model") from exc
         try:
