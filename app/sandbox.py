@@ -199,7 +199,7 @@ def _bwrap_args(
         for node in sorted(Path("/dev").glob("nvidia*")):
             args += ["--dev-bind", str(node), str(node)]
     args += ["--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
-    args += ["--bind", str(workdir), JOB, "--chdir", JOB]
+    args += ["--bind", str(workdir), JOB, "--remount-ro", "/", "--chdir", JOB]
     args += ["--seccomp", str(seccomp_fd), "--info-fd", str(info_fd), "--"]
     if os.geteuid() == 0:
         args += [_setpriv(), "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
@@ -458,6 +458,8 @@ def describe_failure(result: SandboxResult, what: str) -> str:
         category = _SIGNALS[signal.Signals(-result.returncode)]
     elif any(marker in result.stderr for marker in _MEMORY):
         category = "the memory limit was exceeded"
+    elif "File too large" in result.stderr:  # EFBIG: RLIMIT_FSIZE, where SIGXFSZ is ignored
+        category = "the file size limit was exceeded"
     elif cli_error is not None:
         category = "the model or its manifest was refused"
     else:
