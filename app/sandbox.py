@@ -194,7 +194,7 @@ def _bwrap_args(
         args += [*_parents(alternatives, made), "--ro-bind", str(alternatives), str(alternatives)]
     for tree in _python_trees():
         args += [*_parents(tree, made), "--ro-bind", str(tree), str(tree)]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
     if gpu:
         for node in sorted(Path("/dev").glob("nvidia*")):
             args += ["--dev-bind", str(node), str(node)]

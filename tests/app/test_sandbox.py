@@ -98,7 +98,8 @@ def test_files_outside_the_job_cannot_be_read_or_written(
                 print("READ", target, open(target).read())
             except OSError as exc:
                 print("refused", type(exc).__name__)
-        for target in ["/usr/escape", "/escape", "../escape", {str(tmp_path / "escape")!r}]:
+        for target in ["/usr/escape", "/escape", "/dev/shm/escape", "../escape",
+                       {str(tmp_path / "escape")!r}]:
             try:
                 open(target, "w").write("x")
                 print("WROTE", target)
