@@ -272,3 +272,15 @@ def test_an_image_whose_header_lies_is_refused_before_decoding(
     )
     assert response.status_code == 422, response.text
     assert "at most 268435456 bytes" in response.json()["detail"]
+
+
+def test_without_the_jail_models_are_refused_not_run_bare(
+    client: TestClient, db: Session, tokens: dict[str, str]
+) -> None:
+    missing = get_settings().model_copy(update={"sandbox_bwrap": "/nonexistent/bwrap"})
+    client.app.dependency_overrides[get_settings] = lambda: missing  # type: ignore[attr-defined]
+    before = _stored(db)
+    response = _upload(client, tokens["alice"], _torchscript(_Identity()), model_name="m.ts")
+    assert response.status_code == 503, response.text
+    assert "untrusted models run only in a jail" in response.json()["detail"]
+    assert _stored(db) == before
