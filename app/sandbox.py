@@ -243,14 +243,21 @@ def _limits(limits: Limits) -> Callable[[], None]:
 
 
 def _hand_over(workdir: Path) -> None:
-    """As root, give the job's folder to the jail's uid (its only writable place); searchable
-    by bwrap, which enters it after dropping its capabilities (the folder above stays 0700)."""
+    """As root: the jail's uid gets the job's folder and its ``.home`` (its only writable
+    places); the inputs in it stay root's, readable, so what is stored afterwards is never the
+    jail's to change. The folder is searchable by bwrap, which enters it after dropping its
+    capabilities (the scratch folder above stays 0700)."""
     if os.geteuid() != 0:
         return
     for folder, dirs, files in os.walk(workdir):
-        for name in [*dirs, *files]:
-            os.chown(os.path.join(folder, name), NOBODY, NOBODY, follow_symlinks=False)
-    os.chown(workdir, NOBODY, NOBODY)
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode | 0o444)
+    for mine in (workdir, workdir / ".home"):
+        os.chown(mine, NOBODY, NOBODY)
     os.chmod(workdir, 0o711)
 
 
