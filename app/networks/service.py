@@ -8,7 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,22 @@ def _field_of(message: str) -> str | None:
     """The manifest field a CLI error names (a plain dotted name, never the model's text)."""
     match = re.search(r"^Error: .*manifest field '([A-Za-z0-9_.]{1,64})'", message, re.M)
     return match.group(1) if match else None
+
+
+def _summary(stdout: str) -> dict[str, Any]:
+    """The validation summary, which is all the jailed run may print on stdout (a network that
+    prints, e.g. TorchScript's ``print``, is refused rather than parsed around)."""
+    try:
+        summary = json.loads(stdout)
+    except ValueError:
+        summary = None
+    if not isinstance(summary, dict) or "gradient_access" not in summary:
+        raise Invalid(
+            "the model failed validation: it wrote to standard output while it ran; "
+            "remove print statements from the network",
+            field="model",
+        )
+    return summary
 
 
 def upload_network(
@@ -97,7 +113,7 @@ def upload_network(
                 describe_failure(result, "the model failed validation"),
                 field=f"manifest.{named}" if named else "model",
             )
-        summary = json.loads(result.stdout)
+        summary = _summary(result.stdout)
         extra = [
             {"name": n, "sha256": s.sha256, "size": s.size, "role": "manifest"}
             for n, s in spooled.items()

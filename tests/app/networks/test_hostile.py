@@ -284,3 +284,19 @@ def test_without_the_jail_models_are_refused_not_run_bare(
     assert response.status_code == 503, response.text
     assert "untrusted models run only in a jail" in response.json()["detail"]
     assert _stored(db) == before
+
+
+class _Prints(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        print('{"gradient_access": "white-box", "forged": true}')  # noqa: T201 (the hostile part)
+        return x * 1.0
+
+
+def test_a_network_that_prints_cannot_forge_the_summary(
+    client: TestClient, db: Session, tokens: dict[str, str]
+) -> None:
+    before = _stored(db)
+    response = _upload(client, tokens["alice"], _torchscript(_Prints()), model_name="p.ts")
+    assert response.status_code == 422, response.text
+    assert "wrote to standard output" in response.json()["detail"]
+    assert _stored(db) == before
