@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,6 +49,8 @@ __all__ = [
     "JOB",
     "NOBODY",
     "PROGRESS_PREFIX",
+    "STDERR_LINES",
+    "STDOUT_CHARS",
     "Limits",
     "SandboxResult",
     "SandboxUnavailable",
@@ -63,6 +66,11 @@ log = logging.getLogger(__name__)
 
 #: lines the child writes on stderr to report progress: ``{"progress": {...}}``
 PROGRESS_PREFIX = '{"progress":'
+#: what the parent keeps of a jailed run's output (the rest is read and dropped): the head of
+#: stdout, the last lines of stderr, each line cut
+STDOUT_CHARS = 4 * 2**20
+STDERR_LINES = 2000
+LINE_CHARS = 8192
 PR_SET_PDEATHSIG = 1
 #: where the job's folder appears inside the jail (no host path is ever shown to the child)
 JOB = "/job"
@@ -334,13 +342,17 @@ def _collect(
     on_progress: Callable[[dict[str, object]], None] | None,
 ) -> SandboxResult:
     out_chunks: list[str] = []
-    err_lines: list[str] = []
+    err_lines: deque[str] = deque(maxlen=STDERR_LINES)
     info: list[bytes] = []
     killed: list[bool] = []
 
     def pump_stdout() -> None:
         assert process.stdout is not None
-        out_chunks.append(process.stdout.read())
+        kept = 0
+        while chunk := process.stdout.read(1 << 16):  # drained to the end, kept to a cap
+            if kept < STDOUT_CHARS:
+                out_chunks.append(chunk[: STDOUT_CHARS - kept])
+                kept += len(out_chunks[-1])
 
     def pump_info() -> None:
         with os.fdopen(info_fd, "rb") as stream:
@@ -357,10 +369,11 @@ def _collect(
     watchdog.start()
     try:
         assert process.stderr is not None
-        for line in process.stderr:
+        while line := process.stderr.readline(LINE_CHARS):
             if line.startswith(PROGRESS_PREFIX):
-                if on_progress is not None:
-                    on_progress(json.loads(line)["progress"])
+                update = _progress(line)
+                if on_progress is not None and update is not None:
+                    on_progress(update)
                 continue
             err_lines.append(line)
         process.wait()
@@ -378,6 +391,20 @@ def _collect(
     return SandboxResult(
         process.returncode, "".join(out_chunks), "".join(err_lines), bool(killed), jail
     )
+
+
+def _progress(line: str) -> dict[str, object] | None:
+    """A progress line's ``{"stage", "done", "total"}``; ``None`` when it is malformed (the
+    jailed process can write anything on stderr)."""
+    try:
+        update = json.loads(line)["progress"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(update, dict) or not isinstance(update.get("stage"), str):
+        return None
+    if not all(isinstance(update.get(k), int) for k in ("done", "total")):
+        return None
+    return {"stage": update["stage"][:100], "done": update["done"], "total": update["total"]}
 
 
 def run_cli(

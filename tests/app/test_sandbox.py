@@ -15,6 +15,8 @@ import pytest
 
 from app.sandbox import (
     NOBODY,
+    STDERR_LINES,
+    STDOUT_CHARS,
     Limits,
     SandboxResult,
     SandboxUnavailable,
@@ -193,3 +195,22 @@ def test_the_childs_words_are_reduced_to_a_safe_excerpt() -> None:
     assert refused == "v: the model or its manifest was refused (manifest field 'x' is wrong)"
     timed_out = describe_failure(SandboxResult(-9, "", "anything", timed_out=True), "v")
     assert timed_out == "v: the time limit was exceeded"
+
+
+def test_the_parent_keeps_a_bounded_part_of_the_output(tmp_path: Path) -> None:
+    result = _jailed(
+        tmp_path,
+        """
+        import sys
+        sys.stdout.write("x" * (9 * 2**20))
+        sys.stderr.write("y" * (3 * 2**20) + "\\n")
+        for i in range(5000):
+            print('{"progress": {"stage": "fake", "done": "all"}}', file=sys.stderr)
+            print(f"line {i}", file=sys.stderr)
+        """,
+    )
+    assert result.returncode == 0
+    assert len(result.stdout) == STDOUT_CHARS
+    lines = result.stderr.splitlines()
+    assert len(lines) == STDERR_LINES
+    assert lines[-1] == "line 4999"
