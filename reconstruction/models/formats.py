@@ -110,7 +110,10 @@ def detect_format(path: str | Path) -> ModelFormat:
             f"loaded: {EXPORT_ADVICE}"
         )
     if zipfile.is_zipfile(p):
-        return _zip_format(p)
+        try:
+            return _zip_format(p)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+            raise ModelError(f"{p.name} is a damaged zip archive: {exc}") from exc
     # ONNX is a protobuf ModelProto: its first field is ir_version (tag 0x08)
     if head[:1] == b"\x08":
         return "onnx"
