@@ -197,9 +197,11 @@ def _bwrap_args(
         elif target.is_dir():
             args += ["--ro-bind", str(target), str(target)]
     made: set[Path] = set()
-    if Path("/etc/alternatives").is_dir():  # compilers (torch.compile) resolve through it
-        alternatives = Path("/etc/alternatives")
-        args += [*_parents(alternatives, made), "--ro-bind", str(alternatives), str(alternatives)]
+    # of /etc only what holds no secrets and is needed: the compilers' links (torch.compile)
+    # and fontconfig's configuration (the figures' text)
+    for shared in (Path("/etc/alternatives"), Path("/etc/fonts")):
+        if shared.is_dir():
+            args += [*_parents(shared, made), "--ro-bind", str(shared), str(shared)]
     for tree in _python_trees():
         args += [*_parents(tree, made), "--ro-bind", str(tree), str(tree)]
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]

@@ -4,6 +4,7 @@ memory and file bombs; then the parent's reduction of the child's error text."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -23,8 +24,10 @@ from app.sandbox import (
     describe_failure,
     jail_problem,
     run,
+    run_cli,
     sanitise,
 )
+from app.settings import Settings
 
 LIMITS = Limits(cpu_seconds=60, memory_bytes=2**30, file_bytes=2**20, processes=64, tmp_bytes=2**20)
 
@@ -67,8 +70,6 @@ def test_the_jail_is_active_seen_from_inside(tmp_path: Path) -> None:
         """,
     )
     assert result.returncode == 0, result.stderr
-    import json
-
     seen = json.loads(result.stdout)
     status = seen["status"]
     assert status["Uid"].split() == [str(NOBODY)] * 4
@@ -171,6 +172,30 @@ def test_memory_and_file_size_limits(tmp_path: Path) -> None:
     assert "file size limit" in describe_failure(big, "x")
     tmp = _jailed(tmp_path, "open('/tmp/big', 'wb').write(b'0' * (2 * 2**20))")
     assert tmp.returncode != 0  # /tmp is a small tmpfs
+
+
+def test_a_pytorch_audit_runs_jailed_as_it_sees_itself(tmp_path: Path) -> None:
+    from tests.app.networks.test_hostile import _Identity, _torchscript
+    from tests.app.networks.test_router import MANIFEST
+
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "m.ts").write_bytes(_torchscript(_Identity()))
+    (job / "manifest.json").write_text(json.dumps(MANIFEST))
+    args = ["audit", "m.ts", "--manifest", "manifest.json", "--protocol", "quick"]
+    args += ["--only", "sampling", "--no-pdf", "--out", "out", "--progress", "json"]
+    result = run_cli(args, workdir=job, timeout=300, limits=Settings().sandbox_limits())
+    assert result.returncode == 0, result.stderr
+    results = json.loads((job / "out" / "results.json").read_text())
+    assert results["model"]["format"] == "torchscript"
+    assert results["environment"]["isolation"] == {
+        "uid": NOBODY,
+        "pid": 2,
+        "no_new_privileges": True,
+        "seccomp": "filter",
+        "capabilities": False,
+    }
+    assert "Fontconfig error" not in result.stderr
 
 
 def test_a_missing_tool_refuses_instead_of_running_bare(tmp_path: Path) -> None:
