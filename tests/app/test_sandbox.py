@@ -138,6 +138,28 @@ def test_no_network_and_no_new_namespaces(tmp_path: Path) -> None:
     assert "unshare -1 1" in result.stdout  # EPERM from the seccomp filter
 
 
+def _jailed_processes() -> list[str]:
+    """Processes of the jail's uid left on this machine (when the tests run as root, the jail
+    runs as uid 65534 outside too; otherwise as the tests' own uid, and this says nothing)."""
+    if os.geteuid() != 0:
+        return []
+    return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == NOBODY]
+
+
+def _none_left() -> bool:
+    deadline = time.monotonic() + 5
+    while _jailed_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _jailed_processes() == []
+
+
+def _owner(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:  # gone meanwhile
+        return None
+
+
 def test_a_fork_bomb_is_contained(tmp_path: Path) -> None:
     started = time.monotonic()
     result = _jailed(
@@ -161,7 +183,28 @@ def test_a_fork_bomb_is_contained(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert time.monotonic() - started < 30
     # nothing of the bomb outlives the jail, and the next run works
+    assert _none_left()
     assert _jailed(tmp_path, "print('fine')").stdout.strip() == "fine"
+
+
+def test_a_run_past_its_time_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = _jailed(
+        tmp_path,
+        """
+        import os, time
+        for _ in range(4):
+            if os.fork() == 0:
+                break
+        while True:
+            time.sleep(0.01)
+        """,
+        timeout=2,
+    )
+    assert result.timed_out
+    assert time.monotonic() - started < 15
+    assert describe_failure(result, "x") == "x: the time limit was exceeded"
+    assert _none_left()
 
 
 def test_memory_and_file_size_limits(tmp_path: Path) -> None:
