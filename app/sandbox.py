@@ -5,8 +5,9 @@ limits, and an environment that holds no secrets.
 Inside the jail the filesystem is a fresh tmpfs holding, read-only, ``/usr``, the Python
 installation, the virtual environment and the project's packages, and, writable, the job's own
 folder at ``/job`` (the model, manifest and images copied in, the outputs written there) and a
-size-capped ``/tmp``. Nothing of the data directory (database, store, signing keys), ``/etc``,
-``/home`` or ``/root`` is mounted; the network namespace holds only ``lo``.
+size-capped ``/tmp``. Nothing of the data directory (database, store, signing keys), of
+``/etc`` (but its ``alternatives`` and ``fonts``), ``/home`` or ``/root`` (but the Python
+installation, where it lives there) is mounted; the network namespace holds only ``lo``.
 
 When the service runs as root, bwrap keeps only the capabilities to change uid and hands over
 to ``setpriv``, which drops to uid/gid 65534 (``nobody``) with no capabilities, so the limit on
