@@ -26,12 +26,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # - g++: torch.compile's CPU backend (inductor) compiles the l1-wavelet kernels with it at run
 #   time (reconstruction/wavelets.py; RECON_AUDIT_COMPILE=0 runs them eagerly instead);
 # - libgomp1: the OpenMP runtime of CPU kernels (torch's own and the compiled ones);
-# - curl: the HEALTHCHECK.
+# - curl: the HEALTHCHECK;
+# - bubblewrap, libseccomp2: the jail every untrusted model runs in (app/sandbox.py; its
+#   seccomp filter is compiled by libseccomp through pyseccomp). See docs/security.md for the
+#   container options it needs (docker-compose.yml sets them).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libpango-1.0-0 \
         libpangoft2-1.0-0 \
         fonts-dejavu-core \
+        bubblewrap \
+        libseccomp2 \
         g++ \
         libgomp1 \
         curl \

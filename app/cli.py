@@ -18,6 +18,7 @@ import torch
 import reconstruction
 from reconstruction import baselines, metrics, sampling
 from reconstruction.batch import gaussian, norms
+from reconstruction.bounded import ExpansionError
 from reconstruction.data import (
     ImageReadError,
     array_sha256,
@@ -294,7 +295,7 @@ def inspect(model: Path, manifest_path: Path, device: str) -> None:
         raise InputError("--device cuda was requested but no CUDA device is available")
     try:
         loaded = load(model, manifest_path, device=device)
-    except ModelError as exc:
+    except (ModelError, ExpansionError) as exc:
         raise InputError(str(exc)) from exc
     click.echo(json.dumps(loaded.summary(), indent=2))
 
@@ -420,7 +421,7 @@ def audit(
         images = [read_image(path) for path in image_paths]
         details = [(path.stem, read_image(path).array) for path in detail_paths]
         loaded = load(model, manifest_path, device=device)
-    except (ProtocolError, ImageReadError, ModelError) as exc:
+    except (ProtocolError, ImageReadError, ModelError, ExpansionError) as exc:
         raise InputError(str(exc)) from exc
     click.echo(
         f"Auditing {loaded.name} ({loaded.format}, {loaded.gradient_access}) with protocol "

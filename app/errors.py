@@ -11,6 +11,7 @@ __all__ = [
     "NotFound",
     "TooLarge",
     "Unauthorized",
+    "Unavailable",
     "UnsupportedMedia",
 ]
 
@@ -54,3 +55,9 @@ class UnsupportedMedia(AppError):
 
 class Conflict(AppError):
     status_code = 409
+
+
+class Unavailable(AppError):
+    """The service cannot do this here and now (e.g. the jail for untrusted models is missing)."""
+
+    status_code = 503

@@ -17,6 +17,7 @@ from app.db import get_engine
 from app.errors import AppError
 from app.images.router import router as images_router
 from app.networks.router import router as networks_router
+from app.sandbox import jail_problem
 from app.settings import get_settings
 from app.users.router import router as users_router
 
@@ -106,6 +107,9 @@ def create_app() -> FastAPI:
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"unavailable: {type(exc).__name__}"
+        # uploads and audits need the jail: without it they are refused (503), so not ready
+        problem = jail_problem(settings.sandbox_bwrap)
+        checks["sandbox"] = "ok" if problem is None else f"unavailable: {problem}"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, **checks}, 200 if ready else 503)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.sandbox import Limits
+
 __all__ = ["Settings", "get_settings"]
 
 
@@ -37,9 +39,16 @@ class Settings(BaseSettings):
     #: per audit: soft and hard time limits (seconds) of the worker task
     audit_soft_time_limit: int = 3 * 3600
     audit_time_limit: int = 3 * 3600 + 300
-    #: the sandboxed child process: CPU seconds and address space (bytes, None: unlimited)
+    #: the jail untrusted models run in (app/sandbox.py, docs/security.md): the bubblewrap
+    #: binary; where it cannot run, models are refused (503), never run outside it
+    sandbox_bwrap: str = "bwrap"
+    #: each jailed run's limits: CPU seconds, memory (bytes of heap and private mappings), the
+    #: largest file it may write, processes and threads of the jail's uid, the size of its /tmp
     sandbox_cpu_seconds: int = 6 * 3600
-    sandbox_memory_bytes: int | None = None
+    sandbox_memory_bytes: int = 8 * 2**30
+    sandbox_file_bytes: int = 2 * 2**30
+    sandbox_processes: int = 512
+    sandbox_tmp_bytes: int = 256 * 2**20
     #: upload validation in the sandbox (seconds)
     inspect_timeout: int = 300
     #: device for audits (cpu or cuda)
@@ -56,6 +65,16 @@ class Settings(BaseSettings):
     timestamp_url: str | None = None
     #: the Celery queue audits are sent to and workers consume
     queue: str = "recon-audit"
+
+    def sandbox_limits(self, cpu_seconds: int | None = None) -> Limits:
+        """The jail's limits (``cpu_seconds`` overrides the CPU time)."""
+        return Limits(
+            cpu_seconds=cpu_seconds or self.sandbox_cpu_seconds,
+            memory_bytes=self.sandbox_memory_bytes,
+            file_bytes=self.sandbox_file_bytes,
+            processes=self.sandbox_processes,
+            tmp_bytes=self.sandbox_tmp_bytes,
+        )
 
     @property
     def db_url(self) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from reconstruction.bounded import MAX_DECODED_BYTES, ExpansionError, check_gzip
+
 __all__ = [
     "ImageReadError",
     "LoadedImage",
@@ -48,6 +50,10 @@ DICOM_KEYS = (
 )
 
 SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".dcm", ".nii", ".nii.gz")
+#: the most pixels or voxels a file may decode to (each is converted to float64 once)
+MAX_ELEMENTS = 2**25
+#: Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
+DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 
 
 class ImageReadError(ValueError):
@@ -237,7 +243,8 @@ def _luminance(array: np.ndarray, metadata: dict[str, Any]) -> np.ndarray:
 def _read_pillow(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     from PIL import Image
 
-    with Image.open(p) as im:
+    with Image.open(p) as im:  # reads the header only; pixels are decoded below
+        _check_decoded(p, [*im.size, len(im.getbands())], 1)
         metadata: dict[str, Any] = {"format": im.format, "mode": im.mode}
         array = np.asarray(im.convert("RGB") if im.mode == "P" else im)
     return _luminance(array, metadata), metadata
@@ -246,12 +253,30 @@ def _read_pillow(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
 def _read_tiff(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
-    array = tifffile.imread(p)
+    with tifffile.TiffFile(p) as tiff:
+        series = tiff.series[0]
+        _check_decoded(p, list(series.shape), series.dtype.itemsize)
+        array = series.asarray()
     metadata: dict[str, Any] = {"format": "TIFF", "dtype": str(array.dtype)}
     return _luminance(array, metadata), metadata
 
 
 def _read_npy(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    with open(p, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+        except ValueError:
+            shape, dtype = (), np.dtype(np.uint8)  # np.load reports what is wrong
+        if dtype.itemsize and not dtype.hasobject:
+            _check_decoded(p, list(shape), dtype.itemsize)
+            if math.prod(shape) * dtype.itemsize > p.stat().st_size:
+                raise ImageReadError(p, "the array's header declares more data than the file holds")
     try:
         array = np.load(p, allow_pickle=False)
     except ValueError as exc:
@@ -270,9 +295,22 @@ def _read_npy(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
 def _read_dicom(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import pydicom
 
+    meta = pydicom.filereader.read_file_meta_info(p)
+    if meta.get("TransferSyntaxUID") == DEFLATED_DICOM:
+        raise ImageReadError(
+            p, "deflated DICOM (the whole dataset zlib-compressed) is not accepted; send it "
+            "uncompressed or with compressed pixel data (JPEG, JPEG 2000, RLE)"
+        )  # fmt: skip
     dataset = pydicom.dcmread(p)
     if "PixelData" not in dataset:
         raise ImageReadError(p, "the DICOM file holds no pixel data")
+    declared = [
+        int(dataset.get("Rows", 0) or 0),
+        int(dataset.get("Columns", 0) or 0),
+        int(dataset.get("NumberOfFrames", 1) or 1),
+        int(dataset.get("SamplesPerPixel", 1) or 1),
+    ]
+    _check_decoded(p, declared, max(int(dataset.get("BitsAllocated", 8) or 8) // 8, 1))
     try:
         array = dataset.pixel_array.astype(np.float64)
     except Exception as exc:
@@ -291,6 +329,17 @@ def _read_dicom(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return array * slope + intercept, metadata
 
 
+def _check_decoded(p: Path, shape: list[int], itemsize: int) -> None:
+    """Refuse, before decoding, an image whose declared size passes the cap."""
+    declared = math.prod(shape) * itemsize
+    if declared > MAX_DECODED_BYTES or math.prod(shape) > MAX_ELEMENTS:
+        raise ImageReadError(
+            p,
+            f"the image declares {declared} bytes ({'x'.join(map(str, shape))}); at most "
+            f"{MAX_DECODED_BYTES} bytes and {MAX_ELEMENTS} pixels are accepted",
+        )
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, int | float | str):
         return value
@@ -303,7 +352,13 @@ def _plain(value: Any) -> Any:
 def _read_nifti(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import nibabel
 
+    if _suffix(p) == ".nii.gz":
+        try:
+            check_gzip(p)
+        except ExpansionError as exc:
+            raise ImageReadError(p, str(exc)) from exc
     image: Any = nibabel.load(p)
+    _check_decoded(p, list(image.shape), image.get_data_dtype().itemsize)
     array = np.asarray(image.dataobj)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]

@@ -7,6 +7,7 @@ service's worker both call :func:`run_suite` and render its :class:`SuiteResult`
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ __all__ = [
     "SHARD_SKIP",
     "TESTS",
     "SuiteResult",
+    "isolation",
     "merge_results",
     "prepare_images",
     "run_suite",
@@ -162,7 +165,27 @@ def _environment(device: str) -> dict[str, Any]:
         "packages": packages,
         "device": device,
         "hardware": hardware,
+        "isolation": isolation(),
         "deterministic_seed_source": "protocol.seed",
+    }
+
+
+def isolation() -> dict[str, Any]:
+    """How the run is confined, as seen from inside (Linux ``/proc/self/status``): its uid, its
+    pid in its PID namespace, whether it may gain privileges, its seccomp mode, and whether it
+    holds any capability. Empty where there is no such file."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    seccomp = {"0": "none", "1": "strict", "2": "filter"}.get(status.get("Seccomp", ""), "unknown")
+    return {
+        "uid": int(status["Uid"].split()[1]),
+        "pid": int(status["NSpid"].split()[-1]) if "NSpid" in status else os.getpid(),
+        "no_new_privileges": status.get("NoNewPrivs") == "1",
+        "seccomp": seccomp,
+        "capabilities": int(status.get("CapEff", "0"), 16) != 0,
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the project needs when they are missing. Idempotent; needs root
 # (or sudo) only when something is missing.
-#   scripts/ensure-system-deps.sh          the reports: Pango (WeasyPrint) and the DejaVu fonts
+#   scripts/ensure-system-deps.sh          the reports: Pango (WeasyPrint) and the DejaVu fonts;
+#                                          the jail of untrusted models: bubblewrap (bwrap)
 #   scripts/ensure-system-deps.sh --test   also the test tools: Chromium (the dashboard tests,
 #                                          driven by Playwright) and poppler-utils (pdftoppm)
 # Used by `make install` and `make test`.
@@ -11,6 +12,8 @@ missing=()
 ldconfig -p | grep -q 'libpango-1.0.so.0' || missing+=(libpango-1.0-0)
 ldconfig -p | grep -q 'libpangoft2-1.0.so.0' || missing+=(libpangoft2-1.0-0)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
+# the jail every PyTorch-format validation and audit runs in (app/sandbox.py, docs/security.md)
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 if [ "${1:-}" = "--test" ]; then
   # test tools: not needed by the service (nor in its Docker image)
   command -v chromium >/dev/null 2>&1 || missing=("${missing[@]}" chromium)

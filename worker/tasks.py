@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -34,7 +35,7 @@ from app.db import session_factory, utcnow
 from app.networks.service import materialise, safe_name
 from app.orm import Audit, AuditResult, AuditShard, ImageSet, Network
 from app.report import Certificate, write_documents
-from app.sandbox import run_cli
+from app.sandbox import SandboxUnavailable, describe_failure, run_cli, sanitise
 from app.settings import get_settings
 from app.storage import Store
 from reconstruction.protocols import parse_protocol
@@ -47,6 +48,10 @@ ACTOR = "worker"
 #: seconds between progress writes
 PROGRESS_EVERY = 1.0
 FINISHED = ("succeeded", "failed")
+#: what a jailed run's outputs may weigh: results.json, and each figure (bytes, pixels)
+MAX_RESULTS_BYTES = 64 * 2**20
+MAX_FIGURE_BYTES = 16 * 2**20
+MAX_FIGURE_PIXELS = 8192 * 8192
 
 
 def _fail(audit_id: str, message: str) -> None:
@@ -107,8 +112,9 @@ class _Progress:
 
 
 def _store_outputs(store: Store, out: Path, pattern: str = "*") -> dict[str, str]:
+    """Store the regular files of ``out`` (never what a link points to)."""
     files: dict[str, str] = {}
-    for path in sorted(p for p in out.rglob(pattern) if p.is_file()):
+    for path in sorted(p for p in out.rglob(pattern) if p.is_file() and not p.is_symlink()):
         files[path.relative_to(out).as_posix()] = store.add(path)
     return files
 
@@ -127,26 +133,41 @@ def _run(store: Store, audit_id: str, workdir: Path, extra: list[str], test: str
     (workdir / "model").mkdir()
     model, manifest = materialise(store, network, workdir / "model")
     (workdir / "protocol.yaml").write_text(protocol_yaml)
-    args = ["audit", str(model), "--manifest", str(manifest), "--protocol", "protocol.yaml"]
+    # paths relative to the job's folder, which is the jail's working directory
+    args = ["audit", _inside(model, workdir), "--manifest", _inside(manifest, workdir)]
+    args += ["--protocol", "protocol.yaml"]
     if image_set is not None:
         (workdir / "images").mkdir()
         for image in image_set.images:
             target = workdir / "images" / safe_name(image["name"], "images")
             store.copy_out(image["sha256"], target)
-            args += ["--images", str(target)]
+            args += ["--images", _inside(target, workdir)]
     args += ["--device", settings.device, "--out", "out", "--progress", "json", *extra]
     stages = 1 if test is not None else len(_tests(protocol_yaml))
     result = run_cli(
         args,
         workdir=workdir,
         timeout=settings.audit_time_limit,
-        cpu_seconds=settings.sandbox_cpu_seconds,
-        memory_bytes=settings.sandbox_memory_bytes,
+        limits=settings.sandbox_limits(),
+        bwrap=settings.sandbox_bwrap,
+        gpu=settings.device.startswith("cuda"),
         on_progress=_Progress(audit_id, test, stages),
     )
     if result.returncode != 0:
-        raise RuntimeError(f"the audit run failed: {result.error_message()}")
+        raise RuntimeError(describe_failure(result, "the audit run failed"))
     return workdir / "out"
+
+
+def _inside(path: Path, workdir: Path) -> str:
+    return path.relative_to(workdir).as_posix()
+
+
+def _message(exc: Exception) -> str:
+    """What an audit's failure says: the jail's own reduced message, else the exception's type
+    and a sanitised excerpt (no paths, no long tokens)."""
+    if isinstance(exc, RuntimeError | SandboxUnavailable):
+        return str(exc)
+    return f"{type(exc).__name__}: {sanitise(str(exc))}"
 
 
 def _certify(
@@ -173,12 +194,28 @@ def _regular(path: Path) -> Path:
     return path
 
 
+def _results(out: Path) -> dict[str, Any]:
+    """The ``results.json`` a jailed run wrote: a regular file, of bounded size."""
+    path = _regular(out / "results.json")
+    if path.stat().st_size > MAX_RESULTS_BYTES:
+        raise RuntimeError(f"the audit run wrote a results.json over {MAX_RESULTS_BYTES} bytes")
+    results: dict[str, Any] = json.loads(path.read_text())
+    return results
+
+
 def _sandbox_figures(out: Path) -> list[Path]:
-    """The PNG figures a sandboxed run wrote: regular files only, no links."""
+    """The PNG figures a jailed run wrote: regular files only, no links, each of bounded size
+    and pixel count (the PDF renderer decodes them in the worker)."""
     folder = out / "figures"
     if folder.is_symlink() or not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink())
+    figures = sorted(p for p in folder.glob("*.png") if p.is_file() and not p.is_symlink())
+    for figure in figures:
+        with Image.open(figure) as image:
+            width, height = image.size
+        if figure.stat().st_size > MAX_FIGURE_BYTES or width * height > MAX_FIGURE_PIXELS:
+            raise RuntimeError(f"the audit run wrote an oversized figure ({figure.name})")
+    return figures
 
 
 def _figures(out: Path, names: list[str]) -> dict[str, Path]:
@@ -267,7 +304,7 @@ def run_audit(audit_id: str) -> str:
     clean = store.workdir(f"certificate-{audit_id}-")
     try:
         out = _run(store, audit_id, workdir, ["--no-pdf"], None)
-        results = json.loads(_regular(out / "results.json").read_text())
+        results = _results(out)
         (clean / "figures").mkdir()
         names = []
         for figure in _sandbox_figures(out):
@@ -280,9 +317,7 @@ def run_audit(audit_id: str) -> str:
         _fail(audit_id, "the audit exceeded its time limit")
         return "failed"
     except Exception as exc:
-        _fail(
-            audit_id, str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
-        )
+        _fail(audit_id, _message(exc))
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -308,14 +343,13 @@ def run_shard(audit_id: str, test: str) -> str:
         workdir = store.workdir(f"shard-{audit_id}-{test}-")
         try:
             out = _run(store, audit_id, workdir, ["--only", test, "--no-pdf"], test)
-            results = json.loads((out / "results.json").read_text())
-            figures = _store_outputs(store, out, "figures/*")
+            results = _results(out)
+            figures = {f"figures/{p.name}": store.add(p) for p in _sandbox_figures(out)}
         except SoftTimeLimitExceeded:
             _fail(audit_id, f"the {test} test exceeded its time limit")
             return "failed"
         except Exception as exc:
-            message = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
-            _fail(audit_id, f"{test}: {message}")
+            _fail(audit_id, f"{test}: {_message(exc)}")
             return "failed"
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -355,7 +389,7 @@ def _merge_if_complete(store: Store, audit_id: str) -> str:
         _finish(audit_id, merged, files, signed)
         return "merged"
     except Exception as exc:
-        _fail(audit_id, f"merging the shards failed: {type(exc).__name__}: {exc}")
+        _fail(audit_id, f"merging the shards failed: {_message(exc)}")
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -46,8 +46,9 @@ def upload_image_set(
                 raise TooLarge("the image upload is too large")
             try:
                 image = read_image(workdir / plain)
-            except ImageReadError as exc:
-                raise Invalid(str(exc), field="files") from exc
+            except ImageReadError as exc:  # the upload's name, never the scratch folder's path
+                problem = exc.problem.replace(f"{workdir}/", "")
+                raise Invalid(f"{plain}: {problem}", field="files") from exc
             records.append(
                 {
                     "name": plain,

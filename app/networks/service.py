@@ -8,7 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -16,9 +16,10 @@ from app import events
 from app.errors import Invalid, TooLarge, UnsupportedMedia
 from app.networks import repository
 from app.orm import Network, User
-from app.sandbox import run_cli
+from app.sandbox import describe_failure, run_cli
 from app.settings import Settings
 from app.storage import Spooled, Store
+from reconstruction.bounded import ExpansionError
 from reconstruction.models import ManifestError, ModelError, detect_format, load_manifest
 
 __all__ = ["Upload", "safe_name", "upload_network"]
@@ -36,8 +37,25 @@ def safe_name(name: str | None, field: str) -> str:
 
 
 def _field_of(message: str) -> str | None:
-    match = re.search(r"manifest field '([^']+)'", message)
+    """The manifest field a CLI error names (a plain dotted name, never the model's text)."""
+    match = re.search(r"^Error: .*manifest field '([A-Za-z0-9_.]{1,64})'", message, re.M)
     return match.group(1) if match else None
+
+
+def _summary(stdout: str) -> dict[str, Any]:
+    """The validation summary, which is all the jailed run may print on stdout (a network that
+    prints, e.g. TorchScript's ``print``, is refused rather than parsed around)."""
+    try:
+        summary = json.loads(stdout)
+    except ValueError:
+        summary = None
+    if not isinstance(summary, dict) or "gradient_access" not in summary:
+        raise Invalid(
+            "the model failed validation: it wrote to standard output while it ran; "
+            "remove print statements from the network",
+            field="model",
+        )
+    return summary
 
 
 def upload_network(
@@ -70,6 +88,8 @@ def upload_network(
         manifest_name = safe_name(manifest[0], "manifest")
         try:
             fmt = detect_format(workdir / model_name)
+        except ExpansionError as exc:
+            raise TooLarge(str(exc), field="model") from exc
         except ModelError as exc:
             raise UnsupportedMedia(str(exc), field="model") from exc
         try:
@@ -84,17 +104,16 @@ def upload_network(
             ["inspect", model_name, "--manifest", manifest_name, "--device", "cpu"],
             workdir=workdir,
             timeout=settings.inspect_timeout,
-            cpu_seconds=settings.inspect_timeout,
-            memory_bytes=settings.sandbox_memory_bytes,
+            limits=settings.sandbox_limits(cpu_seconds=settings.inspect_timeout),
+            bwrap=settings.sandbox_bwrap,
         )
         if result.returncode != 0:
-            message = result.error_message()
-            named = _field_of(message)
+            named = _field_of(result.stderr)
             raise Invalid(
-                f"the model failed validation: {message}",
+                describe_failure(result, "the model failed validation"),
                 field=f"manifest.{named}" if named else "model",
             )
-        summary = json.loads(result.stdout)
+        summary = _summary(result.stdout)
         extra = [
             {"name": n, "sha256": s.sha256, "size": s.size, "role": "manifest"}
             for n, s in spooled.items()

@@ -19,6 +19,8 @@ from typing import Literal
 
 import torch
 
+from reconstruction.bounded import check_zip
+
 __all__ = ["ModelError", "ModelFormat", "detect_format", "sha256_file"]
 
 #: file formats, and ``torch.module`` for trusted in-memory modules (never uploaded)
@@ -43,6 +45,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _zip_format(path: Path) -> ModelFormat:
+    check_zip(path)  # before any member is read (ExpansionError: a decompression bomb)
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
@@ -93,7 +96,9 @@ def _check_pt2(z: zipfile.ZipFile, names: list[str]) -> None:
 def detect_format(path: str | Path) -> ModelFormat:
     """``"onnx"``, ``"torch.export"`` or ``"torchscript"``, from the file's bytes.
 
-    Raises :class:`ModelError` for pickles and anything unrecognised."""
+    Raises :class:`ModelError` for pickles and anything unrecognised, and
+    :class:`~reconstruction.bounded.ExpansionError` for zip archives that would expand past the
+    caps (checked from their declared sizes before any member is read)."""
     p = Path(path)
     with open(p, "rb") as f:
         head = f.read(8)
@@ -105,7 +110,10 @@ def detect_format(path: str | Path) -> ModelFormat:
             f"loaded: {EXPORT_ADVICE}"
         )
     if zipfile.is_zipfile(p):
-        return _zip_format(p)
+        try:
+            return _zip_format(p)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+            raise ModelError(f"{p.name} is a damaged zip archive: {exc}") from exc
     # ONNX is a protobuf ModelProto: its first field is ir_version (tag 0x08)
     if head[:1] == b"\x08":
         return "onnx"

@@ -167,6 +167,14 @@ def test_upload_audit_and_download(service: Service) -> None:
     results = httpx.get(f"{service.url}/api/v1/audits/{audit_id}/results", headers=headers)
     assert results.json()["schema"] == "recon-audit/results/v1"
     assert results.json()["model"]["format"] == "onnx"
+    # the audit ran in the jail, as it saw itself from inside
+    assert results.json()["environment"]["isolation"] == {
+        "uid": 65534,
+        "pid": 2,
+        "no_new_privileges": True,
+        "seccomp": "filter",
+        "capabilities": False,
+    }
     pdf = httpx.get(f"{service.url}/api/v1/audits/{audit_id}/report.pdf", headers=headers)
     assert pdf.status_code == 200
     assert pdf.content[:4] == b"%PDF"

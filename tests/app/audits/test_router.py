@@ -136,4 +136,4 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "database": "ok", "broker": "ok"}
+    assert ready.json() == {"ready": True, "database": "ok", "broker": "ok", "sandbox": "ok"}

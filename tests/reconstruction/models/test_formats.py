@@ -105,3 +105,14 @@ def test_sha256_file(tmp_path: Path) -> None:
     assert sha256_file(tmp_path / "f") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+def test_a_damaged_zip_is_a_model_error(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "m.pt", "w") as archive:
+        archive.writestr("a/code/x.py", "y" * 100)
+    data = bytearray((tmp_path / "m.pt").read_bytes())
+    start = data.find(b"PK\x01\x02")  # the central directory's first entry
+    data[start : start + 4] = b"XXXX"
+    (tmp_path / "m.pt").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="damaged zip archive"):
+        detect_format(tmp_path / "m.pt")

@@ -1,0 +1,70 @@
+"""Bounded parsing: archives judged by their declared sizes before any member is read, gzip
+counted in constant memory, images refused by their declared size before decoding."""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from reconstruction.bounded import ARCHIVE_SLACK, ExpansionError, check_gzip, check_zip
+from reconstruction.data import ImageReadError, read_image
+
+
+def _zeros_zip(path: Path, expanded: int) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("m/data/w", "w", force_zip64=True) as member:
+            for _ in range(expanded // 2**20):
+                member.write(bytes(2**20))
+    return path
+
+
+def test_a_zip_is_judged_by_its_declared_sizes(tmp_path: Path) -> None:
+    small = _zeros_zip(tmp_path / "small.zip", ARCHIVE_SLACK // 2)
+    assert check_zip(small) == ARCHIVE_SLACK // 2  # small archives may exceed the ratio
+    bomb = _zeros_zip(tmp_path / "bomb.zip", 64 * 2**20)
+    with pytest.raises(ExpansionError, match="times its size"):
+        check_zip(bomb)
+    with pytest.raises(ExpansionError, match="at most 1000 bytes"):
+        check_zip(small, max_bytes=1000)
+
+
+def test_gzip_is_counted_member_by_member_and_stops_at_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(bytes(3000)) + gzip.compress(b"abc"))
+    assert check_gzip(path) == 3003
+    with pytest.raises(ExpansionError, match="more than 1000 bytes"):
+        check_gzip(path, max_bytes=1000)
+
+
+def test_declared_sizes_are_checked_before_decoding(tmp_path: Path) -> None:
+    big = Image.new("L", (6000, 6000))  # 36 M pixels: past the cap, tiny as a PNG
+    big.save(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match="at most"):
+        read_image(tmp_path / "big.png")
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((6000, 6000), np.uint8), compression="zlib")
+    with pytest.raises(ImageReadError, match="at most"):
+        read_image(tmp_path / "big.tif")
+
+
+def test_dicom_declared_pixels_and_deflated_datasets(tmp_path: Path) -> None:
+    source = get_testdata_file("CT_small.dcm")
+    assert isinstance(source, str)
+    dataset = dcmread(source)
+    dataset.Rows = dataset.Columns = 60000
+    dataset.save_as(tmp_path / "huge.dcm")
+    with pytest.raises(ImageReadError, match="at most"):
+        read_image(tmp_path / "huge.dcm")
+    deflated = dcmread(source)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="deflated DICOM"):
+        read_image(tmp_path / "deflated.dcm")
