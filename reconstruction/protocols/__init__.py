@@ -79,7 +79,7 @@ class Budget(_Strict):
     #: starts per eps, run side by side: warm starts, the Jacobian's top singular vector and
     #: seeded random directions at the full radius
     restarts: Annotated[int, Field(ge=1, le=64)] = 4
-    #: best points of one eps kept as warm starts for the next
+    #: best points of one eps kept as warm starts for the next (at most restarts)
     keep: Annotated[int, Field(ge=1, le=64)] = 2
     #: starts per eps for the baseline: a convex-regularised solver whose worst case a short
     #: search finds (its warm start and its Jacobian's direction); every unstable finding also
@@ -88,6 +88,7 @@ class Budget(_Strict):
     baseline_restarts: Annotated[int, Field(ge=1, le=64)] = 2
     #: the cap on iterations per start (a start stops earlier when it plateaus)
     iterations: Annotated[int, Field(ge=1, le=10000)] = 100
+    #: no start stops on a plateau before this many iterations (at most iterations)
     min_iterations: Annotated[int, Field(ge=1, le=10000)] = 10
     #: the first step as a fraction of the radius (Adam: the learning rate per coordinate,
     #: times 1 / sqrt(n))
@@ -108,17 +109,18 @@ class Budget(_Strict):
     objective: Literal["change", "error"] = "change"
 
     @model_validator(mode="after")
-    def _consistent(self) -> Budget:
+    def _sorted(self) -> Budget:
         if self.eps != sorted(set(self.eps)):
             raise ValueError("perturbation.budget.eps must be increasing and distinct")
-        if self.keep > self.restarts:
-            raise ValueError("perturbation.budget.keep must not exceed restarts")
-        if self.min_iterations > self.iterations:
-            raise ValueError("perturbation.budget.min_iterations must not exceed iterations")
         return self
 
     def settings(self) -> SearchSettings:
-        return SearchSettings(**self.model_dump(exclude={"eps", "objective", "baseline_restarts"}))
+        """The search's settings; ``keep`` is at most ``restarts`` and ``min_iterations`` at
+        most ``iterations``."""
+        fields = self.model_dump(exclude={"eps", "objective", "baseline_restarts"})
+        fields["keep"] = min(self.keep, self.restarts)
+        fields["min_iterations"] = min(self.min_iterations, self.iterations)
+        return SearchSettings(**fields)
 
 
 class Pnas(_Strict):

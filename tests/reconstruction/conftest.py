@@ -13,6 +13,7 @@ from reconstruction import sampling
 from reconstruction.data import LoadedImage, random_ellipses, shepp_logan
 from reconstruction.models import LoadedModel, Manifest, from_module
 from reconstruction.protocols import Protocol, parse_protocol
+from reconstruction.suite import prepare_images
 
 SIZE = 64
 
@@ -199,6 +200,11 @@ class Smooth(torch.nn.Module):
         blur = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
         out: Tensor = (1 - self.weight) * x + self.weight * blur
         return out
+
+
+def truth_of(images: list[LoadedImage]) -> Tensor:
+    """The images as an audit scales them, ``[B, SIZE, SIZE]``."""
+    return torch.from_numpy(prepare_images(images, (SIZE, SIZE), (0.0, 1.0))[0])
 
 
 def subject(module: torch.nn.Module, folder: Path, domain: str = "image") -> LoadedModel:

@@ -20,7 +20,7 @@ from reconstruction.batch import per_item
 from reconstruction.operators import LinearOperator
 from reconstruction.operators.base import complex_dtype
 
-__all__ = ["BeyondNorm", "Smooth", "Switch", "gaussian_blob", "reference_search"]
+__all__ = ["BeyondNorm", "Decoy", "Switch", "gaussian_blob", "reference_search"]
 
 
 def gaussian_blob(size: int, row: float, col: float, sigma: float) -> Tensor:
@@ -39,7 +39,7 @@ def _direction(size: int, seed: int, smooth: float = 4.0) -> Tensor:
     return unit
 
 
-class Smooth(torch.nn.Module):
+class Decoy(torch.nn.Module):
     """Zero-filled image plus ``gain`` times the imaginary part along one smooth direction
     (the decoy): a Lipschitz map with a known worst direction and no hidden response."""
 
@@ -59,7 +59,7 @@ class Smooth(torch.nn.Module):
         return torch.stack([self.base(x), torch.zeros_like(x[:, 0])], 1)
 
 
-class Switch(Smooth):
+class Switch(Decoy):
     """The decoy, plus a bright blob (``amplitude``, a few pixels wide) once the imaginary part's
     component along a second, hidden direction passes ``threshold`` times the image's norm: a
     saturating gate, nearly flat (and so nearly invisible to gradients) while it is closed."""
@@ -89,7 +89,7 @@ class Switch(Smooth):
         return torch.stack([out, torch.zeros_like(out)], 1)
 
 
-class BeyondNorm(Smooth):
+class BeyondNorm(Decoy):
     """The decoy, plus ``gain`` times the part of the imaginary image's low-frequency content
     that exceeds ``threshold`` times the image's norm (a ReLU on a norm): exactly the decoy for
     small perturbations, a large amplification only beyond a norm."""

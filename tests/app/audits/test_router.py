@@ -79,7 +79,12 @@ def test_inline_protocol_and_its_errors(
     bad = client.post(
         "/api/v1/audits",
         headers=bearer(tokens["alice"]),
-        json={"model_id": model_id, "protocol": inline.replace("restarts: 1", "restarts: 0")},
+        json={
+            "model_id": model_id,
+            "protocol": inline.replace(
+                "    restarts: 2\n    keep: 1", "    restarts: 0\n    keep: 1"
+            ),
+        },
     )
     assert bad.status_code == 422
     assert bad.json()["field"] == "protocol"

@@ -13,7 +13,6 @@ from reconstruction.instability import STABLE_WORDING, Subject, common, run_more
 from reconstruction.instability.more_samples import judge_ladder, sampling_ladder
 from reconstruction.operators import ParallelBeamCT, SingleCoilMRI
 from reconstruction.protocols import Protocol, SamplingThresholds
-from reconstruction.suite import prepare_images
 from tests.reconstruction.conftest import (
     SIZE,
     GentleDecliner,
@@ -23,6 +22,7 @@ from tests.reconstruction.conftest import (
     Stagnating,
     subject,
     symmetric_mask,
+    truth_of,
 )
 
 
@@ -46,7 +46,7 @@ def test_quality_falling_with_more_samples_is_unstable(
 ) -> None:
     count = int(np.load(mask_dir / "mask.npy").sum())
     model = subject(SampleHungry(count), mask_dir, domain="measurements")
-    truth = torch.from_numpy(prepare_images(images, (SIZE, SIZE), (0.0, 1.0))[0])
+    truth = truth_of(images)
     result = run_more_samples(model, truth, small_protocol)
     assert result.verdict == "unstable", result.reason
     assert result.numbers["pattern"] == "decay"
@@ -70,7 +70,7 @@ def test_fixed_size_networks_are_skipped(
 
     count = int(np.load(mask_dir / "mask.npy").sum())
     model = subject(Flat(count), mask_dir, domain="samples")
-    truth = torch.from_numpy(prepare_images(images, (SIZE, SIZE), (0.0, 1.0))[0])
+    truth = truth_of(images)
     result = run_more_samples(model, truth, small_protocol)
     assert result.verdict == "skipped"
     assert "cannot take more samples" in result.reason
@@ -79,7 +79,7 @@ def test_fixed_size_networks_are_skipped(
 # --------------------------------------------------------------------------- planted networks
 def _truth(images: list[LoadedImage], extra: int = 0) -> torch.Tensor:
     more = [LoadedImage(random_ellipses(1, SIZE, 11 + i)[0], f"e{i}", {}) for i in range(extra)]
-    return torch.from_numpy(prepare_images([*images, *more], (SIZE, SIZE), (0.0, 1.0))[0])
+    return truth_of([*images, *more])
 
 
 def _step_declines(result: common.TestResult) -> list[float]:

@@ -2,19 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from reconstruction.data import LoadedImage
 from reconstruction.instability import STABLE_WORDING, run_perturbation
 from reconstruction.protocols import Protocol
-from reconstruction.suite import prepare_images
-from tests.reconstruction.conftest import SIZE, Leaky, subject
-from tests.reconstruction.planted import Smooth, Switch
-
-
-def _truth(images: list[LoadedImage], manifest_size: int = SIZE) -> torch.Tensor:
-    arrays, _ = prepare_images(images, (manifest_size, manifest_size), (0.0, 1.0))
-    return torch.from_numpy(arrays)
+from tests.reconstruction.conftest import SIZE, Leaky, subject, truth_of
+from tests.reconstruction.planted import Decoy, Switch
 
 
 def test_large_gain_along_one_direction_is_unstable(
@@ -23,7 +15,7 @@ def test_large_gain_along_one_direction_is_unstable(
     small_protocol: Protocol,
 ) -> None:
     model = subject(Leaky(gain=40.0), mask_dir)
-    result = run_perturbation(model, _truth(images), small_protocol)
+    result = run_perturbation(model, truth_of(images), small_protocol)
     assert result.verdict == "unstable", result.reason
     evidence = result.numbers["evidence"][0]
     assert evidence["change_ratio"] >= 2.0
@@ -49,7 +41,7 @@ def test_harmless_network_is_stable(
     small_protocol: Protocol,
 ) -> None:
     model = subject(Leaky(gain=0.0), mask_dir)  # the zero-filled reconstruction itself
-    result = run_perturbation(model, _truth(images), small_protocol)
+    result = run_perturbation(model, truth_of(images), small_protocol)
     assert result.verdict == "stable", result.reason
     assert result.reason == STABLE_WORDING
     for threat in ("image", "measurement"):
@@ -63,7 +55,7 @@ def test_a_hidden_switch_is_found_and_unstable(
     """A saturating gate along a direction the decoy hides: a bright blob appears once the input
     moves past a threshold (below the smallest eps) along it."""
     model = subject(Switch(SIZE, threshold=0.003), mask_dir)
-    result = run_perturbation(model, _truth(images), small_protocol)
+    result = run_perturbation(model, truth_of(images), small_protocol)
     assert result.verdict == "unstable", result.reason
     for threat in ("image", "measurement"):
         smallest = result.numbers["threat_models"][threat]["results"][0]
@@ -77,7 +69,7 @@ def test_a_fake_lesion_is_unstable_though_the_global_psnr_hides_it(
     """A faint blob on a small area: the whole image's PSNR falls by less than the global
     threshold, the worst window's error grows far beyond the local one."""
     model = subject(Switch(SIZE, threshold=0.003, amplitude=0.3), mask_dir)
-    result = run_perturbation(model, _truth(images), small_protocol)
+    result = run_perturbation(model, truth_of(images), small_protocol)
     assert result.verdict == "unstable", result.reason
     th = small_protocol.perturbation.thresholds  # type: ignore[union-attr]
     local_only = [
@@ -95,8 +87,8 @@ def test_a_fake_lesion_is_unstable_though_the_global_psnr_hides_it(
 def test_identity_like_networks_are_stable(
     mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
 ) -> None:
-    model = subject(Smooth(SIZE, gain=1.0), mask_dir)
-    result = run_perturbation(model, _truth(images), small_protocol)
+    model = subject(Decoy(SIZE, gain=1.0), mask_dir)
+    result = run_perturbation(model, truth_of(images), small_protocol)
     assert result.verdict == "stable", result.reason
     assert result.numbers["convergence"]["converged"]
     for threat in ("image", "measurement"):
@@ -121,7 +113,7 @@ def test_no_stable_verdict_from_a_search_stopped_at_its_cap(
         }
     )
     model = subject(Leaky(gain=0.0), mask_dir)
-    result = run_perturbation(model, _truth(images), capped)
+    result = run_perturbation(model, truth_of(images), capped)
     assert result.verdict == "inconclusive", result.reason
     assert "search still improving at its cap" in result.reason
     assert not result.numbers["convergence"]["converged"]

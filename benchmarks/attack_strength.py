@@ -1,0 +1,149 @@
+"""Strength of the worst-case search: the product's search at a protocol's settings (default
+``standard``) against an independent, long reference search (``tests.reconstruction.planted.
+reference_search``: projected Adam, one image at a time, many starts, two step sizes with
+cosine decay) and against the previous search's settings (projected Adam, 3 restarts x 50
+iterations, a tenth of the radius, no Jacobian start, no second pass, no plateau stop).
+
+Targets (issue "Verdicts you can trust I"): the product reaches >= 0.95x the reference's worst
+relative output change at every eps and image, spending at most a fifth of the reference's
+forward+backward passes.
+
+Networks: the planted ones of the test suite (64x64, hidden responses known by construction)
+and, with ``--unet``, the reference U-Net of ``examples/unet-mri`` (128x128).
+
+Run: ``python -m benchmarks.attack_strength [--unet] [--images 2] [--protocol standard]
+[--reference-restarts 8 --reference-iterations 400]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reconstruction.attacks import SearchSettings, budget_search
+from reconstruction.data import random_ellipses, shepp_logan
+from reconstruction.instability.common import Recon, network_reconstructor
+from reconstruction.models import load
+from reconstruction.operators import LinearOperator
+from reconstruction.protocols import load_protocol
+from tests.reconstruction.conftest import SIZE, subject, symmetric_mask
+from tests.reconstruction.planted import BeyondNorm, Decoy, Switch, reference_search
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PREVIOUS = SearchSettings(
+    restarts=3,
+    keep=1,
+    iterations=50,
+    min_iterations=50,
+    step_size=0.1,
+    method="adam",
+    plateau_window=50,
+    jacobian_start=False,
+    both_ways=False,
+)
+
+
+def _planted(folder: Path, images: int) -> list[tuple[str, Recon, LinearOperator, torch.Tensor]]:
+    np.save(folder / "mask.npy", symmetric_mask())
+    x = np.stack([shepp_logan(SIZE), *random_ellipses(max(images - 1, 0), SIZE, 7)])[:images]
+    truth = torch.from_numpy(x.astype(np.float32))
+    nets: dict[str, Callable[[], torch.nn.Module]] = {
+        "switch (t = 0.003)": lambda: Switch(SIZE, threshold=0.003),
+        "switch (t = 0.004, sharp)": lambda: Switch(SIZE, threshold=0.004, sharpness=12.0),
+        "beyond a norm": lambda: BeyondNorm(SIZE, threshold=0.01),
+        "smooth decoy": lambda: Decoy(SIZE),
+    }
+    out = []
+    for name, make in nets.items():
+        model = subject(make(), folder)
+        out.append((name, network_reconstructor(model), model.operator, truth))
+    return out
+
+
+def _unet(images: int) -> tuple[str, Recon, LinearOperator, torch.Tensor]:
+    folder = EXAMPLES / "unet-mri"
+    model = load(folder / "model.onnx", folder / "manifest.json")
+    x = torch.from_numpy(random_ellipses(images, model.manifest.image_size[0], 5))
+    return "unet-mri (examples/)", network_reconstructor(model), model.operator, x
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", default="standard")
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--unet", action="store_true", help="also the reference U-Net (slow)")
+    parser.add_argument("--reference-restarts", type=int, default=8)
+    parser.add_argument("--reference-iterations", type=int, default=400)
+    args = parser.parse_args()
+    budget = load_protocol(args.protocol).perturbation.budget  # type: ignore[union-attr]
+    print(f"protocol {args.protocol}: {budget.settings()}")
+    print(
+        f"reference: {args.reference_restarts} starts x {args.reference_iterations} iterations "
+        f"per image and eps; {torch.get_num_threads()} threads"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = _planted(Path(tmp), args.images)
+        if args.unet:
+            cases.append(_unet(args.images))
+        worst_ratio, worst_cost = np.inf, 0.0
+        for name, f, op, x in cases:
+            y = op.A(x)
+            start = time.perf_counter()
+            ours = budget_search(
+                f,
+                op,
+                x,
+                y,
+                threat_model="image",
+                eps=budget.eps,
+                settings=budget.settings(),
+                seed=0,
+            )
+            ours_s = time.perf_counter() - start
+            start = time.perf_counter()
+            previous = budget_search(
+                f, op, x, y, threat_model="image", eps=budget.eps, settings=PREVIOUS, seed=0
+            )
+            previous_s = time.perf_counter() - start
+            print(f"\n{name}: ours {ours_s:.1f} s, previous settings {previous_s:.1f} s")
+            print("  eps     image  reference  ours    ratio   previous ratio")
+            ref_passes = 0
+            for k, e in enumerate(budget.eps):
+                best, passes = reference_search(
+                    f,
+                    op,
+                    x,
+                    e,
+                    restarts=args.reference_restarts,
+                    iterations=args.reference_iterations,
+                )
+                ref_passes += passes
+                for i in range(x.shape[0]):
+                    got = float(ours.results[k].change[i])
+                    old = float(previous.results[k].change[i])
+                    ratio = got / max(float(best[i]), 1e-12)
+                    worst_ratio = min(worst_ratio, ratio)
+                    print(
+                        f"  {e:<7g} {i:<6d} {float(best[i]):<10.4f} {got:<7.4f} {ratio:<7.3f} "
+                        f"{old / max(float(best[i]), 1e-12):.3f}"
+                    )
+            cost = ours.passes / x.shape[0] / ref_passes
+            worst_cost = max(worst_cost, cost)
+            print(
+                f"  passes per image: ours {ours.passes / x.shape[0]:.0f}, reference {ref_passes}, "
+                f"previous {previous.passes / x.shape[0]:.0f}; ours / reference = {cost:.3f}"
+            )
+    print(
+        f"\nworst ratio ours / reference: {worst_ratio:.3f} (target >= 0.95); "
+        f"largest cost ours / reference: {worst_cost:.3f} (target <= 0.2)"
+    )
+
+
+if __name__ == "__main__":
+    main()
