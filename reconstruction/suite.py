@@ -229,8 +229,7 @@ def run_suite(
     if unknown:
         raise ValueError(f"unknown test(s) {sorted(unknown)}: choose from {', '.join(TESTS)}")
     manifest = model.manifest
-    if protocol.structural is not None:
-        protocol.structural.check_image_size(manifest.image_size)
+    protocol.check_image_size(manifest.image_size)
     chosen = list(images) if images else builtin_images(max(manifest.image_size))
     chosen = chosen[: protocol.images.max_images]
     if not chosen:

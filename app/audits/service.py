@@ -31,8 +31,7 @@ def create_audit(session: Session, user: User, request: AuditCreate) -> Audit:
             protocol = load_protocol(request.protocol)
         else:
             protocol = parse_protocol(request.protocol, "inline protocol")
-        if protocol.structural is not None:
-            protocol.structural.check_image_size(network.manifest["image_size"])
+        protocol.check_image_size(network.manifest["image_size"])
     except ProtocolError as exc:
         raise Invalid(str(exc), field="protocol") from exc
     image_set = BUILTIN_SET

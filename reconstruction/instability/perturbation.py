@@ -71,11 +71,8 @@ def _roi(protocol: Protocol, shape: tuple[int, ...], device: torch.device) -> Te
     box = protocol.perturbation.roi
     if box is None:
         return None
+    protocol.perturbation.check_image_size(shape[-2:])
     r0, c0, r1, c1 = box
-    if r1 > shape[-2] or c1 > shape[-1]:
-        raise ValueError(
-            f"perturbation.roi {list(box)} does not fit the {shape[-2]}x{shape[-1]} images"
-        )
     roi = torch.zeros(shape[-2:], device=device)
     roi[r0:r1, c0:c1] = 1.0
     return roi

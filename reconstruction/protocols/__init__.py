@@ -186,6 +186,15 @@ class Perturbation(_Strict):
     local: Local = Local()
     thresholds: PerturbationThresholds = PerturbationThresholds()
 
+    def check_image_size(self, image_size: Sequence[int]) -> None:
+        """Raise :class:`ProtocolError` naming ``perturbation.roi`` when the region of interest
+        leaves the image (known only at audit start, from the model's manifest)."""
+        if self.roi is not None and (self.roi[2] > image_size[0] or self.roi[3] > image_size[1]):
+            raise ProtocolError(
+                f"field 'perturbation.roi': {list(self.roi)} does not fit the image "
+                f"(image size {list(image_size)})"
+            )
+
     @model_validator(mode="after")
     def _roi_box(self) -> Perturbation:
         if self.roi is not None:
@@ -285,6 +294,13 @@ class Protocol(_Strict):
     perturbation: Perturbation | None
     structural: Structural | None
     sampling: Sampling | None
+
+    def check_image_size(self, image_size: Sequence[int]) -> None:
+        """Every check that needs the model's image size (detail heights, the ROI)."""
+        if self.structural is not None:
+            self.structural.check_image_size(image_size)
+        if self.perturbation is not None:
+            self.perturbation.check_image_size(image_size)
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

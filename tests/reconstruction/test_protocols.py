@@ -68,6 +68,19 @@ def test_hash_ignores_formatting_but_not_values(tmp_path: Path) -> None:
         ({"structural": {"thresholds": {"visible_recovery": 2}}}, "visible_recovery"),
         ({"structural": {"thresholds": {"confidence": 0.2}}}, "structural.thresholds.confidence"),
         ({"version": ""}, "field 'version'"),
+        ({"perturbation": {"budget": {"restarts": 0}}}, "'perturbation.budget.restarts'"),
+        ({"perturbation": {"budget": {"method": "sgd"}}}, "'perturbation.budget.method'"),
+        (
+            {"perturbation": {"budget": {"plateau_tolerance": 2.0}}},
+            "'perturbation.budget.plateau_tolerance'",
+        ),
+        ({"perturbation": {"local": {"window": 0.9}}}, "'perturbation.local.window'"),
+        ({"perturbation": {"thresholds": {"margin": 0.5}}}, "'perturbation.thresholds.margin'"),
+        (
+            {"perturbation": {"thresholds": {"max_restart_spread": 1.5}}},
+            "'perturbation.thresholds.max_restart_spread'",
+        ),
+        ({"perturbation": {"roi": [10, 0, 5, 5]}}, "perturbation.roi must be"),
     ],
 )
 def test_invalid_protocols_name_the_field(change: dict[str, object], message: str) -> None:
@@ -106,3 +119,31 @@ def test_detail_heights_are_checked_against_the_image_size() -> None:
     structural.check_image_size((64, 64))
     with pytest.raises(ProtocolError, match=r"'structural.heights_px': .*\[12, 16\] px .*larger"):
         structural.check_image_size((10, 32))
+
+
+def test_the_search_settings_cap_keep_and_min_iterations() -> None:
+    data = load_protocol("quick").model_dump(mode="json")
+    data["perturbation"]["budget"].update({"restarts": 1, "keep": 3, "iterations": 4})
+    settings = parse_protocol(yaml.safe_dump(data)).perturbation.budget.settings()  # type: ignore[union-attr]
+    assert (settings.restarts, settings.keep, settings.min_iterations) == (1, 1, 4)
+
+
+def test_the_replays_state_their_normalisation() -> None:
+    genzel, darestani = load_protocol("genzel2022"), load_protocol("darestani2021")
+    assert genzel.perturbation is not None
+    assert darestani.perturbation is not None
+    assert genzel.perturbation.threat_models == ["measurement"]
+    assert genzel.perturbation.budget.objective == "error"
+    assert (genzel.perturbation.budget.restarts, genzel.perturbation.budget.keep) == (6, 3)
+    assert "||e|| / ||y||" in genzel.description
+    assert darestani.perturbation.budget.eps[-1] == 0.08
+    assert "||e|| / ||k||" in darestani.description
+
+
+def test_the_roi_is_checked_against_the_image_size() -> None:
+    data = load_protocol("quick").model_dump(mode="json")
+    data["perturbation"]["roi"] = [0, 0, 40, 20]
+    protocol = parse_protocol(yaml.safe_dump(data))
+    protocol.check_image_size((64, 64))
+    with pytest.raises(ProtocolError, match=r"'perturbation.roi': \[0, 0, 40, 20\] does not fit"):
+        protocol.check_image_size((32, 32))
