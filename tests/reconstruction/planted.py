@@ -143,7 +143,7 @@ def reference_search(
             for _ in range(iterations):
                 opt.zero_grad()
                 change = (f(y + op.A(r)) - clean).norm() / clean.norm()
-                best[i] = max(float(best[i]), float(change))
+                best[i] = max(float(best[i]), float(change.detach()))
                 (-change.square()).backward()
                 opt.step()
                 sched.step()
