@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args()
+    torch.set_flush_denormal(True)  # as run_suite does
 
     folder = EXAMPLES / args.network
     model = load(folder / "model.onnx", folder / "manifest.json")

@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--reference-restarts", type=int, default=8)
     parser.add_argument("--reference-iterations", type=int, default=400)
     args = parser.parse_args()
+    torch.set_flush_denormal(True)  # as run_suite does
     budget = load_protocol(args.protocol).perturbation.budget  # type: ignore[union-attr]
     print(f"protocol {args.protocol}: {budget.settings()}")
     print(
