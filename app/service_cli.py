@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.db import get_engine, session_factory
 from app.events import ChainReport
+from app.processes import die_with_parent
 from app.settings import get_settings
 
 __all__ = ["create_user", "run_worker", "serve", "upgrade_database", "verify_events"]
@@ -56,21 +57,56 @@ def run_worker(concurrency: int) -> int:
     return 0
 
 
-def serve(host: str, port: int, with_worker: bool) -> None:
+class _Stopped(Exception):
+    """``serve`` got SIGTERM or SIGINT."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def serve(host: str, port: int, with_worker: bool, worker_grace: float = 30) -> None:
+    """The API (and a worker). On SIGTERM or SIGINT the worker is stopped (SIGTERM to its
+    process group, then SIGKILL after ``worker_grace`` seconds) before ``serve`` dies of the
+    signal it got; uvicorn re-raises the signal after its own shutdown, and our handler turns
+    it into an exception so that the worker is stopped first. Where ``serve`` dies without
+    stopping it (SIGKILL), the worker gets SIGKILL from the kernel (a parent-death signal), its
+    pool processes and their jailed runs in turn (each holds one for its own parent)."""
     import uvicorn
 
-    upgrade_database()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
     worker = None
-    if with_worker:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], start_new_session=True, env=os.environ
-        )
     try:
+        upgrade_database()
+        if with_worker:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                start_new_session=True,
+                env=os.environ,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info")
+    except _Stopped as stopped:
+        _stop_worker(worker, worker_grace)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stopped.signum, signal.SIG_DFL)
+        signal.raise_signal(stopped.signum)
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        _stop_worker(worker, worker_grace)
+
+
+def _stop_worker(worker: subprocess.Popen[bytes] | None, grace: float) -> None:
+    if worker is None or worker.poll() is not None:
+        return
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
