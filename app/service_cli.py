@@ -9,31 +9,83 @@ import subprocess
 import sys
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.exc import OperationalError
+
 from app.db import get_engine, session_factory
+from app.errors import Unavailable
 from app.events import ChainReport
 from app.processes import die_with_parent
 from app.settings import get_settings
 
-__all__ = ["create_user", "run_worker", "serve", "upgrade_database", "verify_events"]
+__all__ = [
+    "DatabaseNotReady",
+    "create_user",
+    "ensure_database",
+    "run_worker",
+    "serve",
+    "upgrade_database",
+    "verify_events",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def upgrade_database() -> None:
-    from alembic import command
-    from alembic.config import Config
+class DatabaseNotReady(Unavailable):
+    """The database cannot be reached, or is not at the migrations' latest revision."""
 
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+
+def _alembic_config() -> Config:
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
-    with get_engine().begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    return config
+
+
+def _unreachable(exc: OperationalError) -> DatabaseNotReady:
+    url = get_engine().url.render_as_string(hide_password=True)
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return DatabaseNotReady(f"cannot reach the database {url}: {reason}")
+
+
+def upgrade_database() -> None:
+    """Bring the database to the latest revision (creating it, for the embedded SQLite)."""
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    config = _alembic_config()
+    try:
+        with get_engine().begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        raise _unreachable(exc) from exc
+
+
+def ensure_database() -> None:
+    """Before a command that uses the database: the embedded default (no ``DATABASE_URL``) is
+    migrated; a configured database must already be at the latest revision (migrations are
+    the operator's step there, ``recon-audit migrate``), else :class:`DatabaseNotReady`."""
+    if get_settings().database_url is None:
+        upgrade_database()
+        return
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    try:
+        with get_engine().connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        raise _unreachable(exc) from exc
+    if current != head:
+        raise DatabaseNotReady(
+            f"the database is at revision {current or 'none (empty)'}, not the latest "
+            f"({head}); run `recon-audit migrate` first"
+        )
 
 
 def create_user(name: str, role: str) -> str:
     from app.auth import create_user as create
 
+    ensure_database()
     with session_factory()() as session:
         _, token = create(session, name, role)
         session.commit()
@@ -43,11 +95,13 @@ def create_user(name: str, role: str) -> str:
 def verify_events() -> ChainReport:
     from app.events import verify_chain
 
+    ensure_database()
     with session_factory()() as session:
         return verify_chain(session)
 
 
 def run_worker(concurrency: int) -> int:
+    ensure_database()
     from worker.celery_app import app
 
     argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork"]
