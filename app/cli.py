@@ -427,7 +427,7 @@ def audit(
         raise InputError(str(exc)) from exc
     click.echo(
         f"Auditing {loaded.name} ({loaded.format}, {loaded.gradient_access}) with protocol "
-        f"{protocol.name} v{protocol.version} ({protocol.sha256[:12]})",
+        f"{protocol.shown_name} v{protocol.version} ({protocol.sha256[:12]})",
         err=True,
     )
     bars = _Bars() if progress_mode == "bar" else None
