@@ -3,6 +3,7 @@ worker, create users, verify the audit log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -124,12 +125,12 @@ def _stop(signum: int, _frame: object) -> None:
 
 
 def serve(host: str, port: int, with_worker: bool, worker_grace: float = 30) -> None:
-    """The API (and a worker). On SIGTERM or SIGINT the worker is stopped (SIGTERM to its
-    process group, then SIGKILL after ``worker_grace`` seconds) before ``serve`` dies of the
-    signal it got; uvicorn re-raises the signal after its own shutdown, and our handler turns
-    it into an exception so that the worker is stopped first. Where ``serve`` dies without
-    stopping it (SIGKILL), the worker gets SIGKILL from the kernel (a parent-death signal), its
-    pool processes and their jailed runs in turn (each holds one for its own parent)."""
+    """The API (and a worker). On SIGTERM or SIGINT the worker is stopped (see
+    :func:`_stop_worker`) before ``serve`` dies of the signal it got; uvicorn re-raises the
+    signal after its own shutdown, and our handler turns it into an exception so that the
+    worker is stopped first. Where ``serve`` dies without stopping it (SIGKILL), the worker
+    gets SIGKILL from the kernel (a parent-death signal), its pool processes and their jailed
+    runs in turn (each holds one for its own parent)."""
     import uvicorn
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -156,11 +157,22 @@ def serve(host: str, port: int, with_worker: bool, worker_grace: float = 30) -> 
 
 
 def _stop_worker(worker: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """Celery's cold shutdown (SIGQUIT): its pool is ended at once, with the audits it runs
+    (their jailed runs die with their pool process) and their unacknowledged tasks go back to
+    the queue (acknowledged late); SIGKILL to its process group after ``grace`` seconds, or at
+    once on a second SIGTERM or SIGINT."""
     if worker is None or worker.poll() is not None:
         return
-    os.killpg(worker.pid, signal.SIGTERM)
+
+    def kill(_signum: int = signal.SIGKILL, _frame: object = None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, kill)
+    worker.send_signal(signal.SIGQUIT)
     try:
         worker.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
+        kill()
         worker.wait()
