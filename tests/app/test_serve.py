@@ -1,5 +1,6 @@
 """``recon-audit serve`` (embedded: SQLite and the filesystem broker) stops its worker when it
-is stopped (SIGTERM, SIGINT), and its worker dies with it when it is killed (SIGKILL)."""
+is stopped (SIGTERM, SIGINT), and its worker dies with it when it is killed (SIGKILL); so do
+the jailed runs of an audit in progress."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from app.processes import alive, descendants
-from tests.worker.test_tasks import _free_port
+from tests.worker.test_tasks import _free_port, _service, _upload
 
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
@@ -91,3 +92,38 @@ def test_the_worker_dies_with_a_killed_service(tmp_path: Path) -> None:
         assert not left, f"still running after SIGKILL: {sorted(left)}"
     finally:
         _kill(serve, tree)
+
+
+def _jailed_audit_running(tree: set[int]) -> bool:
+    commands = []
+    for pid in tree:
+        try:
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+    return any(c[0].endswith(b"bwrap") for c in commands) and any(b"audit" in c for c in commands)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_an_audit_in_progress_ends_with_the_service(tmp_path: Path, signum: int) -> None:
+    svc = _service(tmp_path, "embedded")
+    svc.start("api", "serve", "--port", str(svc.port))
+    serve = svc.processes["api"]
+    try:
+        svc.wait_ready()
+        token = svc.cli("admin", "create-user", "alice", "--role", "submitter")
+        created = httpx.post(
+            f"{svc.url}/api/v1/audits",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"model_id": _upload(svc, token)},
+        )
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 120
+        while not _jailed_audit_running(tree := descendants(serve.pid)):
+            assert time.monotonic() < deadline, f"no jailed audit started; see {svc.logs}"
+            time.sleep(0.2)
+        serve.send_signal(signum)
+        left = _gone(serve, tree, 15)
+        assert not left, f"still running after {signum!r}: {sorted(left)}"
+    finally:
+        svc.stop()
