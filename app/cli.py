@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -425,7 +427,7 @@ def audit(
         raise InputError(str(exc)) from exc
     click.echo(
         f"Auditing {loaded.name} ({loaded.format}, {loaded.gradient_access}) with protocol "
-        f"{protocol.name} v{protocol.version} ({protocol.sha256[:12]})",
+        f"{protocol.shown_name} v{protocol.version} ({protocol.sha256[:12]})",
         err=True,
     )
     bars = _Bars() if progress_mode == "bar" else None
@@ -507,12 +509,25 @@ def verify(pdf: Path) -> None:
         sys.exit(1)
 
 
+@contextmanager
+def _service_errors() -> Iterator[None]:
+    """The service's errors (a database that cannot be reached or is not migrated, a refused
+    user) as one line and exit status 2."""
+    from app.errors import AppError
+
+    try:
+        yield
+    except AppError as exc:
+        raise InputError(exc.message) from exc
+
+
 @main.command()
 def migrate() -> None:
     """Create or upgrade the service's database (DATABASE_URL, else the embedded SQLite)."""
     from app.service_cli import upgrade_database
 
-    upgrade_database()
+    with _service_errors():
+        upgrade_database()
     click.echo("database is at the latest revision")
 
 
@@ -531,21 +546,25 @@ def serve(host: str, port: int, with_worker: bool) -> None:
     SQLite and a serverless broker under RECON_AUDIT_DATA_DIR (default ./data)."""
     from app.service_cli import serve as run
 
-    run(host, port, with_worker)
+    with _service_errors():
+        run(host, port, with_worker)
 
 
 @main.command()
 @click.option("--concurrency", type=int, default=1, show_default=True)
 def worker(concurrency: int) -> None:
-    """Run a Celery worker for audits (BROKER_URL, else the embedded broker)."""
+    """Run a Celery worker for audits (BROKER_URL, else the embedded broker). The embedded
+    database is migrated first; a configured one (DATABASE_URL) must be migrated already."""
     from app.service_cli import run_worker
 
-    sys.exit(run_worker(concurrency))
+    with _service_errors():
+        code = run_worker(concurrency)
+    sys.exit(code)
 
 
 @main.group()
 def admin() -> None:
-    """Administration: users and the audit log."""
+    """Administration: users and the audit log (the embedded database is migrated first)."""
 
 
 @admin.command("create-user")
@@ -553,13 +572,10 @@ def admin() -> None:
 @click.option("--role", type=click.Choice(["submitter", "auditor", "admin"]), required=True)
 def create_user(name: str, role: str) -> None:
     """Create a user and print its API token (shown once; only its hash is stored)."""
-    from app.errors import AppError
     from app.service_cli import create_user as create
 
-    try:
+    with _service_errors():
         token = create(name, role)
-    except AppError as exc:
-        raise InputError(exc.message) from exc
     click.echo(token)
 
 
@@ -568,7 +584,8 @@ def verify_events() -> None:
     """Check the audit log's hash chain; exit 1 when it is broken."""
     from app.service_cli import verify_events as verify
 
-    report = verify()
+    with _service_errors():
+        report = verify()
     click.echo(
         json.dumps({"events": report.events, "valid": report.valid, "problem": report.problem})
     )

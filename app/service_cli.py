@@ -3,36 +3,90 @@ worker, create users, verify the audit log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.exc import OperationalError
+
 from app.db import get_engine, session_factory
+from app.errors import Unavailable
 from app.events import ChainReport
+from app.processes import die_with_parent
 from app.settings import get_settings
 
-__all__ = ["create_user", "run_worker", "serve", "upgrade_database", "verify_events"]
+__all__ = [
+    "DatabaseNotReady",
+    "create_user",
+    "ensure_database",
+    "run_worker",
+    "serve",
+    "upgrade_database",
+    "verify_events",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def upgrade_database() -> None:
-    from alembic import command
-    from alembic.config import Config
+class DatabaseNotReady(Unavailable):
+    """The database cannot be reached, or is not at the migrations' latest revision."""
 
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+
+def _alembic_config() -> Config:
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
-    with get_engine().begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    return config
+
+
+def _unreachable(exc: OperationalError) -> DatabaseNotReady:
+    url = get_engine().url.render_as_string(hide_password=True)
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return DatabaseNotReady(f"cannot reach the database {url}: {reason}")
+
+
+def upgrade_database() -> None:
+    """Bring the database to the latest revision (creating it, for the embedded SQLite)."""
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    config = _alembic_config()
+    try:
+        with get_engine().begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        raise _unreachable(exc) from exc
+
+
+def ensure_database() -> None:
+    """Before a command that uses the database: the embedded default (no ``DATABASE_URL``) is
+    migrated; a configured database must already be at the latest revision (migrations are
+    the operator's step there, ``recon-audit migrate``), else :class:`DatabaseNotReady`."""
+    if get_settings().database_url is None:
+        upgrade_database()
+        return
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    try:
+        with get_engine().connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        raise _unreachable(exc) from exc
+    if current != head:
+        raise DatabaseNotReady(
+            f"the database is at revision {current or 'none (empty)'}, not the latest "
+            f"({head}); run `recon-audit migrate` first"
+        )
 
 
 def create_user(name: str, role: str) -> str:
     from app.auth import create_user as create
 
+    ensure_database()
     with session_factory()() as session:
         _, token = create(session, name, role)
         session.commit()
@@ -42,11 +96,13 @@ def create_user(name: str, role: str) -> str:
 def verify_events() -> ChainReport:
     from app.events import verify_chain
 
+    ensure_database()
     with session_factory()() as session:
         return verify_chain(session)
 
 
 def run_worker(concurrency: int) -> int:
+    ensure_database()
     from worker.celery_app import app
 
     argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork"]
@@ -56,21 +112,67 @@ def run_worker(concurrency: int) -> int:
     return 0
 
 
-def serve(host: str, port: int, with_worker: bool) -> None:
+class _Stopped(Exception):
+    """``serve`` got SIGTERM or SIGINT."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def serve(host: str, port: int, with_worker: bool, worker_grace: float = 30) -> None:
+    """The API (and a worker). On SIGTERM or SIGINT the worker is stopped (see
+    :func:`_stop_worker`) before ``serve`` dies of the signal it got; uvicorn re-raises the
+    signal after its own shutdown, and our handler turns it into an exception so that the
+    worker is stopped first. Where ``serve`` dies without stopping it (SIGKILL), the worker
+    gets SIGKILL from the kernel (a parent-death signal), its pool processes and their jailed
+    runs in turn (each holds one for its own parent)."""
     import uvicorn
 
-    upgrade_database()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
     worker = None
-    if with_worker:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], start_new_session=True, env=os.environ
-        )
     try:
+        upgrade_database()
+        if with_worker:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                start_new_session=True,
+                env=os.environ,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info")
+    except _Stopped as stopped:
+        _stop_worker(worker, worker_grace)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stopped.signum, signal.SIG_DFL)
+        signal.raise_signal(stopped.signum)
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        _stop_worker(worker, worker_grace)
+
+
+def _stop_worker(worker: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """Celery's cold shutdown (SIGQUIT): its pool is ended at once, with the audits it runs
+    (their jailed runs die with their pool process) and their unacknowledged tasks go back to
+    the queue (acknowledged late); SIGKILL to its process group after ``grace`` seconds, or at
+    once on a second SIGTERM or SIGINT."""
+    if worker is None or worker.poll() is not None:
+        return
+
+    def kill(_signum: int = signal.SIGKILL, _frame: object = None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, kill)
+    worker.send_signal(signal.SIGQUIT)
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        kill()
+        worker.wait()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from app.processes import alive, descendants
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -130,14 +132,29 @@ def main() -> None:
             f"{args.data_dir} recon-audit serve` to browse it again"
         )
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stop(server)
         log.close()
-        print("service stopped")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the service, which stops its worker; then every process it had started must
+    be gone (any left is killed, and said)."""
+    tree = descendants(server.pid)
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    deadline = time.monotonic() + 10
+    while (left := {pid for pid in tree if alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    if left:
+        sys.exit(f"the service left processes running (killed now): {sorted(left)}")
+    print("service stopped")
 
 
 if __name__ == "__main__":

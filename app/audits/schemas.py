@@ -23,7 +23,10 @@ class AuditOut(BaseModel):
     id: str
     model_id: str
     owner_id: str
-    protocol: dict[str, str]
+    protocol: dict[str, str | bool] = Field(
+        description="name (a built-in's name taken by another protocol reads custom:<name>), "
+        "version, sha256, builtin (whether it is the built-in protocol itself)"
+    )
     image_set: str
     status: str
     progress: Progress

@@ -17,7 +17,14 @@ from app.images.service import BUILTIN_SET
 from app.networks import repository as networks
 from app.orm import Audit, AuditResult, User
 from app.storage import Store
-from reconstruction.protocols import BUILTIN, ProtocolError, load_protocol, parse_protocol
+from reconstruction.protocols import (
+    BUILTIN,
+    ProtocolError,
+    is_builtin,
+    load_protocol,
+    parse_protocol,
+    shown_name,
+)
 
 __all__ = ["artefact", "as_out", "create_audit", "enqueue", "record_download"]
 
@@ -43,7 +50,7 @@ def create_audit(session: Session, user: User, request: AuditCreate) -> Audit:
     audit = Audit(
         owner_id=user.id,
         network_id=network.id,
-        protocol_name=protocol.name,
+        protocol_name=protocol.shown_name,
         protocol_version=protocol.version,
         protocol_sha256=protocol.sha256,
         protocol_yaml=protocol.to_yaml(),
@@ -103,9 +110,11 @@ def as_out(audit: Audit) -> AuditOut:
         model_id=audit.network_id,
         owner_id=audit.owner_id,
         protocol={
-            "name": audit.protocol_name,
+            # shown_name again: records stored before built-in names were reserved
+            "name": shown_name(audit.protocol_name, audit.protocol_sha256),
             "version": audit.protocol_version,
             "sha256": audit.protocol_sha256,
+            "builtin": is_builtin(audit.protocol_name, audit.protocol_sha256),
         },
         image_set=audit.image_set,
         status=audit.status,

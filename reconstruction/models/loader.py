@@ -41,6 +41,10 @@ GradientAccess = Literal["white-box", "black-box"]
 #: an output whose largest magnitude exceeds this many times the intensity range's largest
 #: magnitude is implausible (a network that does not take the manifest's scaling)
 PLAUSIBLE_FACTOR = 4.0
+#: an output whose standard deviation is at most this fraction of its largest magnitude is
+#: constant: well above float32 rounding around a constant (about 1e-7 of it), well below
+#: anything an image shows (one grey level of 256 is 4e-3)
+CONSTANT_TOLERANCE = 1e-4
 #: relative size of the perturbed probe used for the conversion parity check
 PROBE_PERTURBATION = 0.05
 PROBE_SEED = 0
@@ -190,8 +194,12 @@ def _validate(rec: Reconstructor, y: Tensor, truth: Tensor, m: Manifest) -> dict
             f"test image scaled to {[lo, hi]} (more than {PLAUSIBLE_FACTOR:g}x the range): "
             "check the intensity range and output layout"
         )
-    if float(shown.std()) == 0.0:
-        raise ModelError("the network returned a constant image on a valid input")
+    spread = float(shown.std())
+    if spread <= CONSTANT_TOLERANCE * peak:
+        raise ModelError(
+            f"the network returned a constant image on a valid input (its standard deviation, "
+            f"{spread:.3g}, is at most {CONSTANT_TOLERANCE:g} of its largest value, {peak:.4g})"
+        )
     return {
         "image": "builtin:shepp-logan",
         "output_min": float(shown.min()),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -40,9 +41,11 @@ __all__ = [
     "BUILTIN",
     "Protocol",
     "ProtocolError",
+    "is_builtin",
     "load_protocol",
     "parse_protocol",
     "protocol_json_schema",
+    "shown_name",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -295,6 +298,15 @@ class Protocol(_Strict):
     structural: Structural | None
     sampling: Sampling | None
 
+    @model_validator(mode="after")
+    def _runs_a_test(self) -> Protocol:
+        if self.perturbation is None and self.structural is None and self.sampling is None:
+            raise ValueError(
+                "the protocol runs no test: at least one of perturbation, structural and "
+                "sampling must be given"
+            )
+        return self
+
     def check_image_size(self, image_size: Sequence[int]) -> None:
         """Every check that needs the model's image size (detail heights, the ROI)."""
         if self.structural is not None:
@@ -314,8 +326,39 @@ class Protocol(_Strict):
         dumped: str = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
         return dumped
 
-    def identity(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+    @property
+    def shown_name(self) -> str:
+        """The name the protocol is shown under: see :func:`shown_name`."""
+        return shown_name(self.name, self.sha256)
+
+    def identity(self) -> dict[str, str | bool]:
+        """``name`` is :attr:`shown_name`; ``builtin``: whether it is a built-in protocol
+        itself (its name and canonical hash)."""
+        return {
+            "name": self.shown_name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "builtin": is_builtin(self.name, self.sha256),
+        }
+
+
+@lru_cache
+def _builtin_sha256(name: str) -> str:
+    return load_protocol(name).sha256
+
+
+def is_builtin(name: str, sha256: str) -> bool:
+    """Whether a protocol of this name and canonical hash is the built-in one."""
+    return name in BUILTIN and sha256 == _builtin_sha256(name)
+
+
+def shown_name(name: str, sha256: str) -> str:
+    """Built-in names are reserved: a protocol that takes one without being that built-in
+    (its canonical hash differs: other values, or another version) is shown as
+    ``custom:<name>``; other names as they are (a name cannot hold ``:``)."""
+    if name in BUILTIN and not is_builtin(name, sha256):
+        return f"custom:{name}"
+    return name
 
 
 def protocol_json_schema() -> dict[str, Any]:

@@ -312,3 +312,28 @@ def test_audit_with_details_taller_than_the_image_exits_2(tmp_path: Path) -> Non
     assert code == 2, output
     assert "field 'structural.heights_px'" in output
     assert not (tmp_path / "o").exists()
+
+
+def test_audit_with_a_protocol_that_runs_no_test_exits_2(tmp_path: Path) -> None:
+    import yaml
+
+    from reconstruction.protocols import load_protocol
+
+    data = load_protocol("quick").model_dump(mode="json")
+    data.update(perturbation=None, structural=None, sampling=None)
+    protocol = tmp_path / "empty.yaml"
+    protocol.write_text(yaml.safe_dump(data))
+    folder = EXAMPLES / "automap-mri"
+    code, output = _run(
+        "audit",
+        str(folder / "model.onnx"),
+        "--manifest",
+        str(folder / "manifest.json"),
+        "--protocol",
+        str(protocol),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 2
+    assert "runs no test" in output
+    assert not (tmp_path / "o").exists()

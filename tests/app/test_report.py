@@ -288,3 +288,31 @@ def test_the_cited_decline_is_rendered_and_v1_results_without_it_still_render(
     assert "Largest decline of the network" not in page
     assert "By size and contrast" not in page
     assert result.tests["sampling"].reason in page
+
+
+def _page_texts(page: str) -> list[str]:
+    """Each page's text, its margin boxes (the running footer) included."""
+    import weasyprint
+
+    def texts(box: object) -> list[str]:
+        found = [box.text] if isinstance(getattr(box, "text", None), str) else []  # type: ignore[attr-defined]
+        for child in getattr(box, "children", []):
+            found += texts(child)
+        return found
+
+    document = weasyprint.HTML(string=page).render()
+    return [" ".join(" ".join(texts(p._page_box)).split()) for p in document.pages]
+
+
+def test_a_protocol_posing_as_a_builtin_reads_custom_on_every_page() -> None:
+    spoofed = PROTOCOL_SKIPPING.replace("name: report-test-skipping", "name: standard")
+    document = _suite(spoofed).to_json()
+    assert document["protocol"]["name"] == "custom:standard"
+    assert document["protocol"]["builtin"] is False
+    assert document["protocol_document"]["name"] == "standard"  # the text as submitted
+    pages = _page_texts(render_html(document, {}, parse_protocol(spoofed).to_yaml()))
+    assert len(pages) >= 3
+    for number, text in enumerate(pages, 1):
+        assert "custom:standard v1" in text, f"page {number}"
+        assert not re.search(r"(?<!custom:)standard v1", text), f"page {number}"
+    assert "takes the name of the built-in protocol standard but is not it" in " ".join(pages)

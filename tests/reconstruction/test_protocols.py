@@ -147,3 +147,58 @@ def test_the_roi_is_checked_against_the_image_size() -> None:
     protocol.check_image_size((64, 64))
     with pytest.raises(ProtocolError, match=r"'perturbation.roi': \[0, 0, 40, 20\] does not fit"):
         protocol.check_image_size((32, 32))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_a_builtin_is_shown_under_its_name_even_when_submitted_as_text(name: str) -> None:
+    builtin = load_protocol(name)
+    resubmitted = parse_protocol(yaml.safe_dump(builtin.model_dump(mode="json")))
+    for protocol in (builtin, resubmitted):
+        assert protocol.shown_name == name
+        assert protocol.identity() == {
+            "name": name,
+            "version": builtin.version,
+            "sha256": builtin.sha256,
+            "builtin": True,
+        }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"version": "1"},  # another version of the name
+        {"perturbation": {"budget": {"eps": [1e-6], "iterations": 1}}},  # a weaker search
+        {"description": "the standard audit"},  # any other value changes the hash
+    ],
+)
+def test_a_builtin_name_taken_by_another_protocol_reads_custom(change: dict[str, object]) -> None:
+    data = load_protocol("standard").model_dump(mode="json")
+    for key, value in change.items():
+        if isinstance(value, dict):
+            data[key]["budget"].update(value["budget"])
+        else:
+            data[key] = value
+    spoofed = parse_protocol(yaml.safe_dump(data))
+    assert spoofed.name == "standard"  # as written, and hashed
+    assert spoofed.shown_name == "custom:standard"
+    assert spoofed.identity()["name"] == "custom:standard"
+    assert spoofed.identity()["builtin"] is False
+    assert protocols.shown_name("standard", spoofed.sha256) == "custom:standard"
+
+
+def test_other_names_are_shown_as_they_are() -> None:
+    data = load_protocol("quick").model_dump(mode="json") | {"name": "mine"}
+    mine = parse_protocol(yaml.safe_dump(data))
+    assert mine.shown_name == "mine"
+    assert mine.identity()["builtin"] is False
+    with pytest.raises(ProtocolError, match="field 'name'"):  # a name cannot pose as custom:
+        parse_protocol(yaml.safe_dump(data | {"name": "custom:x"}))
+
+
+def test_a_protocol_that_runs_no_test_is_refused() -> None:
+    data = load_protocol("quick").model_dump(mode="json")
+    data.update(perturbation=None, structural=None, sampling=None)
+    with pytest.raises(ProtocolError, match="runs no test"):
+        parse_protocol(yaml.safe_dump(data))
+    data["sampling"] = load_protocol("quick").model_dump(mode="json")["sampling"]
+    assert parse_protocol(yaml.safe_dump(data)).perturbation is None  # one test is enough

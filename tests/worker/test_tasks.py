@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import redis
 
+from app.processes import alive, descendants
 from tests.app.conftest import PG_ADMIN
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -68,14 +69,28 @@ class Service:
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process's group; it and every process under it (a worker that ``serve``
+        started, its pool, their jailed runs) must be gone within seconds of its end."""
         process = self.processes.pop(name)
+        tree = descendants(process.pid)
         if process.poll() is None:
             os.killpg(process.pid, sig)
         process.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while (left := {pid for pid in tree if alive(pid)}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"{name} left processes running: {sorted(left)}"
 
     def stop(self) -> None:
+        problems = []
         for name in list(self.processes):
-            self.kill(name, signal.SIGTERM)
+            try:
+                self.kill(name, signal.SIGTERM)
+            except AssertionError as exc:
+                problems.append(str(exc))
+        assert not problems, problems
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

@@ -142,3 +142,59 @@ def test_health_and_readiness(client: TestClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "database": "ok", "broker": "ok", "sandbox": "ok"}
+
+
+def test_a_builtin_name_is_reserved_for_the_builtin(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    from reconstruction.protocols import load_protocol
+
+    quick = load_protocol("quick")
+    copy = client.post(
+        "/api/v1/audits",
+        headers=bearer(tokens["alice"]),
+        json={"model_id": model_id, "protocol": quick.to_yaml()},
+    )
+    assert copy.status_code == 202, copy.text
+    assert copy.json()["protocol"] == {**quick.identity(), "name": "quick", "builtin": True}
+    weaker = quick.to_yaml().replace("  max_images: 2\n", "  max_images: 1\n")
+    assert weaker != quick.to_yaml()
+    spoofed = client.post(
+        "/api/v1/audits",
+        headers=bearer(tokens["alice"]),
+        json={"model_id": model_id, "protocol": weaker},
+    )
+    assert spoofed.status_code == 202, spoofed.text
+    shown = spoofed.json()["protocol"]
+    assert shown["name"] == "custom:quick"
+    assert shown["builtin"] is False
+    assert shown["sha256"] != quick.sha256
+    row = db.get(Audit, spoofed.json()["id"])
+    assert row is not None
+    assert row.protocol_name == "custom:quick"
+    assert "name: quick" in row.protocol_yaml  # the text as submitted
+    listed = client.get("/api/v1/audits", headers=bearer(tokens["alice"])).json()
+    names = {a["id"]: a["protocol"]["name"] for a in listed}
+    assert names[spoofed.json()["id"]] == "custom:quick"
+    assert names[copy.json()["id"]] == "quick"
+
+
+def test_a_protocol_without_tests_is_refused_and_nothing_stored(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    import yaml
+
+    from reconstruction.protocols import load_protocol
+
+    data = load_protocol("quick").model_dump(mode="json")
+    data.update(name="empty", perturbation=None, structural=None, sampling=None)
+    before = len(db.scalars(select(Audit)).all())
+    response = client.post(
+        "/api/v1/audits",
+        headers=bearer(tokens["alice"]),
+        json={"model_id": model_id, "protocol": yaml.safe_dump(data)},
+    )
+    assert response.status_code == 422
+    assert response.json()["field"] == "protocol"
+    assert "runs no test" in response.json()["detail"]
+    assert len(db.scalars(select(Audit)).all()) == before

@@ -143,3 +143,30 @@ def test_probe_image_follows_the_intensity_range(tmp_path: Path) -> None:
 def test_missing_model_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found"):
         load(tmp_path / "nope.onnx", write_manifest(tmp_path))
+
+
+class _AlmostConstant(torch.nn.Module):
+    """A constant grey image plus ``leak`` times the input: constant to float32 rounding for
+    ``leak = 1e-7`` (the exact ``std() == 0`` test passes it), an image for larger ``leak``."""
+
+    def __init__(self, leak: float) -> None:
+        super().__init__()
+        self.leak = leak
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = 0.5 + self.leak * x
+        return out
+
+
+@pytest.mark.parametrize(("leak", "constant"), [(1e-7, True), (1e-6, True), (1e-2, False)])
+def test_constant_output_is_found_relative_to_its_scale(
+    tmp_path: Path, leak: float, constant: bool
+) -> None:
+    from reconstruction.models import from_module, load_manifest
+
+    manifest = load_manifest(write_manifest(tmp_path))
+    if constant:
+        with pytest.raises(ModelError, match="constant image"):
+            from_module(_AlmostConstant(leak), manifest)
+    else:
+        assert from_module(_AlmostConstant(leak), manifest).validation["output_max"] > 0.5

@@ -1,0 +1,129 @@
+"""``recon-audit serve`` (embedded: SQLite and the filesystem broker) stops its worker when it
+is stopped (SIGTERM, SIGINT), and its worker dies with it when it is killed (SIGKILL); so do
+the jailed runs of an audit in progress."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.processes import alive, descendants
+from tests.worker.test_tasks import _free_port, _service, _upload
+
+
+def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
+    """``serve`` on a free port, once /healthz answers and its worker has its pool process:
+    the process and every process under it."""
+    env = {**os.environ, "RECON_AUDIT_DATA_DIR": str(tmp_path / "data")}
+    for key in ("DATABASE_URL", "BROKER_URL"):
+        env.pop(key, None)
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    deadline = time.monotonic() + 120
+    healthy = False
+    tree: set[int] = set()
+    try:
+        while len(tree) < 2 or not healthy:  # the worker and its pool process
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "serve did not come up"
+            if not healthy:
+                try:
+                    healthy = httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.3)
+            tree = descendants(serve.pid)
+    except BaseException:
+        _kill(serve, tree | descendants(serve.pid))
+        raise
+    return serve, tree
+
+
+def _kill(serve: subprocess.Popen[bytes], tree: set[int]) -> None:
+    for pid in (serve.pid, *tree):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    serve.wait()
+
+
+def _gone(serve: subprocess.Popen[bytes], tree: set[int], seconds: float) -> set[int]:
+    """The processes of ``tree`` still running ``seconds`` after ``serve`` ended (``serve``
+    must end within them)."""
+    deadline = time.monotonic() + seconds
+    serve.wait(timeout=seconds)
+    while (left := {pid for pid in tree if alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_service_stops_its_worker(tmp_path: Path, signum: int) -> None:
+    serve, tree = _start(tmp_path)
+    try:
+        serve.send_signal(signum)
+        left = _gone(serve, tree, 15)
+        assert not left, f"still running after {signum!r}: {sorted(left)}"
+        assert serve.returncode == -signum  # it dies of the signal it got, after the worker
+    finally:
+        _kill(serve, tree)
+
+
+def test_the_worker_dies_with_a_killed_service(tmp_path: Path) -> None:
+    serve, tree = _start(tmp_path)
+    try:
+        serve.kill()
+        left = _gone(serve, tree, 10)
+        assert not left, f"still running after SIGKILL: {sorted(left)}"
+    finally:
+        _kill(serve, tree)
+
+
+def _jailed_audit_running(tree: set[int]) -> bool:
+    commands = []
+    for pid in tree:
+        try:
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+    return any(c[0].endswith(b"bwrap") for c in commands) and any(b"audit" in c for c in commands)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_an_audit_in_progress_ends_with_the_service(tmp_path: Path, signum: int) -> None:
+    svc = _service(tmp_path, "embedded")
+    svc.start("api", "serve", "--port", str(svc.port))
+    serve = svc.processes["api"]
+    try:
+        svc.wait_ready()
+        token = svc.cli("admin", "create-user", "alice", "--role", "submitter")
+        created = httpx.post(
+            f"{svc.url}/api/v1/audits",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"model_id": _upload(svc, token)},
+        )
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 120
+        while not _jailed_audit_running(tree := descendants(serve.pid)):
+            assert time.monotonic() < deadline, f"no jailed audit started; see {svc.logs}"
+            time.sleep(0.2)
+        serve.send_signal(signum)
+        left = _gone(serve, tree, 15)
+        assert not left, f"still running after {signum!r}: {sorted(left)}"
+    finally:
+        svc.stop()
