@@ -292,14 +292,12 @@ def test_audit_bad_input_exits_2(tmp_path: Path, extra: list[str], message: str)
     assert not (tmp_path / "o").exists()
 
 
-def test_audit_with_details_taller_than_the_image_exits_2(tmp_path: Path) -> None:
-    """The protocol is valid on its own; the model's 32 x 32 images make its heights wrong."""
-    from reconstruction.protocols import load_protocol
-
-    protocol = tmp_path / "tall.yaml"
-    protocol.write_text(load_protocol("quick").to_yaml().replace("- 10\n", "- 40\n", 1))
+def _audit_automap_with(tmp_path: Path, protocol_text: str) -> tuple[int, str]:
+    """``recon-audit audit`` of the AUTOMAP reference with a protocol file of this text."""
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(protocol_text)
     folder = EXAMPLES / "automap-mri"
-    code, output = _run(
+    return _run(
         "audit",
         str(folder / "model.onnx"),
         "--manifest",
@@ -309,6 +307,14 @@ def test_audit_with_details_taller_than_the_image_exits_2(tmp_path: Path) -> Non
         "--out",
         str(tmp_path / "o"),
     )
+
+
+def test_audit_with_details_taller_than_the_image_exits_2(tmp_path: Path) -> None:
+    """The protocol is valid on its own; the model's 32 x 32 images make its heights wrong."""
+    from reconstruction.protocols import load_protocol
+
+    text = load_protocol("quick").to_yaml().replace("- 10\n", "- 40\n", 1)
+    code, output = _audit_automap_with(tmp_path, text)
     assert code == 2, output
     assert "field 'structural.heights_px'" in output
     assert not (tmp_path / "o").exists()
@@ -321,19 +327,7 @@ def test_audit_with_a_protocol_that_runs_no_test_exits_2(tmp_path: Path) -> None
 
     data = load_protocol("quick").model_dump(mode="json")
     data.update(perturbation=None, structural=None, sampling=None)
-    protocol = tmp_path / "empty.yaml"
-    protocol.write_text(yaml.safe_dump(data))
-    folder = EXAMPLES / "automap-mri"
-    code, output = _run(
-        "audit",
-        str(folder / "model.onnx"),
-        "--manifest",
-        str(folder / "manifest.json"),
-        "--protocol",
-        str(protocol),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    code, output = _audit_automap_with(tmp_path, yaml.safe_dump(data))
     assert code == 2
     assert "runs no test" in output
     assert not (tmp_path / "o").exists()
