@@ -197,7 +197,10 @@ def _bwrap_args(
             args += ["--symlink", os.readlink(target), str(target)]
         elif target.is_dir():
             args += ["--ro-bind", str(target), str(target)]
-    made: set[Path] = set()
+    # the private /tmp first: the interpreter or the project may live under /tmp (a CI clone),
+    # and a tmpfs mounted after their binds would hide them
+    args += ["--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+    made: set[Path] = {Path("/tmp")}
     # of /etc only what holds no secrets and is needed: the compilers' links (torch.compile)
     # and fontconfig's configuration (the figures' text)
     for shared in (Path("/etc/alternatives"), Path("/etc/fonts")):
@@ -209,7 +212,6 @@ def _bwrap_args(
     if gpu:
         for node in sorted(Path("/dev").glob("nvidia*")):
             args += ["--dev-bind", str(node), str(node)]
-    args += ["--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
     args += ["--bind", str(workdir), JOB, "--remount-ro", "/", "--chdir", JOB]
     args += ["--seccomp", str(seccomp_fd), "--info-fd", str(info_fd), "--"]
     if os.geteuid() == 0:

@@ -282,3 +282,18 @@ def test_the_parent_keeps_a_bounded_part_of_the_output(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == STDERR_LINES
     assert lines[-1] == "line 4999"
+
+
+def test_trees_under_tmp_stay_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clone of the project (and its virtual environment) may live under /tmp: the jail's
+    private /tmp must not hide it."""
+    import app.sandbox as sandbox
+
+    tree = tmp_path / "clone"
+    tree.mkdir()
+    (tree / "marker.txt").write_text("visible")
+    trees = sandbox._python_trees()
+    monkeypatch.setattr(sandbox, "_python_trees", lambda: [*trees, tree])
+    result = _jailed(tmp_path, f"print(open({str(tree / 'marker.txt')!r}).read())")
+    assert result.returncode == 0, result.stderr
+    assert "visible" in result.stdout
