@@ -304,7 +304,9 @@ def _ascend(
         idx = active.nonzero().flatten()
         if idx.numel() == 0:
             break
-        ui = u[idx].detach().requires_grad_(gradients)
+        # the images' tensors by a view while every start is active (the common case)
+        sel: slice | Tensor = slice(None) if idx.numel() == n else idx
+        ui = u[sel].detach().requires_grad_(gradients)
         if gradients:
             value, _ = prob.change2(ui, owner[idx], radius)
             (grad,) = torch.autograd.grad(value.sum(), ui)
@@ -325,29 +327,32 @@ def _ascend(
         with torch.no_grad():
             if cfg.method == "adam":
                 g = torch.view_as_real(grad) if grad.is_complex() else grad
-                m = adam_m[idx]
+                m = adam_m[sel]
                 m_real = torch.view_as_real(m) if m.is_complex() else m
                 m_real.mul_(ADAM_BETAS[0]).add_((1 - ADAM_BETAS[0]) * g)
-                v = adam_v[idx]
+                v = adam_v[sel]
                 g2 = g.square().sum(-1) if grad.is_complex() else g.square()
                 v.mul_(ADAM_BETAS[1]).add_((1 - ADAM_BETAS[1]) * g2)
                 t = iters[idx].to(torch.float32)
                 m_hat = m / per_item(1 - ADAM_BETAS[0] ** t, m)
                 v_hat = v / per_item(1 - ADAM_BETAS[1] ** t, v)
-                adam_m[idx], adam_v[idx] = m, v
-                u[idx] = _project(ui.detach() + lr * m_hat / (v_hat.sqrt() + 1e-8))
+                adam_m[sel], adam_v[sel] = m, v
+                u[sel] = _project(ui.detach() + lr * m_hat / (v_hat.sqrt() + 1e-8))
             else:
                 halve = since[idx] >= cfg.patience
                 restart = idx[halve]
                 step[restart] = step[restart] / 2
                 since[restart] = 0
-                base = torch.where(per_item(halve, ui), best_u[idx], ui.detach())
-                prev = torch.where(per_item(halve, ui), best_u[idx], u_prev[idx])
+                if bool(halve.any()):
+                    base = torch.where(per_item(halve, ui), best_u[sel], ui.detach())
+                    prev = torch.where(per_item(halve, ui), best_u[sel], u_prev[sel])
+                else:
+                    base, prev = ui.detach(), u_prev[sel]
                 z = _project(base + per_item(step[idx], grad) * _unit(grad))
                 fresh = per_item((iters[idx] == 1) | halve, z)
                 moved = _project(base + MOMENTUM * (z - base) + (1 - MOMENTUM) * (base - prev))
-                u_prev[idx] = base
-                u[idx] = torch.where(fresh, z, moved)
+                u_prev[sel] = base
+                u[sel] = torch.where(fresh, z, moved)
         if it + 1 >= max(cfg.min_iterations, cfg.plateau_window + 1):
             old = history[it - cfg.plateau_window]
             flat = best[idx] <= old[idx] * (1 + cfg.plateau_tolerance)

