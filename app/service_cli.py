@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
@@ -124,7 +126,12 @@ def _stop(signum: int, _frame: object) -> None:
     raise _Stopped(signum)
 
 
-def serve(host: str, port: int, with_worker: bool, worker_grace: float = 30) -> None:
+WORKER_GRACE = 30.0
+"""Seconds a stopped ``serve`` gives its worker's cold shutdown before killing its process
+group."""
+
+
+def serve(host: str, port: int, with_worker: bool, worker_grace: float = WORKER_GRACE) -> None:
     """The API (and a worker). On SIGTERM or SIGINT the worker is stopped (see
     :func:`_stop_worker`) before ``serve`` dies of the signal it got; uvicorn re-raises the
     signal after its own shutdown, and our handler turns it into an exception so that the
@@ -170,9 +177,20 @@ def _stop_worker(worker: subprocess.Popen[bytes] | None, grace: float) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, kill)
+    started = time.monotonic()
+    _say(f"stopping the worker (pid {worker.pid}, cold shutdown, {grace:g} s grace)")
     worker.send_signal(signal.SIGQUIT)
     try:
         worker.wait(timeout=grace)
     except subprocess.TimeoutExpired:
+        _say(f"the worker did not stop within {grace:g} s: killing its process group")
         kill()
         worker.wait()
+    _say(f"worker stopped after {time.monotonic() - started:.1f} s (exit {worker.returncode})")
+
+
+def _say(message: str) -> None:
+    """A line on ``serve``'s log, stamped like uvicorn's and Celery's."""
+    stamp = datetime.now(UTC).isoformat(sep=" ", timespec="milliseconds")
+    sys.stderr.write(f"[{stamp}] serve: {message}\n")
+    sys.stderr.flush()
