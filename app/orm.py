@@ -94,6 +94,10 @@ class Audit(Base):
     verdicts: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(default=0)
+    #: the worker process holding it while it runs ("host:pid:nonce"), and until when (Unix
+    #: time; renewed while it runs): a lost lease is taken over (worker/tasks.py)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_expires: Mapped[float | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -141,6 +145,10 @@ class AuditShard(Base):
     status: Mapped[str] = mapped_column(String(20), default="queued")
     percent: Mapped[float] = mapped_column(default=0.0)
     attempts: Mapped[int] = mapped_column(default=0)
+    #: the worker process holding it while it runs ("host:pid:nonce"), and until when (Unix
+    #: time; renewed while it runs): a lost lease is taken over (worker/tasks.py)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_expires: Mapped[float | None] = mapped_column(default=None)
     #: the shard's results.json (its own test filled in, the others skipped)
     results: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     #: its figures in the store: {"figures/x.png": sha256}

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     device: str = "cpu"
     #: seconds before an unacknowledged task is redelivered by Redis (a worker that died)
     broker_visibility_timeout: int = 3600
+    #: seconds a worker's hold on a running audit or shard lasts unless renewed (it renews it
+    #: every quarter of that while it runs): a worker that dies without a word is taken over
+    #: after it, by every broker; one that dies on this host is taken over at once
+    lease_seconds: int = 60
     #: run an audit's tests as separate tasks, so several workers share one audit
     fan_out: bool = True
     #: the certificates' signing key and certificate chain (PKCS#12); None: the service's own

@@ -12,26 +12,34 @@ the certificate (its id is the audit's id; the subject shows the manifest from t
 signs it (:func:`app.certificates.service.sign_report`) right before the files are stored, in
 both paths, so the stored ``report.pdf`` is always the signed certificate.
 
-Idempotent: a finished audit or shard is left alone; a redelivered task (its worker died) runs
-again; results are written once (the results table is keyed by the audit and refuses updates).
+Exactly once: a worker claims the audit or shard it runs (a lease, :mod:`app.audits.leases`),
+renewed while it runs; a finished one is left alone, and one held by a live worker too. A task
+whose worker died is run again: delivered again by Redis (visibility timeout), or sent again by
+any worker's sweep for lost leases (at start and every half lease; the embedded broker loses a
+taken message with its worker). Results are written once (the results table is keyed by the
+audit and refuses updates).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init, worker_ready
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import events
+from app.audits import leases
 from app.certificates.service import SignedReport, sign_report
-from app.db import session_factory, utcnow
+from app.db import get_engine, session_factory, utcnow
 from app.networks.service import materialise, safe_name
 from app.orm import Audit, AuditResult, AuditShard, ImageSet, Network
 from app.report import Certificate, write_documents
@@ -42,8 +50,9 @@ from reconstruction.protocols import parse_protocol
 from reconstruction.suite import TESTS, merge_results
 from worker.celery_app import app
 
-__all__ = ["run_audit", "run_shard"]
+__all__ = ["requeue_interrupted", "run_audit", "run_shard"]
 
+logger = logging.getLogger(__name__)
 ACTOR = "worker"
 #: seconds between progress writes
 PROGRESS_EVERY = 1.0
@@ -60,6 +69,7 @@ def _fail(audit_id: str, message: str) -> None:
         if audit is None or audit.status in FINISHED:
             return
         audit.status, audit.error, audit.finished_at = "failed", message[:4000], utcnow()
+        audit.lease_owner = audit.lease_expires = None
         events.record(session, ACTOR, "audit.failed", f"audit:{audit_id}", {"error": message[:500]})
         session.commit()
 
@@ -251,6 +261,7 @@ def _finish(
             events.record(session, ACTOR, "certificate.signed", f"audit:{audit_id}", signed.event())
         audit.status, audit.stage, audit.percent = "succeeded", "done", 100.0
         audit.verdicts, audit.finished_at = results["verdicts"], utcnow()
+        audit.lease_owner = audit.lease_expires = None
         events.record(
             session,
             ACTOR,
@@ -265,16 +276,19 @@ def _finish(
 def run_audit(audit_id: str) -> str:
     settings = get_settings()
     with session_factory()() as session:
-        audit = session.get(Audit, audit_id, with_for_update=True)
+        audit = session.get(Audit, audit_id)
         if audit is None or audit.status in FINISHED:
             return "nothing to do"
         if session.get(AuditResult, audit_id) is not None:  # stored, status not yet written
             audit.status, audit.percent, audit.finished_at = "succeeded", 100.0, utcnow()
+            audit.lease_owner = audit.lease_expires = None
             session.commit()
             return "succeeded"
+        owner = leases.claim(session, audit)
+        if owner is None:
+            return "held by another worker"
         tests = _tests(audit.protocol_yaml)
-        audit.status, audit.stage, audit.percent = "running", "starting", 0.0
-        audit.attempts += 1
+        audit.stage, audit.percent = "starting", 0.0
         audit.started_at = utcnow()
         fan_out = settings.fan_out and len(tests) > 1
         known: dict[str, AuditShard] = {}
@@ -292,12 +306,20 @@ def run_audit(audit_id: str) -> str:
                 if test not in known:
                     session.add(AuditShard(audit_id=audit_id, test=test))
         session.commit()
-    if fan_out:
-        for test in tests:
-            if known.get(test) is None or known[test].status != "succeeded":
-                app.send_task("worker.tasks.run_shard", args=[audit_id, test])
-        return "fanned out"
     store = Store(settings.store_dir)
+    with leases.holding(Audit, audit_id, owner):
+        if fan_out:
+            pending = [t for t in tests if known.get(t) is None or known[t].status != "succeeded"]
+            if not pending:  # every shard ran; the worker that was to merge them was lost
+                return _merge_if_complete(store, audit_id, owner)
+            for test in pending:
+                app.send_task("worker.tasks.run_shard", args=[audit_id, test])
+            return "fanned out"
+        return _run_whole(store, audit_id)
+
+
+def _run_whole(store: Store, audit_id: str) -> str:
+    """The audit in one task: every test in one jailed run, then the certificate."""
     workdir = store.workdir(f"audit-{audit_id}-")
     # the certificate is written in a folder of the worker's own, never in one the sandboxed
     # run could have prepared (links planted there would redirect the worker's writes)
@@ -334,43 +356,43 @@ def run_shard(audit_id: str, test: str) -> str:
         ).first()
         if audit is None or shard is None or audit.status in FINISHED:
             return "nothing to do"
-        if shard.status != "succeeded":
-            shard.status, shard.attempts = "running", shard.attempts + 1
-            session.commit()
-        done = shard.status == "succeeded"
+        owner = None if shard.status == "succeeded" else leases.claim(session, shard)
+        if owner is None and shard.status != "succeeded":
+            return "held by another worker"
+        shard_id = shard.id
     store = Store(settings.store_dir)
-    if not done:
-        workdir = store.workdir(f"shard-{audit_id}-{test}-")
-        try:
-            out = _run(store, audit_id, workdir, ["--only", test, "--no-pdf"], test)
-            results = _results(out)
-            figures = {f"figures/{p.name}": store.add(p) for p in _sandbox_figures(out)}
-        except SoftTimeLimitExceeded:
-            _fail(audit_id, f"the {test} test exceeded its time limit")
-            return "failed"
-        except Exception as exc:
-            _fail(audit_id, f"{test}: {_message(exc)}")
-            return "failed"
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        with session_factory()() as session:
-            shard = session.scalars(
-                select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.test == test)
-            ).one()
-            shard.status, shard.percent, shard.results, shard.files = (
-                "succeeded",
-                100.0,
-                results,
-                figures,
-            )
-            session.commit()
+    if owner is not None:
+        with leases.holding(AuditShard, shard_id, owner):
+            workdir = store.workdir(f"shard-{audit_id}-{test}-")
+            try:
+                out = _run(store, audit_id, workdir, ["--only", test, "--no-pdf"], test)
+                results = _results(out)
+                figures = {f"figures/{p.name}": store.add(p) for p in _sandbox_figures(out)}
+            except SoftTimeLimitExceeded:
+                _fail(audit_id, f"the {test} test exceeded its time limit")
+                return "failed"
+            except Exception as exc:
+                _fail(audit_id, f"{test}: {_message(exc)}")
+                return "failed"
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            with session_factory()() as session:
+                shard = session.get_one(AuditShard, shard_id)
+                shard.status, shard.percent, shard.results, shard.files = (
+                    "succeeded",
+                    100.0,
+                    results,
+                    figures,
+                )
+                session.commit()
     return _merge_if_complete(store, audit_id)
 
 
-def _merge_if_complete(store: Store, audit_id: str) -> str:
-    """The last shard to finish merges all of them, renders the report and stores it once."""
+def _merge_if_complete(store: Store, audit_id: str, owner: str | None = None) -> str:
+    """The last shard to finish merges all of them, renders the report and stores it once,
+    holding the audit's lease meanwhile (``owner``: the caller holds it already)."""
     with session_factory()() as session:
-        audit = session.get(Audit, audit_id, with_for_update=True)
+        audit = session.get(Audit, audit_id)
         if audit is None or audit.status in FINISHED:
             return "nothing to do"
         shards = session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)).all()
@@ -378,6 +400,21 @@ def _merge_if_complete(store: Store, audit_id: str) -> str:
             return "shard stored"
         documents = [s.results for s in sorted(shards, key=lambda s: TESTS.index(s.test))]
         figure_files = {k: v for s in shards for k, v in (s.files or {}).items()}
+        claimed = None if owner is not None else leases.claim(session, audit, count=False)
+        if owner is None and claimed is None:
+            return "merged by another worker"
+    if claimed is None:
+        return _merge(store, audit_id, documents, figure_files)
+    with leases.holding(Audit, audit_id, claimed):
+        return _merge(store, audit_id, documents, figure_files)
+
+
+def _merge(
+    store: Store,
+    audit_id: str,
+    documents: list[dict[str, Any] | None],
+    figure_files: dict[str, str],
+) -> str:
     workdir = store.workdir(f"merge-{audit_id}-")
     try:
         merged = merge_results([d for d in documents if d is not None])
@@ -393,6 +430,43 @@ def _merge_if_complete(store: Store, audit_id: str) -> str:
         return "failed"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def requeue_interrupted() -> int:
+    """Send again every task whose worker was lost (:func:`app.audits.leases.interrupted`);
+    how many."""
+    with session_factory()() as session:
+        found = leases.interrupted(session)
+        session.commit()
+    for item in found:
+        if item.test is None:
+            app.send_task("worker.tasks.run_audit", args=[item.audit_id])
+        else:
+            app.send_task("worker.tasks.run_shard", args=[item.audit_id, item.test])
+        logger.warning("requeued %s of audit %s: its worker was lost", item.test, item.audit_id)
+    return len(found)
+
+
+@worker_ready.connect
+def _sweep_for_lost_workers(**_kwargs: object) -> None:
+    """In the worker's main process: requeue interrupted audits at start and every half lease."""
+    every = get_settings().lease_seconds / 2
+
+    def sweep() -> None:
+        while True:
+            try:
+                requeue_interrupted()
+            except Exception:  # the database may be away for a while: try again later
+                logger.exception("the sweep for interrupted audits failed")
+            time.sleep(every)
+
+    threading.Thread(target=sweep, name="requeue-interrupted", daemon=True).start()
+
+
+@worker_process_init.connect
+def _own_connections(**_kwargs: object) -> None:
+    """A pool process opens its own database connections, never the parent's (forked) ones."""
+    get_engine().dispose(close=False)
 
 
 def _figure_order(name: str) -> tuple[int, str]:

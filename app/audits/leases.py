@@ -1,0 +1,179 @@
+"""Which worker holds a running audit or shard: a lease, so that an interrupted one is run
+again exactly once, whatever the broker.
+
+A worker *claims* an audit (its whole run, its fan-out, or the merge of its shards) or a shard
+before it runs it: a conditional update that succeeds only where the row is queued, or running
+under a *lost* lease (expired, or held by a process of this host that no longer runs). While it
+runs, a thread renews the lease every quarter of ``lease_seconds``. A redelivered task (Redis's
+visibility timeout, a pool process lost) that finds the row held by a live worker leaves it.
+
+Kombu's filesystem transport (the embedded broker) deletes a message when a worker takes it, so
+a worker killed mid-run loses its message; every worker therefore sweeps, at start and every
+half lease, for running rows whose lease is lost (:func:`interrupted`): it puts them back to
+``queued`` (recorded in the audit log) and sends their task again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app import events
+from app.db import session_factory
+from app.orm import Audit, AuditShard
+from app.processes import alive
+from app.settings import get_settings
+
+__all__ = ["Requeue", "claim", "holding", "interrupted", "lost"]
+
+ACTOR = "worker"
+Leased = Audit | AuditShard
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """A task to send again: ``run_shard(audit_id, test)``, or ``run_audit(audit_id)`` where
+    ``test`` is None."""
+
+    audit_id: str
+    test: str | None
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def lost(owner: str | None, expires: float | None, now: float) -> bool:
+    """Whether a lease no longer holds: none, expired, or its process (on this host) is gone."""
+    if owner is None or expires is None or expires < now:
+        return True
+    host, pid, _ = owner.rsplit(":", 2)
+    return host == socket.gethostname() and not alive(int(pid))
+
+
+def claim(session: Session, row: Leased, count: bool = True) -> str | None:
+    """Take ``row`` (queued, or running under a lost lease) for this process: it is marked
+    running, its attempts counted (where ``count``), and the new lease's owner returned; None
+    when it is held by a live worker or finished. Committed."""
+    now = time.time()
+    if row.status not in ("queued", "running"):
+        return None
+    if row.status == "running" and not lost(row.lease_owner, row.lease_expires, now):
+        return None
+    table = type(row)
+    owner = _owner()
+    taken = session.execute(
+        update(table)
+        .where(
+            table.id == row.id,
+            table.status == row.status,
+            table.lease_owner.is_(None)
+            if row.lease_owner is None
+            else table.lease_owner == row.lease_owner,
+        )
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires=now + get_settings().lease_seconds,
+            attempts=table.attempts + int(count),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(row)
+    return owner if taken.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def release(session: Session, table: type[Leased], row_id: object, owner: str) -> None:
+    """Give the lease up (where it is still ``owner``'s); the caller commits."""
+    session.execute(
+        update(table)
+        .where(table.id == row_id, table.lease_owner == owner)
+        .values(lease_owner=None, lease_expires=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@contextlib.contextmanager
+def holding(table: type[Leased], row_id: object, owner: str) -> Iterator[None]:
+    """Renew ``owner``'s lease on the row while the block runs, and give it up afterwards."""
+    seconds = get_settings().lease_seconds
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(seconds / 4):
+            with session_factory()() as session:
+                session.execute(
+                    update(table)
+                    .where(table.id == row_id, table.lease_owner == owner)
+                    .values(lease_expires=time.time() + seconds)
+                    .execution_options(synchronize_session=False)
+                )
+                session.commit()
+
+    thread = threading.Thread(target=renew, name=f"lease-{row_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with session_factory()() as session:
+            release(session, table, row_id, owner)
+            session.commit()
+
+
+def interrupted(session: Session) -> list[Requeue]:
+    """Put every running shard, and every audit held for its own run, fan-out or merge, whose
+    lease is lost back to ``queued`` (each logged as ``audit.requeued``); the tasks to send
+    again, once committed. Two workers sweeping at once requeue each row once."""
+    now = time.time()
+    found: list[Requeue] = []
+    audits = session.scalars(select(Audit).where(Audit.status == "running")).all()
+    for audit in audits:
+        rows: list[tuple[Leased, str | None]] = [
+            (shard, shard.test)
+            for shard in session.scalars(
+                select(AuditShard).where(
+                    AuditShard.audit_id == audit.id, AuditShard.status == "running"
+                )
+            )
+        ]
+        if audit.lease_owner is not None:
+            rows.append((audit, None))
+        for row, test in rows:
+            if not lost(row.lease_owner, row.lease_expires, now):
+                continue
+            table = type(row)
+            requeued = session.execute(
+                update(table)
+                .where(
+                    table.id == row.id,
+                    table.status == "running",
+                    table.lease_owner.is_(None)
+                    if row.lease_owner is None
+                    else table.lease_owner == row.lease_owner,
+                )
+                .values(status="queued", lease_owner=None, lease_expires=None)
+                .execution_options(synchronize_session=False)
+            )
+            if requeued.rowcount != 1:  # type: ignore[attr-defined]
+                continue  # another worker's sweep, or the holder, got there first
+            events.record(
+                session,
+                ACTOR,
+                "audit.requeued",
+                f"audit:{audit.id}",
+                {"test": test, "lost": row.lease_owner or "no lease"},
+            )
+            found.append(Requeue(audit.id, test))
+    return found
