@@ -1,0 +1,127 @@
+"""Leases on running audits and shards (on the real, migrated PostgreSQL): a claim takes a
+queued row or one whose holder is lost, never one a live worker holds; the sweep requeues
+exactly the lost ones, once, and logs each."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audits.leases import Requeue, claim, interrupted, lost
+from app.orm import Audit, AuditEvent, AuditShard, Network, User
+
+
+def _audit(db: Session) -> Audit:
+    user = User(name="leaser", role="submitter", token_hash="0" * 64)
+    db.add(user)
+    db.flush()
+    network = Network(
+        owner_id=user.id,
+        name="n",
+        sha256="1" * 64,
+        format="onnx",
+        gradient_access="white-box",
+        size_bytes=1,
+        filename="model.onnx",
+        manifest={},
+        manifest_sha256="2" * 64,
+        files=[],
+        summary={},
+    )
+    db.add(network)
+    db.flush()
+    audit = Audit(
+        owner_id=user.id,
+        network_id=network.id,
+        protocol_name="quick",
+        protocol_version="2",
+        protocol_sha256="3" * 64,
+        protocol_yaml="name: quick",
+        image_set="builtin",
+    )
+    db.add(audit)
+    db.commit()
+    return audit
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_lost_leases() -> None:
+    now = time.time()
+    here = socket.gethostname()
+    assert lost(None, None, now)
+    assert lost(f"{here}:1:ab", now - 1, now)  # expired
+    assert not lost(f"{here}:{os.getpid()}:ab", now + 60, now)
+    assert lost(f"{here}:{_dead_pid()}:ab", now + 60, now)  # its process is gone
+    # a process of another host is trusted until its lease expires
+    assert not lost(f"elsewhere:{_dead_pid()}:ab", now + 60, now)
+
+
+def test_a_claim_takes_a_queued_or_lost_row_and_never_a_held_one(db: Session) -> None:
+    audit = _audit(db)
+    owner = claim(db, audit)
+    assert owner is not None
+    assert (audit.status, audit.lease_owner, audit.attempts) == ("running", owner, 1)
+    assert claim(db, audit) is None  # held by a live process (this one)
+    assert audit.attempts == 1
+
+    audit.lease_owner = f"{socket.gethostname()}:{_dead_pid()}:ab"
+    db.commit()
+    taken = claim(db, audit, count=False)
+    assert taken is not None
+    assert taken != owner
+    assert audit.attempts == 1
+
+    audit.status = "succeeded"
+    db.commit()
+    assert claim(db, audit) is None
+
+
+def test_the_sweep_requeues_each_lost_row_once(db: Session) -> None:
+    audit = _audit(db)
+    audit.status = "running"
+    dead = f"{socket.gethostname()}:{_dead_pid()}:ab"
+    live = f"{socket.gethostname()}:{os.getpid()}:cd"
+    later = time.time() + 60
+    db.add_all(
+        [
+            AuditShard(audit_id=audit.id, test="perturbation", status="running"),
+            AuditShard(audit_id=audit.id, test="structural", status="succeeded"),
+            AuditShard(audit_id=audit.id, test="sampling", status="queued"),
+        ]
+    )
+    db.commit()
+    shards = {s.test: s for s in db.scalars(select(AuditShard))}
+    shards["perturbation"].lease_owner, shards["perturbation"].lease_expires = dead, later
+    db.commit()
+
+    assert interrupted(db) == [Requeue(audit.id, "perturbation")]
+    db.commit()
+    db.refresh(shards["perturbation"])
+    assert (shards["perturbation"].status, shards["perturbation"].lease_owner) == ("queued", None)
+    assert interrupted(db) == []  # once
+
+    # a live holder is left alone; an audit held for its merge by a lost worker is requeued
+    shards["perturbation"].status, shards["perturbation"].lease_owner = "running", live
+    shards["perturbation"].lease_expires = later
+    audit.lease_owner, audit.lease_expires = dead, later
+    db.commit()
+    assert interrupted(db) == [Requeue(audit.id, None)]
+    db.commit()
+    db.refresh(audit)
+    assert (audit.status, audit.lease_owner) == ("queued", None)
+    logged = db.scalars(select(AuditEvent).where(AuditEvent.action == "audit.requeued")).all()
+    assert [(e.subject, e.details["test"]) for e in logged] == [
+        (f"audit:{audit.id}", "perturbation"),
+        (f"audit:{audit.id}", None),
+    ]
