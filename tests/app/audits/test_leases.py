@@ -50,6 +50,12 @@ def _audit(db: Session) -> Audit:
     return audit
 
 
+def _lease(db: Session, row: Audit | AuditShard) -> tuple[str, str | None]:
+    """A row's status and lease holder, as stored."""
+    db.refresh(row)
+    return row.status, row.lease_owner
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -107,8 +113,7 @@ def test_the_sweep_requeues_each_lost_row_once(db: Session) -> None:
 
     assert interrupted(db) == [Requeue(audit.id, "perturbation")]
     db.commit()
-    db.refresh(shards["perturbation"])
-    assert (shards["perturbation"].status, shards["perturbation"].lease_owner) == ("queued", None)
+    assert _lease(db, shards["perturbation"]) == ("queued", None)
     assert interrupted(db) == []  # once
 
     # a live holder is left alone; an audit held for its merge by a lost worker is requeued
@@ -118,8 +123,7 @@ def test_the_sweep_requeues_each_lost_row_once(db: Session) -> None:
     db.commit()
     assert interrupted(db) == [Requeue(audit.id, None)]
     db.commit()
-    db.refresh(audit)
-    assert (audit.status, audit.lease_owner) == ("queued", None)
+    assert _lease(db, audit) == ("queued", None)
     logged = db.scalars(select(AuditEvent).where(AuditEvent.action == "audit.requeued")).all()
     assert [(e.subject, e.details["test"]) for e in logged] == [
         (f"audit:{audit.id}", "perturbation"),
