@@ -1,8 +1,13 @@
-"""Shared fixtures: seeded generators and the devices to test on (CPU, and CUDA when present)."""
+"""Shared fixtures: seeded generators and the devices to test on (CPU, and CUDA when present);
+and a check, when the session ends, that no test left a process running."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 # The wavelet kernels compile (torch.compile) once per shape; the suite uses many shapes, so it
 # runs them eagerly. tests/reconstruction/test_wavelets.py checks the compiled path itself.
@@ -10,6 +15,8 @@ os.environ["RECON_AUDIT_COMPILE"] = "0"
 
 import pytest
 import torch
+
+from app.processes import alive
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # as run_suite does: subnormal floats flushed to zero (the unrolled baselines' backward passes
@@ -25,3 +32,38 @@ def device(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+def _started_by_tests(basetemp: Path) -> list[tuple[int, str]]:
+    """Processes other than this one whose environment or command line names the session's
+    temporary folder (every service a test starts has its data there): pid, command."""
+    mark = f"{basetemp}{os.sep}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if (mark in environ or mark in command) and alive(int(entry.name)):
+            found.append((int(entry.name), command.replace(b"\0", b" ").decode(errors="replace")))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test: no process a test started runs on (they are killed, and the session
+    fails naming them)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    yield
+    deadline = time.monotonic() + 10
+    while (left := _started_by_tests(basetemp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"tests left processes running: {left}"
