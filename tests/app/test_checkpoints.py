@@ -135,3 +135,33 @@ def test_a_forged_checkpoint_is_refused(data_dir: Path) -> None:
     code, report = _verify()
     assert code == 1
     assert "its signature does not verify" in str(report["problem"])
+
+
+def test_a_finished_audit_refuses_changes_on_sqlite(data_dir: Path) -> None:
+    assert _invoke("migrate").exit_code == 0
+    with sqlite3.connect(data_dir / "recon-audit.db") as connection:
+        connection.execute(
+            "INSERT INTO users (id, name, role, token_hash, created_at) "
+            "VALUES ('u', 'sam', 'submitter', 'h', '2026-12-01 00:00:00')"
+        )
+        connection.execute(
+            "INSERT INTO networks (id, owner_id, name, sha256, format, gradient_access, "
+            "size_bytes, filename, manifest, manifest_sha256, files, summary, created_at) "
+            "VALUES ('n', 'u', 'n', 's', 'onnx', 'white-box', 1, 'm.onnx', '{}', 'm', '[]', "
+            "'{}', '2026-12-01 00:00:00')"
+        )
+        for id_, status in (("running", "running"), ("done", "succeeded")):
+            connection.execute(
+                "INSERT INTO audits (id, owner_id, network_id, protocol_name, protocol_version, "
+                "protocol_sha256, protocol_yaml, image_set, status, percent, attempts, "
+                "created_at, verdicts) VALUES (?, 'u', 'n', 'quick', '2', 'p', '', 'builtin', ?, "
+                """0, 0, '2026-12-01 00:00:00', '{"perturbation": "unstable"}')""",
+                (id_, status),
+            )
+        connection.execute("UPDATE audits SET percent = 50 WHERE id = 'running'")
+        for statement in (
+            """UPDATE audits SET verdicts = '{"perturbation": "stable"}' WHERE id = 'done'""",
+            "DELETE FROM audits WHERE id = 'done'",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="a finished audit is immutable"):
+                connection.execute(statement)
