@@ -58,12 +58,15 @@ def _summary(stdout: str) -> dict[str, Any]:
     return summary
 
 
-def _same_upload(existing: Network, spooled: dict[str, Spooled], model_name: str) -> Network:
-    """A model's identity is its bytes with its manifest and referenced files: the same upload
-    again returns the existing record; the same bytes with another manifest (or other files)
-    are refused (409), never answered with the old record."""
-    uploaded = {(n, s.sha256) for n, s in spooled.items() if n != model_name}
-    if uploaded == {(e["name"], e["sha256"]) for e in existing.files}:
+def _same_upload(
+    existing: Network, spooled: dict[str, Spooled], model_name: str, manifest_name: str
+) -> Network:
+    """A model's identity is its bytes with its manifest (whatever its file is called) and
+    referenced files: the same upload again returns the existing record; the same bytes with
+    another manifest (or other files) are refused (409), never answered with the old record."""
+    referenced = {(n, s.sha256) for n, s in spooled.items() if n not in (model_name, manifest_name)}
+    stored = {(e["name"], e["sha256"]) for e in existing.files if e["role"] == "referenced"}
+    if spooled[manifest_name].sha256 == existing.manifest_sha256 and referenced == stored:
         return existing
     raise Conflict(
         f"you uploaded these model bytes already as model {existing.id}, with another manifest "
@@ -115,7 +118,7 @@ def upload_network(
             raise Invalid(str(exc), field=field) from exc
         existing = repository.by_owner_and_hash(session, user.id, spooled[model_name].sha256)
         if existing is not None:
-            return _same_upload(existing, spooled, model_name), False
+            return _same_upload(existing, spooled, model_name, manifest_name), False
         result = run_cli(
             ["inspect", model_name, "--manifest", manifest_name, "--device", "cpu"],
             workdir=workdir,
