@@ -1,17 +1,21 @@
 """The event chain on PostgreSQL: a finished audit's verdicts are bound to its
 ``audit.succeeded`` event, so a verdict changed in the database (by someone who first disabled
 the audit's trigger) fails verification; the chain against anchors (a head it holds passes,
-one it lost or rewrote fails)."""
+one it lost or rewrote fails), and an edit, a recomputed chain and a truncation each caught
+against a signed checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from app import events
-from app.events import Anchor, Head, chain_head, verify_chain
-from app.orm import Audit, AuditResult, Network, User
+from app import checkpoints, events
+from app.events import GENESIS, Anchor, Head, _digest, chain_head, verify_chain
+from app.orm import Audit, AuditEvent, AuditResult, Network, User
+from app.settings import Settings
 
 
 def _succeeded(db: Session) -> Audit:
@@ -77,3 +81,45 @@ def test_the_chain_against_anchors(db: Session) -> None:
     )
     untrusted = verify_chain(db, [Anchor(head, "checkpoint w", "checkpoint w: bad signature")])
     assert untrusted.problem == "checkpoint w: bad signature"
+
+
+def _rewrite_from(db: Session, first: int) -> None:
+    """Recompute every hash from event ``first`` on, so the edited chain is consistent."""
+    rows = db.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    previous = GENESIS
+    for event in rows:
+        if event.id >= first:
+            event.prev_hash = previous
+            event.hash = _digest(event)
+        previous = event.hash
+    db.flush()
+
+
+@pytest.mark.parametrize("tamper", ["edit", "recompute", "truncate"])
+def test_each_tamper_is_caught_against_a_signed_checkpoint_on_postgres(
+    db: Session, tmp_path: Path, tamper: str
+) -> None:
+    settings = Settings(checkpoint_dir=tmp_path / "checkpoints")
+    for n in range(3):
+        events.record(db, "admin", "test.event", f"thing:{n}", {"n": n})
+    ids = db.scalars(select(AuditEvent.id).order_by(AuditEvent.id)).all()
+    checkpoints.write(settings, chain_head(db), "test")
+    assert verify_chain(db, checkpoints.read_all(settings)).valid
+    db.execute(text("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only"))
+    if tamper == "edit":
+        db.execute(text("""UPDATE audit_events SET details = '{"n": 9}' WHERE id = :id"""),
+                   {"id": ids[1]})  # fmt: skip
+        expected = "content does not match its hash"
+    elif tamper == "recompute":
+        db.execute(text("""UPDATE audit_events SET details = '{"n": 9}' WHERE id = :id"""),
+                   {"id": ids[1]})  # fmt: skip
+        db.expire_all()
+        _rewrite_from(db, ids[1])
+        expected = "the chain was rewritten"
+    else:
+        db.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": ids[-1]})
+        expected = "events were removed"
+    db.expire_all()
+    report = verify_chain(db, checkpoints.read_all(settings))
+    assert not report.valid
+    assert expected in str(report.problem)
