@@ -70,12 +70,15 @@ def create_user(
     return user, token
 
 
+def _holder(session: Session, token: str) -> User | None:
+    """The user whose current token this is (disabled or not)."""
+    return session.scalars(select(User).where(User.token_hash == token_hash(token))).first()
+
+
 def user_for_token(session: Session, token: str | None) -> User | None:
     """The user a token belongs to (API bearer tokens and the dashboards' cookie); ``None`` for
     an unknown, rotated or revoked token and for a disabled user."""
-    if not token:
-        return None
-    user = session.scalars(select(User).where(User.token_hash == token_hash(token))).first()
+    user = _holder(session, token) if token else None
     if user is None or user.disabled_at is not None:
         return None
     return user
@@ -87,9 +90,7 @@ def current_user(
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    found = session.scalars(
-        select(User).where(User.token_hash == token_hash(credentials.credentials))
-    ).first()
+    found = _holder(session, credentials.credentials)
     if found is None:
         raise Unauthorized("invalid token (unknown, rotated or revoked)")
     if found.disabled_at is not None:

@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,25 +103,36 @@ def write(settings: Settings, head: Head, reason: str) -> Path:
     return path
 
 
-def _trusted(settings: Settings, cert: x509.Certificate) -> bool:
-    """The checkpoint's certificate is the service's signing certificate, or one issued by a
-    CA the service trusts (a key rotated since)."""
-    try:
-        if cert == _keys(settings)[1]:
-            return True
-    except PkiError:
-        pass
-    for root in trust_roots(settings):
-        ca = x509.load_der_x509_certificate(root.dump())
+@dataclass(frozen=True)
+class _Trust:
+    """What a checkpoint's certificate may be: the service's signing certificate, or one issued
+    by a CA the service trusts (a key rotated since)."""
+
+    current: x509.Certificate | None
+    roots: list[x509.Certificate]
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Trust:
         try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return True
-    return False
+            current: x509.Certificate | None = _keys(settings)[1]
+        except PkiError:
+            current = None
+        roots = [x509.load_der_x509_certificate(r.dump()) for r in trust_roots(settings)]
+        return cls(current, roots)
+
+    def trusts(self, cert: x509.Certificate) -> bool:
+        if cert == self.current:
+            return True
+        for ca in self.roots:
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
 
 
-def _read(settings: Settings, path: Path) -> Anchor:
+def _read(trust: _Trust, path: Path) -> Anchor:
     source = f"checkpoint {path.name}"
     try:
         document = json.loads(path.read_text())
@@ -135,7 +147,7 @@ def _read(settings: Settings, path: Path) -> Anchor:
         _verify_signature(cert, signature, signed_body(document))
     except InvalidSignature:
         return Anchor(head, source, f"{source}: its signature does not verify")
-    if not _trusted(settings, cert):
+    if not trust.trusts(cert):
         problem = f"{source} is signed by a certificate the service does not trust"
         return Anchor(head, source, problem)
     return Anchor(head, source)
@@ -146,7 +158,8 @@ def read_all(settings: Settings) -> list[Anchor]:
     folder = settings.checkpoint_folder
     if not folder.is_dir():
         return []
-    return [_read(settings, path) for path in sorted(folder.glob("[0-9]*.json"))]
+    trust = _Trust.of(settings)
+    return [_read(trust, path) for path in sorted(folder.glob("[0-9]*.json"))]
 
 
 def certificate_anchors(session: Session, store: Store) -> list[Anchor]:
