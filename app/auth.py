@@ -1,14 +1,19 @@
 """Bearer API tokens (stored hashed) and roles: ``submitter`` sees its own models and audits,
-``auditor`` sees all, ``admin`` also manages users."""
+``auditor`` sees all, ``admin`` also manages users. A rotated or revoked token, and a disabled
+user's, get 401. Routes of :class:`AuthFirst` check the caller before their body is read."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack
+from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import solve_dependencies
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,10 +24,12 @@ from app.errors import Conflict, Forbidden, Invalid, Unauthorized
 from app.orm import ROLES, User
 
 __all__ = [
+    "AuthFirst",
     "CurrentUser",
     "SessionDep",
     "create_user",
     "current_user",
+    "new_token",
     "require_role",
     "sees_everything",
     "token_hash",
@@ -40,6 +47,11 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_token() -> str:
+    """A fresh bearer token (256 random bits)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 def create_user(
     session: Session, name: str, role: str, *, actor: str = "admin"
 ) -> tuple[User, str]:
@@ -50,7 +62,7 @@ def create_user(
         raise Invalid("name must have 1 to 100 characters", field="name")
     if session.scalars(select(User).where(User.name == name)).first() is not None:
         raise Conflict(f"a user named {name!r} exists")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = new_token()
     user = User(name=name, role=role, token_hash=token_hash(token))
     session.add(user)
     session.flush()
@@ -58,11 +70,18 @@ def create_user(
     return user, token
 
 
-def user_for_token(session: Session, token: str | None) -> User | None:
-    """The user a token belongs to (API bearer tokens and the dashboards' cookie)."""
-    if not token:
-        return None
+def _holder(session: Session, token: str) -> User | None:
+    """The user whose current token this is (disabled or not)."""
     return session.scalars(select(User).where(User.token_hash == token_hash(token))).first()
+
+
+def user_for_token(session: Session, token: str | None) -> User | None:
+    """The user a token belongs to (API bearer tokens and the dashboards' cookie); ``None`` for
+    an unknown, rotated or revoked token and for a disabled user."""
+    user = _holder(session, token) if token else None
+    if user is None or user.disabled_at is not None:
+        return None
+    return user
 
 
 def current_user(
@@ -71,10 +90,12 @@ def current_user(
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    user = user_for_token(session, credentials.credentials)
-    if user is None:
-        raise Unauthorized("invalid token")
-    return user
+    found = _holder(session, credentials.credentials)
+    if found is None:
+        raise Unauthorized("invalid token (unknown, rotated or revoked)")
+    if found.disabled_at is not None:
+        raise Unauthorized(f"user {found.name} is disabled")
+    return found
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -91,3 +112,41 @@ def require_role(*roles: str) -> Callable[[User], User]:
 
 def sees_everything(user: User) -> bool:
     return user.role in ("auditor", "admin")
+
+
+def _needs_caller(dependant: Dependant) -> bool:
+    return dependant.call is current_user or any(_needs_caller(d) for d in dependant.dependencies)
+
+
+class AuthFirst(APIRoute):
+    """A route that authenticates (its dependencies on :func:`current_user`, role checks
+    included) *before* its body is read: FastAPI reads and spools a multipart body before it
+    solves the dependencies, so an upload with a missing or bad token, or the wrong role, would
+    otherwise stream in whole before its 401/403. The route's own dependencies run again after
+    the body, as usual."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        gate = Dependant(
+            dependencies=[d for d in self.dependant.dependencies if _needs_caller(d)],
+            path=self.path_format,
+        )
+        if not gate.dependencies:
+            return handler
+
+        async def authenticated_first(request: Request) -> Response:
+            async with AsyncExitStack() as stack:
+                solved = await solve_dependencies(
+                    request=request,
+                    dependant=gate,
+                    dependency_overrides_provider=request.scope.get("app"),
+                    async_exit_stack=stack,
+                    embed_body_fields=False,
+                )
+            # the gate's session is done: give its connection back while the body streams
+            for value in solved.dependency_cache.values():
+                if isinstance(value, Session):
+                    value.rollback()
+            return await handler(request)
+
+        return authenticated_first

@@ -579,15 +579,78 @@ def create_user(name: str, role: str) -> None:
     click.echo(token)
 
 
+def _change_user(key: str, change: str) -> str | None:
+    from app.service_cli import change_user
+
+    token = None
+    with _service_errors():
+        token = change_user(key, change)
+    return token
+
+
+@admin.command("rotate-token")
+@click.argument("user")
+def rotate_token(user: str) -> None:
+    """Give USER (a name or an id) a new API token and print it (shown once); the previous
+    token stops working. Logged as user.token_rotated."""
+    click.echo(_change_user(user, "rotate-token"))
+
+
+@admin.command("revoke-token")
+@click.argument("user")
+def revoke_token(user: str) -> None:
+    """Revoke USER's API token: it gets 401 until the token is rotated. Logged as
+    user.token_revoked."""
+    _change_user(user, "revoke-token")
+    click.echo(f"revoked the token of {user}")
+
+
+@admin.command("disable-user")
+@click.argument("user")
+def disable_user(user: str) -> None:
+    """Disable USER: its token gets 401 until the user is enabled. Logged as user.disabled."""
+    _change_user(user, "disable")
+    click.echo(f"disabled {user}")
+
+
+@admin.command("enable-user")
+@click.argument("user")
+def enable_user(user: str) -> None:
+    """Enable a disabled USER again. Logged as user.enabled."""
+    _change_user(user, "enable")
+    click.echo(f"enabled {user}")
+
+
+@admin.command("checkpoint")
+def checkpoint() -> None:
+    """Write a signed checkpoint of the audit log's head (its length and last hash, signed with
+    the service's key) under RECON_AUDIT_CHECKPOINT_DIR (default data_dir/checkpoints); run it
+    from cron. Certificates write one when they are issued, too."""
+    from app.service_cli import checkpoint as write
+
+    with _service_errors():
+        head, path = write()
+    click.echo(json.dumps({**head.as_dict(), "checkpoint": str(path)}))
+
+
 @admin.command("verify-events")
 def verify_events() -> None:
-    """Check the audit log's hash chain; exit 1 when it is broken."""
+    """Check the audit log's hash chain, against the signed checkpoints and the head each
+    stored certificate carries, and the finished audits' verdicts against their events; exit 1
+    when any check fails."""
     from app.service_cli import verify_events as verify
 
     with _service_errors():
         report = verify()
     click.echo(
-        json.dumps({"events": report.events, "valid": report.valid, "problem": report.problem})
+        json.dumps(
+            {
+                "events": report.events,
+                "valid": report.valid,
+                "problem": report.problem,
+                "anchors": report.anchors,
+            }
+        )
     )
     if not report.valid:
         sys.exit(1)

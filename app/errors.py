@@ -10,6 +10,7 @@ __all__ = [
     "Invalid",
     "NotFound",
     "TooLarge",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "UnsupportedMedia",
@@ -23,6 +24,8 @@ class AppError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+        #: HTTP headers the response carries (e.g. ``Retry-After``)
+        self.headers: dict[str, str] = {}
 
 
 class Invalid(AppError):
@@ -55,6 +58,16 @@ class UnsupportedMedia(AppError):
 
 class Conflict(AppError):
     status_code = 409
+
+
+class TooManyRequests(AppError):
+    """A per-user limit is reached; ``retry_after``: the seconds to wait (``Retry-After``)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.headers["Retry-After"] = str(retry_after)
 
 
 class Unavailable(AppError):

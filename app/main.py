@@ -84,7 +84,7 @@ def create_app() -> FastAPI:
         body: dict[str, Any] = {"detail": exc.message}
         if exc.field:
             body["field"] = exc.field
-        return JSONResponse(body, exc.status_code)
+        return JSONResponse(body, exc.status_code, headers=exc.headers or None)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -23,7 +23,12 @@ __all__ = [
 ]
 
 ROLES = ("submitter", "auditor", "admin")
-STATUSES = ("queued", "running", "succeeded", "failed")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: an audit in one of these states is finished: its row is immutable (a trigger refuses UPDATE
+#: and DELETE, migration 0004)
+FINISHED = ("succeeded", "failed", "cancelled")
+#: states that count against a user's limit of audits in progress
+ACTIVE = ("queued", "running")
 
 
 def new_id() -> str:
@@ -39,6 +44,8 @@ class User(Base):
     #: SHA-256 of the bearer token (tokens are 256-bit random, shown once)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: set when an admin disabled the user: its token is refused (401) until enabled again
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Network(Base):
@@ -77,6 +84,9 @@ class ImageSet(Base):
 
 
 class Audit(Base):
+    """An audit; once finished (:data:`FINISHED`) its row is immutable (a trigger refuses
+    UPDATE and DELETE, on SQLite and PostgreSQL)."""
+
     __tablename__ = "audits"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -104,8 +114,8 @@ class Audit(Base):
 
 
 class AuditResult(Base):
-    """Written once per audit (immutable: a trigger refuses updates and deletes on
-    PostgreSQL); corrections are new audits."""
+    """Written once per audit (immutable: a trigger refuses updates and deletes); corrections
+    are new audits."""
 
     __tablename__ = "audit_results"
 

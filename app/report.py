@@ -129,6 +129,9 @@ class Certificate:
     issuer: str = ISSUER
     verify_url: str | None = None
     signed: bool = True
+    #: the audit log's head when the service issued it, ``{"events": n, "head": sha256}``
+    #: (anchors the log outside the database: ``recon-audit admin verify-events``)
+    event_chain: dict[str, Any] | None = None
 
     @property
     def issued_text(self) -> str:
@@ -154,6 +157,7 @@ class Certificate:
             "manifest_sha256": model.get("manifest_sha256"),
             "manifest": self.manifest,
             "verdicts": document.get("verdicts"),
+            "event_chain": self.event_chain,
         }
 
 
@@ -1030,6 +1034,7 @@ def _certificate_view(certificate: Certificate | None) -> dict[str, Any] | None:
         "git_revision": certificate.git_revision,
         "verify_url": certificate.verify_url,
         "signed": certificate.signed,
+        "event_chain": certificate.event_chain,
         "manifest": manifest,
         "manifest_json": json.dumps(manifest, indent=2, sort_keys=True) if manifest else "",
         "sampling_json": json.dumps(manifest.get("sampling"), sort_keys=True)

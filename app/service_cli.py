@@ -20,12 +20,14 @@ from sqlalchemy.exc import OperationalError
 
 from app.db import get_engine, session_factory
 from app.errors import Unavailable
-from app.events import ChainReport
+from app.events import ChainReport, Head
 from app.processes import die_with_parent
 from app.settings import get_settings
 
 __all__ = [
     "DatabaseNotReady",
+    "change_user",
+    "checkpoint",
     "create_user",
     "ensure_database",
     "run_worker",
@@ -95,12 +97,49 @@ def create_user(name: str, role: str) -> str:
     return token
 
 
-def verify_events() -> ChainReport:
-    from app.events import verify_chain
+def change_user(key: str, change: str) -> str | None:
+    """``rotate-token`` (returns the new token), ``revoke-token``, ``disable`` or ``enable`` the
+    user named (or with the id) ``key``; logged with the actor ``admin``."""
+    from app.users import service
 
     ensure_database()
     with session_factory()() as session:
-        return verify_chain(session)
+        user = service.find_user(session, key)
+        token = None
+        if change == "rotate-token":
+            token = service.rotate_token(session, user, actor="admin")
+        elif change == "revoke-token":
+            service.revoke_token(session, user, actor="admin")
+        else:
+            service.set_disabled(session, user, change == "disable", actor="admin")
+        session.commit()
+    return token
+
+
+def checkpoint() -> tuple[Head, Path]:
+    """Write a signed checkpoint of the audit log's current head (see :mod:`app.checkpoints`)."""
+    from app import checkpoints
+    from app.events import chain_head
+
+    ensure_database()
+    with session_factory()() as session:
+        head = chain_head(session)
+    return head, checkpoints.write(get_settings(), head, "recon-audit admin checkpoint")
+
+
+def verify_events() -> ChainReport:
+    """The chain, checked against the signed checkpoints and the head every stored certificate
+    carries."""
+    from app import checkpoints
+    from app.events import verify_chain
+    from app.storage import Store
+
+    ensure_database()
+    settings = get_settings()
+    with session_factory()() as session:
+        anchors = checkpoints.read_all(settings)
+        anchors += checkpoints.certificate_anchors(session, Store(settings.store_dir))
+        return verify_chain(session, anchors)
 
 
 def run_worker(concurrency: int) -> int:

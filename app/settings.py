@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     timestamp_url: str | None = None
     #: the Celery queue audits are sent to and workers consume
     queue: str = "recon-audit"
+    #: where signed checkpoints of the audit log's head are written (None: ``data_dir/
+    #: checkpoints``); point it at storage the database's administrators cannot rewrite
+    checkpoint_dir: Path | None = None
+    #: the most audits one user may have queued or running at once (0: no limit); more get 429
+    max_active_audits: int = 10
+    #: the ``Retry-After`` seconds a refused audit (the limit above) is told to wait
+    active_audits_retry_after: int = 60
 
     def sandbox_limits(self, cpu_seconds: int | None = None) -> Limits:
         """The jail's limits (``cpu_seconds`` overrides the CPU time)."""
@@ -100,6 +107,10 @@ class Settings(BaseSettings):
     def pki_dir(self) -> Path:
         """The service's own CA and signing certificate (when no PKCS#12 is configured)."""
         return (self.data_dir / "pki").resolve()
+
+    @property
+    def checkpoint_folder(self) -> Path:
+        return (self.checkpoint_dir or self.data_dir / "checkpoints").resolve()
 
     @property
     def store_dir(self) -> Path:

@@ -36,12 +36,12 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app import events
+from app import checkpoints, events
 from app.audits import leases
 from app.certificates.service import SignedReport, sign_report
 from app.db import get_engine, session_factory, utcnow
 from app.networks.service import materialise, safe_name
-from app.orm import Audit, AuditResult, AuditShard, ImageSet, Network
+from app.orm import FINISHED, Audit, AuditResult, AuditShard, ImageSet, Network
 from app.report import Certificate, write_documents
 from app.sandbox import SandboxUnavailable, describe_failure, run_cli, sanitise
 from app.settings import get_settings
@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 ACTOR = "worker"
 #: seconds between progress writes
 PROGRESS_EVERY = 1.0
-FINISHED = ("succeeded", "failed")
 #: what a jailed run's outputs may weigh: results.json, and each figure (bytes, pixels)
 MAX_RESULTS_BYTES = 64 * 2**20
 MAX_FIGURE_BYTES = 16 * 2**20
@@ -72,6 +71,10 @@ def _fail(audit_id: str, message: str) -> None:
         audit.lease_owner = audit.lease_expires = None
         events.record(session, ACTOR, "audit.failed", f"audit:{audit_id}", {"error": message[:500]})
         session.commit()
+
+
+class Cancelled(Exception):
+    """The audit was cancelled while it ran: its run stops at the next progress check."""
 
 
 def _tests(protocol_yaml: str) -> list[str]:
@@ -105,6 +108,8 @@ class _Progress:
         percent = round(min(99.0, 100 * (len(self.order) - 1 + done / total) / self.stages), 1)
         with session_factory()() as session:
             audit = session.get(Audit, self.audit_id)
+            if audit is not None and audit.status == "cancelled":
+                raise Cancelled(self.audit_id)
             if audit is None or audit.status != "running":
                 return
             if self.test is None:
@@ -190,10 +195,14 @@ def _certify(
         assert audit is not None
         network = session.get(Network, audit.network_id)
         manifest = dict(network.manifest) if network is not None else None
-    certificate = Certificate(id=audit_id, audit_id=audit_id, manifest=manifest)
+        head = events.chain_head(session)
+    certificate = Certificate(
+        id=audit_id, audit_id=audit_id, manifest=manifest, event_chain=head.as_dict()
+    )
     written = write_documents(results, figures, out, pdf=True, certificate=certificate)
     assert written.pdf is not None
     signed = sign_report(get_settings(), written.pdf, written.approval_box)
+    checkpoints.write(get_settings(), head, f"certificate audit:{audit_id}")
     return _store_outputs(store, out), signed
 
 
@@ -238,6 +247,9 @@ def _finish(
 ) -> None:
     """Store the results once and mark the audit succeeded."""
     with session_factory()() as session:
+        audit = session.get(Audit, audit_id, with_for_update=True)
+        if audit is None or audit.status == "cancelled":
+            return
         stored = True
         try:
             session.add(
@@ -335,6 +347,8 @@ def _run_whole(store: Store, audit_id: str) -> str:
         files, signed = _certify(store, audit_id, results, _figures(clean, names), clean)
         _finish(audit_id, results, files, signed)
         return "succeeded"
+    except Cancelled:
+        return "cancelled"
     except SoftTimeLimitExceeded:
         _fail(audit_id, "the audit exceeded its time limit")
         return "failed"
@@ -368,6 +382,8 @@ def run_shard(audit_id: str, test: str) -> str:
                 out = _run(store, audit_id, workdir, ["--only", test, "--no-pdf"], test)
                 results = _results(out)
                 figures = {f"figures/{p.name}": store.add(p) for p in _sandbox_figures(out)}
+            except Cancelled:
+                return "cancelled"
             except SoftTimeLimitExceeded:
                 _fail(audit_id, f"the {test} test exceeded its time limit")
                 return "failed"

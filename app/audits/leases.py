@@ -24,12 +24,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from app import events
 from app.db import session_factory
-from app.orm import Audit, AuditShard
+from app.orm import FINISHED, Audit, AuditShard
 from app.processes import alive
 from app.settings import get_settings
 
@@ -97,10 +97,20 @@ def release(session: Session, table: type[Leased], row_id: object, owner: str) -
     """Give the lease up (where it is still ``owner``'s); the caller commits."""
     session.execute(
         update(table)
-        .where(table.id == row_id, table.lease_owner == owner)
+        .where(*_held(table, row_id, owner))
         .values(lease_owner=None, lease_expires=None)
         .execution_options(synchronize_session=False)
     )
+
+
+def _held(table: type[Leased], row_id: object, owner: str) -> list[ColumnElement[bool]]:
+    """The row while ``owner`` holds it, and (an audit) is not finished: a finished audit's
+    row is immutable, its lease moot (the worker that finished or failed it cleared it; one
+    cancelled under it is left as it was)."""
+    where = [table.id == row_id, table.lease_owner == owner]
+    if table is Audit:
+        where.append(Audit.status.not_in(FINISHED))
+    return where
 
 
 @contextlib.contextmanager
@@ -114,7 +124,7 @@ def holding(table: type[Leased], row_id: object, owner: str) -> Iterator[None]:
             with session_factory()() as session:
                 session.execute(
                     update(table)
-                    .where(table.id == row_id, table.lease_owner == owner)
+                    .where(*_held(table, row_id, owner))
                     .values(lease_expires=time.time() + seconds)
                     .execution_options(synchronize_session=False)
                 )

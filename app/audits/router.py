@@ -12,20 +12,45 @@ from sqlalchemy.orm import Session
 
 from app.audits import repository, service
 from app.audits.schemas import AuditCreate, AuditOut
-from app.auth import CurrentUser, SessionDep
-from app.deps import StoreDep
+from app.auth import AuthFirst, CurrentUser, SessionDep
+from app.deps import SettingsDep, StoreDep
 from app.errors import Conflict, NotFound
 from app.orm import Audit, AuditResult, User
 
-router = APIRouter(prefix="/api/v1/audits", tags=["audits"])
+router = APIRouter(prefix="/api/v1/audits", tags=["audits"], route_class=AuthFirst)
 _FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
-def create_audit(request: AuditCreate, session: SessionDep, user: CurrentUser) -> AuditOut:
-    audit = service.create_audit(session, user, request)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        429: {
+            "description": "the user has the most audits queued or running allowed at once "
+            "(setting max_active_audits); Retry-After says when to try again",
+        }
+    },
+)
+def create_audit(
+    request: AuditCreate, session: SessionDep, settings: SettingsDep, user: CurrentUser
+) -> AuditOut:
+    audit = service.create_audit(session, settings, user, request)
     service.enqueue(audit.id)
     return service.as_out(audit)
+
+
+@router.post(
+    "/{audit_id}/cancel",
+    responses={
+        403: {"description": "neither the audit's owner nor an admin"},
+        404: {"description": "no such audit (or not visible)"},
+        409: {"description": "the audit is finished already"},
+    },
+)
+def cancel_audit(audit_id: str, session: SessionDep, user: CurrentUser) -> AuditOut:
+    """Cancel a queued or running audit (its owner or an admin): it ends ``cancelled``; a
+    worker running it stops at its next progress check."""
+    return service.as_out(service.cancel_audit(session, user, audit_id))
 
 
 @router.get("")

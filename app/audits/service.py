@@ -6,16 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import events
 from app.audits.schemas import AuditCreate, AuditOut, Progress
+from app.auth import sees_everything
 from app.certificates.service import current_pdf
-from app.errors import Invalid, NotFound
+from app.db import utcnow
+from app.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
 from app.images import repository as images
 from app.images.service import BUILTIN_SET
 from app.networks import repository as networks
-from app.orm import Audit, AuditResult, User
+from app.orm import ACTIVE, FINISHED, Audit, AuditResult, User
+from app.settings import Settings
 from app.storage import Store
 from reconstruction.protocols import (
     BUILTIN,
@@ -26,10 +30,30 @@ from reconstruction.protocols import (
     shown_name,
 )
 
-__all__ = ["artefact", "as_out", "create_audit", "enqueue", "record_download"]
+__all__ = ["artefact", "as_out", "cancel_audit", "create_audit", "enqueue", "record_download"]
 
 
-def create_audit(session: Session, user: User, request: AuditCreate) -> Audit:
+def _check_active_limit(session: Session, settings: Settings, user: User) -> None:
+    """429 when ``user`` has ``max_active_audits`` queued or running already (the user's row is
+    locked first, so concurrent requests of one user are counted one after the other)."""
+    limit = settings.max_active_audits
+    if limit <= 0:
+        return
+    session.get(User, user.id, with_for_update=True)
+    active = session.scalar(
+        select(func.count())
+        .select_from(Audit)
+        .where(Audit.owner_id == user.id, Audit.status.in_(ACTIVE))
+    )
+    if (active or 0) >= limit:
+        raise TooManyRequests(
+            f"you have {active} audits queued or running, the most allowed at once is {limit}; "
+            "wait for one to finish, or cancel one",
+            retry_after=settings.active_audits_retry_after,
+        )
+
+
+def create_audit(session: Session, settings: Settings, user: User, request: AuditCreate) -> Audit:
     network = networks.visible(session, user, request.model_id)
     if network is None:
         raise NotFound(f"no model {request.model_id}")
@@ -47,6 +71,7 @@ def create_audit(session: Session, user: User, request: AuditCreate) -> Audit:
         if found is None:
             raise NotFound(f"no image set {request.image_set}")
         image_set = found.id
+    _check_active_limit(session, settings, user)
     audit = Audit(
         owner_id=user.id,
         network_id=network.id,
@@ -65,6 +90,27 @@ def create_audit(session: Session, user: User, request: AuditCreate) -> Audit:
         "audit.created",
         f"audit:{audit.id}",
         {"model": network.id, "protocol": protocol.identity(), "image_set": image_set},
+    )
+    session.commit()
+    return audit
+
+
+def cancel_audit(session: Session, user: User, audit_id: str) -> Audit:
+    """Cancel a queued or running audit (its owner, or an admin): it ends ``cancelled`` at once
+    (an ``audit.cancelled`` event); a worker running it stops at its next progress check, and
+    its queued tasks find it finished. 409 when it is finished already."""
+    audit = session.get(Audit, audit_id, with_for_update=True)
+    if audit is None or not (audit.owner_id == user.id or sees_everything(user)):
+        raise NotFound(f"no audit {audit_id}")
+    if audit.owner_id != user.id and user.role != "admin":
+        raise Forbidden("only the audit's owner or an admin may cancel it")
+    if audit.status in FINISHED:
+        raise Conflict(f"audit {audit_id} is finished already (status: {audit.status})")
+    previous = audit.status
+    audit.status, audit.finished_at = "cancelled", utcnow()
+    audit.error = f"cancelled by {user.name}"
+    events.record(
+        session, user.id, "audit.cancelled", f"audit:{audit_id}", {"status_before": previous}
     )
     session.commit()
     return audit

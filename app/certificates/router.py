@@ -7,14 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, UploadFile, status
 
-from app.auth import CurrentUser, SessionDep, require_role
+from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
 from app.certificates import service
 from app.certificates.schemas import ApprovalOut, ApprovalRequest, VerificationOut
 from app.deps import SettingsDep, StoreDep
 from app.errors import TooLarge
 from app.orm import User
 
-router = APIRouter(tags=["certificates"])
+router = APIRouter(tags=["certificates"], route_class=AuthFirst)
 Auditor = Annotated[User, Depends(require_role("auditor", "admin"))]
 #: the largest PDF accepted for verification
 MAX_PDF_BYTES = 64 * 2**20
@@ -23,7 +23,13 @@ MAX_PDF_BYTES = 64 * 2**20
 @router.post(
     "/api/v1/audits/{audit_id}/approve",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "not finished, or approved already"}},
+    responses={
+        403: {
+            "description": "the token entered is not the caller's, or the caller created the "
+            "audit or submitted its model (separation of duties)"
+        },
+        409: {"description": "not finished, or approved already"},
+    },
 )
 def approve_audit(
     audit_id: str,

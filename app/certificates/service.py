@@ -24,7 +24,7 @@ from app.certificates.schemas import ApprovalOut, ApprovalRequest, Approver
 from app.certificates.signing import approve_certificate, sign_certificate
 from app.certificates.verify import Verification, verify_pdf
 from app.errors import Conflict, Forbidden, NotFound
-from app.orm import Approval, Audit, AuditResult, User
+from app.orm import Approval, Audit, AuditResult, Network, User
 from app.settings import Settings
 from app.storage import Spooled, Store
 
@@ -94,6 +94,22 @@ def as_out(session: Session, approval: Approval) -> ApprovalOut:
     )
 
 
+def _separate_duties(session: Session, user: User, audit: Audit) -> None:
+    """Separation of duties: nobody approves an audit they created, or one of a model they
+    submitted (403)."""
+    if audit.owner_id == user.id:
+        raise Forbidden(
+            "you created this audit: its approval must come from another auditor "
+            "(separation of duties)"
+        )
+    network = session.get(Network, audit.network_id)
+    if network is not None and network.owner_id == user.id:
+        raise Forbidden(
+            "you submitted the model of this audit: its approval must come from another "
+            "auditor (separation of duties)"
+        )
+
+
 def approve(
     session: Session,
     store: Store,
@@ -105,7 +121,8 @@ def approve(
     """The auditor ``user`` approves the audit's certificate: step-up check (the token entered
     again must be the caller's own), a second signature added to the issued PDF as an
     incremental update, the new PDF stored (the issued one stays), an ``approvals`` row and an
-    ``audit.approved`` event. 409 when the audit has no results yet or is approved already."""
+    ``audit.approved`` event. 403 when ``user`` created the audit or submitted its model; 409
+    when the audit has no results yet or is approved already."""
     if not secrets.compare_digest(token_hash(request.token), user.token_hash):
         raise Forbidden(
             "the token entered to sign is not yours: enter your own API token again",
@@ -114,6 +131,7 @@ def approve(
     audit = session.get(Audit, audit_id, with_for_update=True)
     if audit is None:
         raise NotFound(f"no audit {audit_id}")
+    _separate_duties(session, user, audit)
     result = session.get(AuditResult, audit_id)
     if result is None or audit.status != "succeeded":
         raise Conflict(f"audit {audit_id} is not finished (status: {audit.status})")

@@ -31,7 +31,7 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
 STATIC = Path(__file__).resolve().parents[1] / "static"
 COOKIE = "recon_audit_token"
-STATUSES = ("queued", "running", "succeeded", "failed")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 APPROVERS = ("auditor", "admin")
 VERDICTS = ("unstable", "inconclusive", "stable", "skipped")
 TokenCookie = Annotated[str | None, Cookie(alias=COOKIE)]

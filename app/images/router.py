@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 
-from app.auth import CurrentUser, SessionDep, require_role
+from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
 from app.deps import SettingsDep, StoreDep
 from app.images import repository, service
 from app.images.schemas import ImageSetOut
 from app.orm import User
 
-router = APIRouter(prefix="/api/v1/images", tags=["images"])
+router = APIRouter(prefix="/api/v1/images", tags=["images"], route_class=AuthFirst)
 Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
 
 

@@ -6,21 +6,29 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Response, UploadFile, status
 
-from app.auth import CurrentUser, SessionDep, require_role
+from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
 from app.deps import SettingsDep, StoreDep
 from app.errors import NotFound
 from app.networks import repository, service
 from app.networks.schemas import NetworkOut
 from app.orm import User
 
-router = APIRouter(prefix="/api/v1/models", tags=["models"])
+router = APIRouter(prefix="/api/v1/models", tags=["models"], route_class=AuthFirst)
 Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "identical bytes: the existing record"}},
+    responses={
+        200: {"description": "the same bytes, manifest and files: the existing record"},
+        401: {
+            "description": "missing, unknown or revoked token, or a disabled user (before "
+            "the body is read)"
+        },
+        403: {"description": "not a submitter or admin (before the body is read)"},
+        409: {"description": "the same model bytes were uploaded with another manifest"},
+    },
 )
 def upload_model(
     response: Response,

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 from sqlalchemy.orm import Session
 
 from app import events
-from app.errors import Invalid, TooLarge, UnsupportedMedia
+from app.errors import Conflict, Invalid, TooLarge, UnsupportedMedia
 from app.networks import repository
 from app.orm import Network, User
 from app.sandbox import describe_failure, run_cli
@@ -58,6 +58,24 @@ def _summary(stdout: str) -> dict[str, Any]:
     return summary
 
 
+def _same_upload(
+    existing: Network, spooled: dict[str, Spooled], model_name: str, manifest_name: str
+) -> Network:
+    """A model's identity is its bytes with its manifest (whatever its file is called) and
+    referenced files: the same upload again returns the existing record; the same bytes with
+    another manifest (or other files) are refused (409), never answered with the old record."""
+    referenced = {(n, s.sha256) for n, s in spooled.items() if n not in (model_name, manifest_name)}
+    stored = {(e["name"], e["sha256"]) for e in existing.files if e["role"] == "referenced"}
+    if spooled[manifest_name].sha256 == existing.manifest_sha256 and referenced == stored:
+        return existing
+    raise Conflict(
+        f"you uploaded these model bytes already as model {existing.id}, with another manifest "
+        "or other referenced files; a model is its bytes with its manifest: audit model "
+        f"{existing.id} as it is, or upload a changed model file",
+        field="manifest",
+    )
+
+
 def upload_network(
     session: Session,
     store: Store,
@@ -67,8 +85,9 @@ def upload_network(
     manifest: Upload,
     files: list[Upload],
 ) -> tuple[Network, bool]:
-    """Validate and store an upload; returns ``(network, created)``. Identical model bytes from
-    the same owner return the existing record."""
+    """Validate and store an upload; returns ``(network, created)``. The same model bytes,
+    manifest and files from the same owner return the existing record; the same bytes with
+    another manifest get 409."""
     workdir = store.workdir("upload-")
     try:
         budget = settings.max_upload_bytes
@@ -99,7 +118,7 @@ def upload_network(
             raise Invalid(str(exc), field=field) from exc
         existing = repository.by_owner_and_hash(session, user.id, spooled[model_name].sha256)
         if existing is not None:
-            return existing, False
+            return _same_upload(existing, spooled, model_name, manifest_name), False
         result = run_cli(
             ["inspect", model_name, "--manifest", manifest_name, "--device", "cpu"],
             workdir=workdir,

@@ -4,6 +4,7 @@ audit, its results and PDF; and a worker killed during an audit."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -201,13 +202,64 @@ def test_upload_audit_and_download(service: Service) -> None:
     assert verified["status"] == "valid", verified["reason"]
     assert verified["database"]["audit_id"] == audit_id
     assert [s["meaning"] for s in verified["signatures"]] == ["issued"]
+    # the signed certificate carries the audit log's head at issue, and a checkpoint was written
+    head = verified["certificate"]["event_chain"]
+    assert head["events"] >= 4
+    assert len(head["head"]) == 64
+    checkpoints = sorted((Path(service.env["RECON_AUDIT_DATA_DIR"]) / "checkpoints").glob("*.json"))
+    assert [json.loads(c.read_text())["head"] for c in checkpoints] == [head["head"]]
     figure = httpx.get(
         f"{service.url}/api/v1/audits/{audit_id}/figures/perturbation_image_curves.png",
         headers=headers,
     )
     assert figure.headers["content-type"] == "image/png"
-    chain = service.cli("admin", "verify-events")
-    assert '"valid": true' in chain
+    chain = json.loads(service.cli("admin", "verify-events"))
+    assert chain["valid"] is True
+    assert chain["anchors"] == 2  # the checkpoint and the certificate
+
+
+def test_a_running_audit_is_cancelled(service: Service) -> None:
+    token = service.cli("admin", "create-user", "alice", "--role", "submitter")
+    headers = {"Authorization": f"Bearer {token}"}
+    model_id = _upload(service, token)
+    audit_id = httpx.post(
+        f"{service.url}/api/v1/audits", headers=headers, json={"model_id": model_id}
+    ).json()["id"]
+    _wait(service, token, audit_id, {"running"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until a run reports progress
+        audit = httpx.get(f"{service.url}/api/v1/audits/{audit_id}", headers=headers).json()
+        if audit["progress"]["percent"] > 0:
+            break
+        time.sleep(0.2)
+    cancelled = httpx.post(f"{service.url}/api/v1/audits/{audit_id}/cancel", headers=headers)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    # the worker's jailed runs stop at their next progress check: no jail left within seconds
+    worker = service.processes["worker"].pid
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        "bwrap" in _command(pid) for pid in descendants(worker)
+    ):
+        time.sleep(0.5)
+    assert not any("bwrap" in _command(pid) for pid in descendants(worker))
+    audit = httpx.get(f"{service.url}/api/v1/audits/{audit_id}", headers=headers).json()
+    assert audit["status"] == "cancelled"
+    assert (
+        httpx.get(f"{service.url}/api/v1/audits/{audit_id}/results", headers=headers).status_code
+        == 409
+    )
+    again = httpx.post(f"{service.url}/api/v1/audits/{audit_id}/cancel", headers=headers)
+    assert again.status_code == 409
+    chain = json.loads(service.cli("admin", "verify-events"))
+    assert chain["valid"] is True
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _run_counts(svc: Service, audit_id: str) -> tuple[int, int, int]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import onnx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.events import verify_chain
 from app.orm import Audit, AuditEvent
+from app.settings import Settings, get_settings
 from tests.app.conftest import bearer
 from tests.app.networks.test_router import MANIFEST
 from tests.reconstruction.models.conftest import conv_model
@@ -198,3 +200,74 @@ def test_a_protocol_without_tests_is_refused_and_nothing_stored(
     assert response.json()["field"] == "protocol"
     assert "runs no test" in response.json()["detail"]
     assert len(db.scalars(select(Audit)).all()) == before
+
+
+def _create(client: TestClient, token: str, model_id: str) -> Any:
+    return client.post("/api/v1/audits", headers=bearer(token), json={"model_id": model_id})
+
+
+def test_cancel_a_queued_audit_by_its_owner_or_an_admin(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    first = _create(client, tokens["alice"], model_id).json()["id"]
+    url = f"/api/v1/audits/{first}/cancel"
+    assert client.post(url, headers=bearer(tokens["bob"])).status_code == 404
+    auditor = client.post(url, headers=bearer(tokens["ada"]))
+    assert auditor.status_code == 403
+    assert "owner or an admin" in auditor.json()["detail"]
+    cancelled = client.post(url, headers=bearer(tokens["alice"]))
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["error"] == "cancelled by alice"
+    assert cancelled.json()["finished_at"] is not None
+    again = client.post(url, headers=bearer(tokens["alice"]))
+    assert again.status_code == 409
+    assert "finished already (status: cancelled)" in again.json()["detail"]
+    second = _create(client, tokens["alice"], model_id).json()["id"]
+    by_admin = client.post(f"/api/v1/audits/{second}/cancel", headers=bearer(tokens["root"]))
+    assert by_admin.json()["status"] == "cancelled"
+    logged = db.scalars(select(AuditEvent).where(AuditEvent.action == "audit.cancelled")).all()
+    assert [(e.subject, e.details) for e in logged] == [
+        (f"audit:{first}", {"status_before": "queued"}),
+        (f"audit:{second}", {"status_before": "queued"}),
+    ]
+    assert verify_chain(db).valid
+
+
+def test_a_finished_audit_row_refuses_changes(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    audit_id = _create(client, tokens["alice"], model_id).json()["id"]
+    # a queued audit's row changes as it runs
+    db.execute(text("UPDATE audits SET stage = 'starting' WHERE id = :id"), {"id": audit_id})
+    client.post(f"/api/v1/audits/{audit_id}/cancel", headers=bearer(tokens["alice"]))
+    for statement in (
+        """UPDATE audits SET verdicts = '{"perturbation": "stable"}' WHERE id = :id""",
+        "UPDATE audits SET status = 'queued' WHERE id = :id",
+        "DELETE FROM audits WHERE id = :id",
+    ):
+        with pytest.raises(DBAPIError, match="is finished"), db.begin_nested():
+            db.execute(text(statement), {"id": audit_id})
+    row = db.get(Audit, audit_id)
+    assert row is not None
+    db.refresh(row)
+    assert (row.status, row.verdicts) == ("cancelled", None)
+
+
+def test_active_audits_are_limited_per_user_with_retry_after(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    limited = Settings(max_active_audits=2, active_audits_retry_after=30)
+    client.app.dependency_overrides[get_settings] = lambda: limited  # type: ignore[attr-defined]
+    first, second = (_create(client, tokens["alice"], model_id) for _ in range(2))
+    assert (first.status_code, second.status_code) == (202, 202)
+    before = len(db.scalars(select(Audit)).all())
+    refused = _create(client, tokens["alice"], model_id)
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "30"
+    assert "the most allowed at once is 2" in refused.json()["detail"]
+    assert len(db.scalars(select(Audit)).all()) == before
+    # an auditor's own audits are counted apart from alice's
+    assert _create(client, tokens["ada"], model_id).status_code == 202
+    client.post(f"/api/v1/audits/{first.json()['id']}/cancel", headers=bearer(tokens["alice"]))
+    assert _create(client, tokens["alice"], model_id).status_code == 202

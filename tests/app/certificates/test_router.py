@@ -66,10 +66,19 @@ def _user(db: Session, name: str) -> User:
     return user
 
 
-def _audit(db: Session, stored: Stored, *, finished: bool = True, audit_id: str = AUDIT_ID) -> None:
-    alice = _user(db, "alice")
+def _audit(
+    db: Session,
+    stored: Stored,
+    *,
+    finished: bool = True,
+    audit_id: str = AUDIT_ID,
+    owner: str = "alice",
+    submitter: str = "alice",
+) -> None:
+    """A stored audit (``owner`` created it) of a model ``submitter`` uploaded."""
+    creator = _user(db, owner)
     network = Network(
-        owner_id=alice.id,
+        owner_id=_user(db, submitter).id,
         name="t",
         sha256=uuid.uuid4().hex * 2,
         format="onnx",
@@ -86,7 +95,7 @@ def _audit(db: Session, stored: Stored, *, finished: bool = True, audit_id: str 
     db.add(
         Audit(
             id=audit_id,
-            owner_id=alice.id,
+            owner_id=creator.id,
             network_id=network.id,
             protocol_name="report-test-skipping",
             protocol_version="1",
@@ -258,4 +267,34 @@ def test_approval_needs_an_auditor_the_own_token_and_a_finished_audit(
         json={"token": tokens["ada"]},
     )
     assert nothing.status_code == 404
+    assert db.scalars(select(Approval)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("owner", "submitter", "approver", "message"),
+    [
+        ("ada", "alice", "ada", "you created this audit"),
+        ("root", "root", "root", "you created this audit"),
+        ("ada", "root", "root", "you submitted the model of this audit"),
+    ],
+)
+def test_nobody_approves_an_audit_they_created_or_of_a_model_they_submitted(
+    client: TestClient,
+    db: Session,
+    tokens: dict[str, str],
+    stored: Stored,
+    owner: str,
+    submitter: str,
+    approver: str,
+    message: str,
+) -> None:
+    _audit(db, stored, owner=owner, submitter=submitter)
+    response = client.post(
+        f"/api/v1/audits/{AUDIT_ID}/approve",
+        headers=bearer(tokens[approver]),
+        json={"token": tokens[approver], "comment": "mine"},
+    )
+    assert response.status_code == 403, response.text
+    assert message in response.json()["detail"]
+    assert "separation of duties" in response.json()["detail"]
     assert db.scalars(select(Approval)).all() == []

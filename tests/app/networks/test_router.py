@@ -177,3 +177,22 @@ def test_auth_and_roles(client: TestClient, tokens: dict[str, str]) -> None:
     forbidden = _upload(client, tokens["ada"], _onnx_bytes())
     assert forbidden.status_code == 403
     assert "submitter" in forbidden.json()["detail"]
+
+
+def test_same_bytes_with_another_manifest_are_refused_not_the_old_record(
+    client: TestClient, db: Session, tokens: dict[str, str]
+) -> None:
+    model = _onnx_bytes()
+    first = _upload(client, tokens["alice"], model)
+    assert first.status_code == 201, first.text
+    before = _stored(db)
+    other = _upload(client, tokens["alice"], model, {**MANIFEST, "name": "conv-net-v2"})
+    assert other.status_code == 409, other.text
+    assert other.json()["field"] == "manifest"
+    assert (
+        f"already as model {first.json()['id']}, with another manifest" in (other.json()["detail"])
+    )
+    assert _stored(db) == before
+    same = _upload(client, tokens["alice"], model)
+    assert same.status_code == 200
+    assert same.json()["id"] == first.json()["id"]

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
+from typing import Any
 
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.events import verify_chain
+from app.orm import AuditEvent
 from tests.app.conftest import bearer
 
 
@@ -33,3 +39,58 @@ def test_only_admins_manage_users(client: TestClient, tokens: dict[str, str]) ->
     )
     assert bad_role.status_code == 422
     assert bad_role.json()["field"] == "role"
+
+
+def test_token_rotation_revocation_and_disabling_are_logged(
+    client: TestClient, db: Session, tokens: dict[str, str]
+) -> None:
+    root = bearer(tokens["root"])
+    listed = client.get("/api/v1/users", headers=root).json()
+    alice = next(u for u in listed if u["name"] == "alice")
+
+    def audits(token: str) -> Any:
+        return client.get("/api/v1/audits", headers=bearer(token))
+
+    rotated = client.post(f"/api/v1/users/{alice['id']}/rotate-token", headers=root)
+    assert rotated.status_code == 200, rotated.text
+    token = rotated.json()["token"]
+    assert token != tokens["alice"]
+    assert audits(tokens["alice"]).status_code == 401
+    assert "invalid token" in audits(tokens["alice"]).json()["detail"]
+    assert audits(token).status_code == 200
+    # by name too
+    assert client.post("/api/v1/users/alice/revoke-token", headers=root).status_code == 200
+    assert audits(token).status_code == 401
+    token = client.post("/api/v1/users/alice/rotate-token", headers=root).json()["token"]
+    disabled = client.post("/api/v1/users/alice/disable", headers=root)
+    assert disabled.status_code == 200
+    assert disabled.json()["disabled_at"] is not None
+    refused = audits(token)
+    assert refused.status_code == 401
+    assert refused.json()["detail"] == "user alice is disabled"
+    enabled = client.post("/api/v1/users/alice/enable", headers=root)
+    assert enabled.json()["disabled_at"] is None
+    assert audits(token).status_code == 200
+    logged = db.scalars(
+        select(AuditEvent.action)
+        .where(AuditEvent.subject == f"user:{alice['id']}")
+        .order_by(AuditEvent.id)
+    ).all()
+    assert logged == [
+        "user.created",
+        "user.token_rotated",
+        "user.token_revoked",
+        "user.token_rotated",
+        "user.disabled",
+        "user.enabled",
+    ]
+    assert verify_chain(db).valid
+
+
+def test_only_admins_change_users(client: TestClient, tokens: dict[str, str]) -> None:
+    for who in ("alice", "ada"):
+        response = client.post("/api/v1/users/bob/disable", headers=bearer(tokens[who]))
+        assert response.status_code == 403
+    missing = client.post("/api/v1/users/nobody/disable", headers=bearer(tokens["root"]))
+    assert missing.status_code == 404
+    assert client.get("/api/v1/audits", headers=bearer(tokens["bob"])).status_code == 200

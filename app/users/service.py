@@ -1,0 +1,53 @@
+"""Users' tokens and access: rotate a token (a new one, shown once; the old one stops
+working), revoke it (none works until rotated), disable and enable a user (a disabled user's
+token gets 401). Each is an event in the audit log."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import events
+from app.auth import new_token, token_hash
+from app.db import utcnow
+from app.errors import NotFound
+from app.orm import User
+
+__all__ = ["find_user", "revoke_token", "rotate_token", "set_disabled"]
+
+
+def find_user(session: Session, key: str) -> User:
+    """A user by id or by name (404 when neither)."""
+    user = session.get(User, key) or session.scalars(select(User).where(User.name == key)).first()
+    if user is None:
+        raise NotFound(f"no user {key}")
+    return user
+
+
+def rotate_token(session: Session, user: User, *, actor: str) -> str:
+    """A new token for ``user`` (returned once); its previous token stops working."""
+    token = new_token()
+    user.token_hash = token_hash(token)
+    events.record(session, actor, "user.token_rotated", f"user:{user.id}", {"name": user.name})
+    session.flush()
+    return token
+
+
+def revoke_token(session: Session, user: User, *, actor: str) -> None:
+    """``user``'s token stops working; the stored hash becomes that of a secret nobody holds,
+    until the token is rotated."""
+    user.token_hash = token_hash(secrets.token_urlsafe(32))
+    events.record(session, actor, "user.token_revoked", f"user:{user.id}", {"name": user.name})
+    session.flush()
+
+
+def set_disabled(session: Session, user: User, disabled: bool, *, actor: str) -> None:
+    """Disable ``user`` (every request with its token gets 401) or enable it again."""
+    if disabled == (user.disabled_at is not None):
+        return
+    user.disabled_at = utcnow() if disabled else None
+    action = "user.disabled" if disabled else "user.enabled"
+    events.record(session, actor, action, f"user:{user.id}", {"name": user.name})
+    session.flush()
