@@ -6,8 +6,9 @@ paper's settings), and replays of published robustness protocols: ``genzel2022``
 Macdonald & März, TPAMI 2022) and ``darestani2021`` (Darestani, Chaudhari & Heckel, ICML 2021).
 A user's own file follows the same schema (:func:`protocol_json_schema`).
 The canonical hash is the SHA-256 of the protocol's canonical JSON (every field, defaults
-filled in, keys sorted, no whitespace), so two files that differ only in comments, key order
-or formatting have the same hash, and any change of a value changes it.
+filled in, keys sorted, no whitespace; ``metrics``, added later, only when it is not the
+default), so two files that differ only in comments, key order or formatting have the same
+hash, and any change of a value changes it.
 
 >>> p = load_protocol("quick")
 >>> p.name, p.version, len(p.sha256)
