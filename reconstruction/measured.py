@@ -115,7 +115,7 @@ def read_fastmri(path: str | Path, slices: Slices | None = None) -> list[LoadedI
 
     p = Path(path)
     try:
-        handle = h5py.File(p, "r")
+        handle = h5py.File(p, "r", locking=False)
     except OSError as exc:
         raise ImageReadError(p, f"not a readable HDF5 file: {exc}") from exc
     with handle:
