@@ -23,10 +23,13 @@ from reconstruction.batch import gaussian, norms
 from reconstruction.bounded import ExpansionError
 from reconstruction.data import (
     ImageReadError,
+    SliceError,
+    Slices,
     array_sha256,
     dicom_example,
     random_ellipses,
     read_image,
+    read_images,
     resize_image,
     scale_to_range,
     shepp_logan,
@@ -344,7 +347,15 @@ class _Bars:
     "image_paths",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="Test images (PNG/TIFF/NPY/DICOM/NIfTI), repeatable; default: the built-in set.",
+    help="Test images (PNG/TIFF/NPY/DICOM/NIfTI), volumes, DICOM series (a folder of .dcm "
+    "files) or measured k-space (fastMRI HDF5, .h5), repeatable; default: the built-in set.",
+)
+@click.option(
+    "--slices",
+    "slices",
+    default=None,
+    help="Which slices of each volume, series or HDF5 file: 'all', or indices and half-open "
+    "ranges ('3', '2:6', '0,4,8:10'); default: the middle slice. 2-D images ignore it.",
 )
 @click.option(
     "--protocol",
@@ -400,6 +411,7 @@ def audit(
     model: Path,
     manifest_path: Path,
     image_paths: tuple[Path, ...],
+    slices: str | None,
     protocol_name: str,
     device: str,
     out_dir: Path,
@@ -420,9 +432,12 @@ def audit(
         raise InputError("--device cuda was requested but no CUDA device is available")
     try:
         protocol = load_protocol(protocol_name)
-        images = [read_image(path) for path in image_paths]
+        selection = None if slices is None else Slices(slices)
+        images = [image for path in image_paths for image in read_images(path, slices=selection)]
         details = [(path.stem, read_image(path).array) for path in detail_paths]
         loaded = load(model, manifest_path, device=device)
+    except SliceError as exc:
+        raise InputError(f"--slices: {exc}") from exc
     except (ProtocolError, ImageReadError, ModelError, ExpansionError) as exc:
         raise InputError(str(exc)) from exc
     click.echo(

@@ -51,7 +51,7 @@ from app.certificates import (
 )
 from reconstruction.instability.common import STABLE_WORDING
 from reconstruction.models.formats import sha256_file
-from reconstruction.protocols import Protocol
+from reconstruction.protocols import METRIC_CONVENTIONS, Protocol
 from reconstruction.suite import SuiteResult
 
 __all__ = [
@@ -1082,6 +1082,9 @@ def render_html(
             timings=timings,
             total_time=sum(float(v) for v in timings.values()),
             images=results.get("images", []),
+            # results written before conventions were named used the project's
+            metric_convention=results.get("metric_convention")
+            or {"name": "recon-audit", "description": METRIC_CONVENTIONS["recon-audit"]},
             stable_wording=STABLE_WORDING,
             black_box=model.get("gradient_access") == "black-box",
             certificate=_certificate_view(certificate),

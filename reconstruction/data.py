@@ -21,11 +21,15 @@ from reconstruction.bounded import MAX_DECODED_BYTES, ExpansionError, check_gzip
 __all__ = [
     "ImageReadError",
     "LoadedImage",
+    "SliceError",
+    "Slices",
     "array_sha256",
     "builtin_images",
     "dicom_example",
     "random_ellipses",
+    "read_dicom_series",
     "read_image",
+    "read_images",
     "resize_image",
     "scale_to_range",
     "shepp_logan",
@@ -50,6 +54,10 @@ DICOM_KEYS = (
 )
 
 SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".dcm", ".nii", ".nii.gz")
+#: measured k-space (fastMRI HDF5, :mod:`reconstruction.measured`)
+KSPACE_SUFFIXES = (".h5", ".hdf5")
+#: the most files a DICOM series (a folder) may hold
+MAX_SERIES_FILES = 4096
 #: the most pixels or voxels a file may decode to (each is converted to float64 once)
 MAX_ELEMENTS = 2**25
 #: Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
@@ -65,13 +73,65 @@ class ImageReadError(ValueError):
         super().__init__(f"{source}: {problem}")
 
 
+class SliceError(ImageReadError):
+    """A slice selection is malformed or out of range for a volume (the field ``slices``)."""
+
+
 @dataclass(frozen=True)
 class LoadedImage:
-    """A 2-D image (float32, or complex64 for complex MRI data) and where it came from."""
+    """A 2-D image (float32, or complex64 for complex MRI data) and where it came from.
+
+    ``kspace``: for measured data, the slice's fully sampled k-space, complex64 ``[C, H, W]``
+    (``[H, W]`` single-coil) in the centred layout; ``array`` is then its ground truth (the
+    RSS of the coil images, :mod:`reconstruction.measured`)."""
 
     array: np.ndarray
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    kspace: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Slices:
+    """Which slices of a volume to take: ``text`` is ``all``, or indices and half-open ranges
+    separated by commas (``3``, ``2:6``, ``0,4,8:10``); ``None``: the middle slice.
+
+    >>> Slices("0,4:6").indices(8, "v.h5")
+    [0, 4, 5]
+    >>> Slices().indices(8, "v.h5"), Slices("all").indices(3, "v.h5")
+    ([4], [0, 1, 2])
+    """
+
+    text: str | None = None
+
+    def indices(self, n: int, source: str | Path) -> list[int]:
+        """The selected indices of a volume of ``n`` slices, in order, each once;
+        :class:`SliceError` when malformed or out of range."""
+        if self.text is None:
+            return [n // 2]
+        text = self.text.strip()
+        if text == "all":
+            return list(range(n))
+        chosen: list[int] = []
+        for part in text.split(","):
+            bounds = part.strip().split(":")
+            try:
+                numbers = [int(b) for b in bounds]
+            except ValueError:
+                numbers = []
+            if not 1 <= len(numbers) <= 2 or min(numbers, default=-1) < 0:
+                raise SliceError(
+                    source,
+                    f"slices {self.text!r}: use 'all' or non-negative indices and ranges "
+                    "like '3', '2:6', '0,4,8:10'",
+                )
+            start, stop = numbers[0], numbers[-1] + (1 if len(numbers) == 1 else 0)
+            if stop <= start or stop > n:
+                raise SliceError(
+                    source, f"slices {part.strip()!r} out of range for a volume of {n} slices"
+                )
+            chosen += [i for i in range(start, stop) if i not in chosen]
+        return chosen
 
 
 # ------------------------------------------------------------------------------ phantoms
@@ -185,6 +245,78 @@ def read_image(path: str | Path, *, slice_index: int | None = None, axis: int = 
     NPY files are read with ``allow_pickle=False``. DICOM pixel values get the rescale slope and
     intercept applied.
     """
+    p, array, metadata = _read(path)
+    return _finished(p, _to_2d(p, array, slice_index, axis, metadata), metadata)
+
+
+def read_images(path: str | Path, *, slices: Slices | None = None) -> list[LoadedImage]:
+    """Every test image ``path`` holds, as ``slices`` selects them (default: the middle slice):
+    the slices of a fastMRI HDF5 file (``.h5``, measured k-space with its ground truth:
+    :func:`reconstruction.measured.read_fastmri`), of a DICOM series (a folder of ``.dcm``
+    files: :func:`read_dicom_series`) or of a volume (3-D NIfTI, TIFF, NPY, multi-frame DICOM,
+    along the last axis); a 2-D image is itself, whatever ``slices`` says."""
+    p = Path(path)
+    if p.is_dir():
+        return read_dicom_series(p, slices)
+    if _suffix(p) in KSPACE_SUFFIXES:
+        if not p.is_file():
+            raise ImageReadError(p, "no such file")
+        from reconstruction.measured import read_fastmri
+
+        return read_fastmri(p, slices)
+    if slices is None:
+        return [read_image(p)]
+    p, array, metadata = _read(p)
+    if array.ndim != 3:
+        return [_finished(p, _to_2d(p, array, None, -1, metadata), metadata)]
+    out = []
+    for index in slices.indices(int(array.shape[-1]), p):
+        meta = dict(metadata)
+        out.append(_finished(p, _to_2d(p, array, index, -1, meta), meta, f"{p}#slice={index}"))
+    return out
+
+
+def read_dicom_series(folder: str | Path, slices: Slices | None = None) -> list[LoadedImage]:
+    """The selected slices (default: the middle one) of a DICOM series: the ``.dcm`` files of
+    ``folder``, each one 2-D slice, ordered by ``InstanceNumber`` (else ``SliceLocation``)."""
+    import pydicom
+
+    p = Path(folder)
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".dcm" and f.is_file())
+    if not files:
+        raise ImageReadError(p, "the folder holds no .dcm file")
+    if len(files) > MAX_SERIES_FILES:
+        raise ImageReadError(p, f"a series may hold at most {MAX_SERIES_FILES} files")
+    keys: dict[str, list[float | None]] = {"InstanceNumber": [], "SliceLocation": []}
+    for f in files:
+        try:
+            header = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as exc:
+            raise ImageReadError(f, f"cannot read as .dcm: {exc}") from exc
+        for key, values in keys.items():
+            value = header.get(key)
+            values.append(None if value in (None, "") else float(value))
+    order_by = next((k for k, v in keys.items() if None not in v and len(set(v)) == len(v)), None)
+    if order_by is None:
+        raise ImageReadError(
+            p, "the series cannot be ordered: every file needs a distinct InstanceNumber or "
+            "SliceLocation"
+        )  # fmt: skip
+    ordered = [f for _, f in sorted(zip(keys[order_by], files, strict=True))]
+    out = []
+    shape: tuple[int, ...] | None = None
+    for index in (slices or Slices()).indices(len(ordered), p):
+        image = read_image(ordered[index])
+        if image.array.ndim != 2 or (shape is not None and image.array.shape != shape):
+            raise ImageReadError(ordered[index], "the series' slices differ in size")
+        shape = image.array.shape
+        metadata = {**image.metadata, "series_size": len(ordered), "slice_index": index}
+        metadata["series_order"] = order_by
+        out.append(LoadedImage(image.array, f"{p}#slice={index}", metadata))
+    return out
+
+
+def _read(path: str | Path) -> tuple[Path, np.ndarray, dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(p, "no such file")
@@ -201,7 +333,9 @@ def read_image(path: str | Path, *, slice_index: int | None = None, axis: int = 
     reader = readers.get(suffix)
     if reader is None:
         raise ImageReadError(
-            p, f"unsupported file type {suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}"
+            p,
+            f"unsupported file type {suffix or '(none)'!r}; use one of "
+            f"{', '.join(SUFFIXES + KSPACE_SUFFIXES)} or a folder (a DICOM series)",
         )
     try:
         array, metadata = reader(p)
@@ -209,11 +343,16 @@ def read_image(path: str | Path, *, slice_index: int | None = None, axis: int = 
         raise
     except Exception as exc:  # every library has its own errors; report them uniformly
         raise ImageReadError(p, f"cannot read as {suffix}: {exc}") from exc
-    array = _to_2d(p, array, slice_index, axis, metadata)
+    return p, array, metadata
+
+
+def _finished(
+    p: Path, array: np.ndarray, metadata: dict[str, Any], source: str | None = None
+) -> LoadedImage:
     if not np.all(np.isfinite(array)):
         raise ImageReadError(p, "the image contains NaN or infinite values")
     dtype = np.complex64 if np.iscomplexobj(array) else np.float32
-    return LoadedImage(np.ascontiguousarray(array, dtype=dtype), str(p), metadata)
+    return LoadedImage(np.ascontiguousarray(array, dtype=dtype), source or str(p), metadata)
 
 
 def _to_2d(

@@ -1,4 +1,4 @@
-"""Image-quality metrics, batched in torch: PSNR, SSIM, relative l2 and l-infinity errors.
+"""Image-quality metrics, batched in torch: PSNR, SSIM, NMSE, relative l2 and l-infinity errors.
 
 Conventions:
 
@@ -14,11 +14,13 @@ Conventions:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linf_error", "psnr", "relative_l2", "ssim"]
+__all__ = ["linf_error", "nmse", "psnr", "relative_l2", "ssim"]
 
 
 def _prepare(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,6 +97,16 @@ def relative_l2(x: Tensor, ref: Tensor, *, roi: Tensor | None = None) -> Tensor:
     return err / torch.sqrt((ref**2 * w).flatten(1).sum(dim=1))
 
 
+def nmse(x: Tensor, ref: Tensor, *, roi: Tensor | None = None) -> Tensor:
+    """Normalised mean squared error ``||x - ref||^2 / ||ref||^2`` (fastMRI's NMSE).
+
+    >>> ref = torch.ones(1, 2, 2)
+    >>> [round(float(v), 4) for v in nmse(ref * 1.1, ref)]
+    [0.01]
+    """
+    return relative_l2(x, ref, roi=roi) ** 2
+
+
 def linf_error(x: Tensor, ref: Tensor, *, roi: Tensor | None = None) -> Tensor:
     """``max |x - ref|`` (inside ``roi`` when given)."""
     x, ref = _prepare(x, ref)
@@ -128,6 +140,8 @@ def ssim(
     truncate: float = 3.5,
     k1: float = 0.01,
     k2: float = 0.03,
+    window: Literal["gaussian", "uniform"] = "gaussian",
+    win_size: int = 7,
 ) -> Tensor:
     """Structural similarity (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5).
 
@@ -136,9 +150,18 @@ def ssim(
     which is ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
     use_sample_covariance=False, data_range=...)``. With ``roi`` the map is averaged over the
     ROI's pixels in that interior. Channels are averaged.
+
+    ``window="uniform"``: a ``win_size`` square uniform window with sample covariances, which
+    is skimage's default ``structural_similarity(..., data_range=...)`` (fastMRI's SSIM).
     """
     x, ref = _prepare(x, ref)
-    kernel = _gaussian_kernel(sigma, truncate, ref.dtype, ref.device)
+    if window == "uniform":
+        kernel = torch.full((win_size,), 1.0 / win_size, dtype=ref.dtype, device=ref.device)
+        # sample covariances: skimage's cov_norm = N / (N - 1) over the window's N pixels
+        cov_norm = win_size**2 / (win_size**2 - 1)
+    else:
+        kernel = _gaussian_kernel(sigma, truncate, ref.dtype, ref.device)
+        cov_norm = 1.0
     radius = kernel.numel() // 2
     if min(ref.shape[-2:]) <= 2 * radius:
         raise ValueError(f"images must be larger than the {kernel.numel()}-pixel SSIM window")
@@ -147,9 +170,9 @@ def ssim(
     flat_r = ref.reshape(b * c, 1, *ref.shape[-2:])
     stacked = torch.cat([flat_x, flat_r, flat_x * flat_x, flat_r * flat_r, flat_x * flat_r])
     mu_x, mu_r, xx, rr, xr = _filter(stacked, kernel).split(b * c)
-    var_x = xx - mu_x**2
-    var_r = rr - mu_r**2
-    cov = xr - mu_x * mu_r
+    var_x = cov_norm * (xx - mu_x**2)
+    var_r = cov_norm * (rr - mu_r**2)
+    cov = cov_norm * (xr - mu_x * mu_r)
     peak = _data_range(ref, data_range).repeat_interleave(c).view(-1, 1, 1, 1)
     c1 = (k1 * peak) ** 2
     c2 = (k2 * peak) ** 2

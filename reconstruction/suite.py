@@ -29,19 +29,23 @@ from reconstruction.data import (
     resize_image,
     scale_to_range,
 )
-from reconstruction.instability.common import Subject, TestResult
+from reconstruction.instability.common import AuditData, Subject, TestResult
 from reconstruction.instability.more_samples import run_more_samples
 from reconstruction.instability.perturbation import run_perturbation
 from reconstruction.instability.structural import run_structural
-from reconstruction.protocols import Protocol
+from reconstruction.models.manifest import ESPIRIT
+from reconstruction.operators import MultiCoilMRI
+from reconstruction.protocols import METRIC_CONVENTIONS, Protocol
 
 __all__ = [
     "RESULTS_SCHEMA",
     "SHARD_SKIP",
     "TESTS",
+    "PreparedData",
     "SuiteResult",
     "isolation",
     "merge_results",
+    "prepare_data",
     "prepare_images",
     "run_suite",
 ]
@@ -67,6 +71,8 @@ class SuiteResult:
     created: str
     #: the prepared ground-truth images ``[B, H, W]`` (for figures)
     truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    #: multi-coil MRI: the coil maps in use (``source``: shipped, espirit, birdcage)
+    sensitivities: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +83,14 @@ class SuiteResult:
             "model": self.model,
             "images": self.images,
             "custom_details": self.details,
+            "measurements": "measured"
+            if any(i.get("measured") for i in self.images)
+            else "simulated",
+            "sensitivities": self.sensitivities,
+            "metric_convention": {
+                "name": self.protocol.metrics.convention,
+                "description": METRIC_CONVENTIONS[self.protocol.metrics.convention],
+            },
             "tests": {name: result.as_dict() for name, result in self.tests.items()},
             "verdicts": {name: result.verdict for name, result in self.tests.items()},
             "environment": self.environment,
@@ -135,14 +149,131 @@ def prepare_images(
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Real ground truths at the network's size, scaled to its intensity range (magnitude of
     complex images), and a record per image (source, SHA-256 of the prepared array)."""
-    arrays, records = [], []
+    prepared = prepare_data(images, size, intensity_range)
+    return prepared.truth, prepared.records
+
+
+@dataclass
+class PreparedData:
+    """The audit's images on the network's grid: ``truth`` ``[B, H, W]``; ``kspace``: each
+    measured image's fully sampled k-space ``[(C,) H, W]`` scaled like its truth (``None`` for
+    the others); ``volume_max`` ``[B]``: each truth's volume maximum in the truth's scale."""
+
+    truth: np.ndarray
+    records: list[dict[str, Any]]
+    kspace: list[np.ndarray | None]
+    volume_max: np.ndarray
+
+
+def prepare_data(
+    images: Sequence[LoadedImage], size: tuple[int, int], intensity_range: tuple[float, float]
+) -> PreparedData:
+    """:func:`prepare_images`, and measured k-space: a measured image (``kspace`` set) is
+    fitted to ``size`` (:func:`reconstruction.measured.fit_kspace`, never resampled) and its
+    truth and k-space are scaled by one factor, its maximum to the range's top (the range must
+    start at 0: k-space is linear)."""
+    from reconstruction.measured import fit_kspace
+
+    arrays, records, peaks = [], [], []
+    kspaces: list[np.ndarray | None] = []
+    lo, hi = (float(v) for v in intensity_range)
     for image in images:
-        a = np.asarray(image.array)
-        a = np.abs(a) if np.iscomplexobj(a) else a
-        prepared = scale_to_range(resize_image(a, size), intensity_range).astype(np.float32)
+        if image.kspace is None:
+            a = np.asarray(image.array)
+            a = np.abs(a) if np.iscomplexobj(a) else a
+            prepared = scale_to_range(resize_image(a, size), intensity_range).astype(np.float32)
+            record = _image_record(image, prepared)
+            kspaces.append(None)
+            peaks.append(float(prepared.max()))
+        else:
+            if lo != 0.0:
+                raise ValueError(
+                    f"field 'intensity_range': measured k-space ({image.source}) can only be "
+                    f"scaled to a range starting at 0, not {list(intensity_range)}"
+                )
+            kspace, truth, grid = fit_kspace(image, size)
+            top = float(truth.max())
+            if top == 0.0:
+                raise ValueError(f"{image.source}: the k-space is zero")
+            scale = hi / top
+            prepared = (truth * scale).astype(np.float32)
+            kspaces.append((kspace * scale).astype(np.complex64))
+            volume = max(float(image.metadata.get("max", top)), top)
+            peaks.append(volume * scale)
+            record = {
+                **_image_record(image, prepared),
+                "measured": True,
+                "grid": grid,
+                "scale": scale,
+                "kspace_sha256": array_sha256(image.kspace),
+                "kspace_shape": list(image.kspace.shape),
+            }
         arrays.append(prepared)
-        records.append(_image_record(image, prepared))
-    return np.stack(arrays), records
+        records.append(record)
+    return PreparedData(np.stack(arrays), records, kspaces, np.asarray(peaks, dtype=np.float32))
+
+
+def _measured_data(
+    model: Subject, prepared: PreparedData, device: str
+) -> tuple[Subject, AuditData, dict[str, Any] | None]:
+    """The subject with the coil maps in use (ESPIRiT: estimated from a measured slice), the
+    tests' data (k-space for every image when one is measured: simulated through the maps for
+    the others), and the record of the maps."""
+    from reconstruction import coils
+
+    manifest = model.manifest
+    measured = [k for k in prepared.kspace if k is not None]
+    op = model.operator
+    maps_record = None
+    subject = model
+    if measured and manifest.modality == "ct":
+        raise ValueError("measured k-space is for MRI networks; this one is 'ct'")
+    wanted = 3 if manifest.modality == "mri-multicoil" else 2
+    for k, record in zip(prepared.kspace, prepared.records, strict=True):
+        if k is not None and k.ndim != wanted:
+            kind = "multi-coil [C, H, W]" if wanted == 3 else "single-coil [H, W]"
+            raise ValueError(
+                f"{record['source']}: k-space of shape {list(k.shape)}; modality "
+                f"'{manifest.modality}' needs {kind} k-space"
+            )
+    if isinstance(op, MultiCoilMRI):
+        source = manifest.sampling.sensitivities
+        if source == ESPIRIT:
+            if not measured:
+                raise ValueError(
+                    "field 'sampling.sensitivities': 'espirit' estimates the maps from measured "
+                    "multi-coil k-space: audit with an HDF5 file"
+                )
+            middle = len(measured) // 2
+            maps, how = coils.espirit_maps(measured[middle], op.mask.numpy())
+            where = [i for i, k in enumerate(prepared.kspace) if k is not None][middle]
+            op = MultiCoilMRI(op.mask, maps)
+            subject = copy.copy(model)
+            subject.operator = op
+            maps_record = coils.maps_record(
+                "espirit", op.sensitivities.numpy(), **how, slice=prepared.records[where]["source"]
+            )
+        elif source is not None:
+            maps_record = coils.maps_record("shipped", op.sensitivities.numpy(), file=source)
+        else:
+            maps_record = coils.maps_record("birdcage", op.sensitivities.numpy())
+        for k, record in zip(prepared.kspace, prepared.records, strict=True):
+            if k is not None and k.shape[0] != op.coils:
+                raise ValueError(
+                    f"field 'sampling.coils': {record['source']} has {k.shape[0]} coils, the "
+                    f"network's maps {op.coils}"
+                )
+    volume_max = torch.from_numpy(prepared.volume_max).to(device)
+    if not measured:
+        return subject, AuditData(volume_max=volume_max), maps_record
+    from reconstruction.measured import simulated_kspace
+
+    full = [
+        simulated_kspace(t, op) if k is None else k
+        for t, k in zip(prepared.truth, prepared.kspace, strict=True)
+    ]
+    data = AuditData(kspace=torch.from_numpy(np.stack(full)).to(device), volume_max=volume_max)
+    return subject, data, maps_record
 
 
 def _environment(device: str) -> dict[str, Any]:
@@ -234,7 +365,9 @@ def run_suite(
     chosen = chosen[: protocol.images.max_images]
     if not chosen:
         raise ValueError("no test image to audit")
-    truth_np, records = prepare_images(chosen, manifest.image_size, manifest.intensity_range)
+    prepared = prepare_data(chosen, manifest.image_size, manifest.intensity_range)
+    truth_np, records = prepared.truth, prepared.records
+    model, data, maps_record = _measured_data(model, prepared, device)
     truth = torch.from_numpy(truth_np).to(device)
     torch.manual_seed(protocol.seed)
     # subnormal floats (below 1e-38) flushed to zero: the unrolled baselines' backward passes
@@ -242,9 +375,9 @@ def run_suite(
     torch.set_flush_denormal(True)
     totals = _totals(protocol, len(chosen))
     runners: dict[str, tuple[object, Callable[..., TestResult]]] = {
-        "perturbation": (protocol.perturbation, run_perturbation),
-        "structural": (protocol.structural, partial(run_structural, custom=details)),
-        "sampling": (protocol.sampling, run_more_samples),
+        "perturbation": (protocol.perturbation, partial(run_perturbation, data=data)),
+        "structural": (protocol.structural, partial(run_structural, custom=details, data=data)),
+        "sampling": (protocol.sampling, partial(run_more_samples, data=data)),
     }
     results: dict[str, TestResult] = {}
     timings: dict[str, float] = {}
@@ -279,4 +412,5 @@ def run_suite(
         timings=timings,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         truth=truth_np,
+        sensitivities=maps_record,
     )

@@ -157,6 +157,10 @@ def _run(store: Store, audit_id: str, workdir: Path, extra: list[str], test: str
             target = workdir / "images" / safe_name(image["name"], "images")
             store.copy_out(image["sha256"], target)
             args += ["--images", _inside(target, workdir)]
+        # one selection for the whole set (recorded with each of its files)
+        selection = next((i["slices"] for i in image_set.images if "slices" in i), None)
+        if selection is not None:
+            args += ["--slices", selection]
     args += ["--device", settings.device, "--out", "out", "--progress", "json", *extra]
     stages = 1 if test is not None else len(_tests(protocol_yaml))
     result = run_cli(

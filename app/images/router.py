@@ -23,10 +23,20 @@ def upload_images(
     settings: SettingsDep,
     user: Submitter,
     name: Annotated[str, Form()],
-    files: Annotated[list[UploadFile], File(description="PNG, TIFF, NPY, DICOM or NIfTI")],
+    files: Annotated[
+        list[UploadFile],
+        File(description="PNG, TIFF, NPY, DICOM, NIfTI, or fastMRI HDF5 k-space (.h5)"),
+    ],
+    slices: Annotated[
+        str | None,
+        Form(
+            description="Which slices of every volume or HDF5 file: 'all', or indices and "
+            "half-open ranges ('3', '2:6', '0,4,8:10'); default: the middle slice."
+        ),
+    ] = None,
 ) -> ImageSetOut:
     image_set = service.upload_image_set(
-        session, store, settings, user, name, [(f.filename or "", f.file) for f in files]
+        session, store, settings, user, name, [(f.filename or "", f.file) for f in files], slices
     )
     return ImageSetOut.model_validate(image_set)
 

@@ -1,5 +1,6 @@
 """Test image sets: uploaded files are read with the science library's readers (PNG, TIFF,
-NPY without pickles, DICOM, NIfTI) before anything is stored."""
+NPY without pickles, DICOM, NIfTI, fastMRI HDF5 k-space) before anything is stored; ``slices``
+selects the slices of every volume in the set (as ``recon-audit audit --slices``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from app.networks.service import Upload, safe_name
 from app.orm import ImageSet, User
 from app.settings import Settings
 from app.storage import Spooled, Store
-from reconstruction.data import ImageReadError, read_image
+from reconstruction.data import ImageReadError, SliceError, Slices, read_images
 
 __all__ = ["BUILTIN_SET", "upload_image_set"]
 
@@ -23,7 +24,13 @@ BUILTIN_SET = "builtin"
 
 
 def upload_image_set(
-    session: Session, store: Store, settings: Settings, user: User, name: str, files: list[Upload]
+    session: Session,
+    store: Store,
+    settings: Settings,
+    user: User,
+    name: str,
+    files: list[Upload],
+    slices: str | None = None,
 ) -> ImageSet:
     if not name or len(name) > 100 or name == BUILTIN_SET:
         raise Invalid("name must have 1 to 100 characters and not be 'builtin'", field="name")
@@ -31,6 +38,9 @@ def upload_image_set(
         raise Invalid("upload at least one image", field="files")
     if repository.visible(session, user, name) is not None:
         raise Conflict(f"you already have an image set named {name!r}")
+    if slices is not None and len(slices) > 200:
+        raise Invalid("slices must have at most 200 characters", field="slices")
+    selection = None if slices is None else Slices(slices)
     workdir = store.workdir("images-")
     try:
         budget = settings.max_image_bytes * len(files)
@@ -45,19 +55,21 @@ def upload_image_set(
             if budget < 0:
                 raise TooLarge("the image upload is too large")
             try:
-                image = read_image(workdir / plain)
+                images = read_images(workdir / plain, slices=selection)
             except ImageReadError as exc:  # the upload's name, never the scratch folder's path
                 problem = exc.problem.replace(f"{workdir}/", "")
-                raise Invalid(f"{plain}: {problem}", field="files") from exc
-            records.append(
-                {
-                    "name": plain,
-                    "sha256": spooled[plain].sha256,
-                    "size": spooled[plain].size,
-                    "shape": list(image.array.shape),
-                    "format": image.metadata.get("format"),
-                }
-            )
+                field = "slices" if isinstance(exc, SliceError) else "files"
+                raise Invalid(f"{plain}: {problem}", field=field) from exc
+            record = {
+                "name": plain,
+                "sha256": spooled[plain].sha256,
+                "size": spooled[plain].size,
+                "shape": list(images[0].array.shape),
+                "format": images[0].metadata.get("format"),
+                "images": len(images),
+                "measured": images[0].kspace is not None,
+            }
+            records.append(record if slices is None else {**record, "slices": slices})
         image_set = ImageSet(owner_id=user.id, name=name, images=records)
         session.add(image_set)
         session.flush()

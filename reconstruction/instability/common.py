@@ -11,21 +11,24 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from torch import Tensor
 
-from reconstruction import baselines, metrics
+from reconstruction import baselines, metrics, protocols
 from reconstruction.models.adapter import magnitude
 from reconstruction.models.manifest import Manifest
 from reconstruction.operators import LinearOperator
-from reconstruction.protocols import Baseline
+from reconstruction.protocols import Baseline, MetricConvention
 
 __all__ = [
     "STABLE_WORDING",
+    "AuditData",
     "BaselineSubject",
     "Recon",
+    "Scoring",
     "Subject",
     "TestResult",
     "Verdict",
     "baseline_reconstructor",
     "mean_ci",
+    "measure",
     "network_reconstructor",
     "scores",
     "seeded",
@@ -99,8 +102,75 @@ def baseline_reconstructor(op: LinearOperator, config: Baseline, *, attack: bool
     return run
 
 
+@dataclass(frozen=True)
+class AuditData:
+    """What :func:`reconstruction.suite.run_suite` hands every test beside the truth images.
+
+    ``kspace``: for measured data, the fully sampled centred k-space of every image
+    ``[B, H, W]`` (multi-coil ``[B, C, H, W]``), scaled like the truth; the tests undersample
+    it with their masks (:func:`measure`). ``None``: the measurements are simulated,
+    ``A(truth)``. ``volume_max``: each image's volume maximum ``[B]`` (the truth's scale), the
+    data range of the ``fastmri`` metric convention."""
+
+    kspace: Tensor | None = None
+    volume_max: Tensor | None = None
+
+
+def measure(op: LinearOperator, truth: Tensor, data: AuditData | None) -> Tensor:
+    """The measurements of ``truth`` under ``op``: the measured k-space's samples at ``op``'s
+    mask when the data are measured, else ``op.A(truth)``."""
+    if data is None or data.kspace is None:
+        return op.A(truth)
+    return op.from_grid(data.kspace)  # type: ignore[attr-defined, no-any-return]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How images are scored against the truth, by the protocol's metric convention
+    (:class:`reconstruction.protocols.Metrics`):
+
+    * ``recon-audit``: PSNR with peak = the reference image's dynamic range, Gaussian-window
+      SSIM (sigma 1.5) with that range;
+    * ``fastmri``: fastMRI's ``evaluate.py``: PSNR with data range = the volume's maximum,
+      SSIM per slice with that range (7x7 uniform window, sample covariances), and NMSE; per
+      image, so that images can be paired (fastMRI aggregates PSNR and NMSE over volumes).
+    """
+
+    convention: MetricConvention = "recon-audit"
+    volume_max: Tensor | None = None
+
+    @classmethod
+    def of(cls, protocol: protocols.Protocol, data: AuditData | None) -> Scoring:
+        return cls(protocol.metrics.convention, None if data is None else data.volume_max)
+
+    def _range(self, truth: Tensor) -> Tensor:
+        if self.volume_max is not None:
+            return self.volume_max.to(truth.device)
+        return truth.abs().flatten(1).amax(dim=1)
+
+    def psnr(self, image: Tensor, truth: Tensor) -> Tensor:
+        if self.convention == "recon-audit":
+            return metrics.psnr(image.float(), truth)
+        return metrics.psnr(image.float(), truth, data_range=self._range(truth))
+
+    def __call__(self, image: Tensor, truth: Tensor) -> dict[str, list[float]]:
+        """PSNR and SSIM per image (``fastmri``: also NMSE)."""
+        if self.convention == "recon-audit":
+            return scores(image, truth)
+        peak = self._range(truth)
+        return {
+            "psnr_db": [float(v) for v in self.psnr(image, truth)],
+            "ssim": [
+                float(v)
+                for v in metrics.ssim(image.float(), truth, data_range=peak, window="uniform")
+            ],
+            "nmse": [float(v) for v in metrics.nmse(image.float(), truth)],
+        }
+
+
 def scores(image: Tensor, truth: Tensor) -> dict[str, list[float]]:
-    """PSNR (peak: the reference's dynamic range) and SSIM per image."""
+    """PSNR (peak: the reference's dynamic range) and SSIM per image (the ``recon-audit``
+    convention)."""
     return {
         "psnr_db": [float(v) for v in metrics.psnr(image.float(), truth)],
         "ssim": [float(v) for v in metrics.ssim(image.float(), truth)],

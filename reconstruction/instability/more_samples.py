@@ -40,13 +40,15 @@ from torch import Tensor
 from reconstruction import sampling
 from reconstruction.instability.common import (
     STABLE_WORDING,
+    AuditData,
+    Scoring,
     Subject,
     TestResult,
     Verdict,
     baseline_reconstructor,
     mean_ci,
+    measure,
     network_reconstructor,
-    scores,
     seeded,
     to_numpy,
 )
@@ -103,7 +105,10 @@ def run_more_samples(
     protocol: Protocol,
     *,
     progress: Callable[[int], None] | None = None,
+    data: AuditData | None = None,
 ) -> TestResult:
+    """Run test 3 on the images ``truth`` ``[B, H, W]``; ``data``: their measured k-space
+    (undersampled with each mask of the ladder) and data ranges (:class:`AuditData`)."""
     cfg = protocol.sampling
     assert cfg is not None
     if subject.fixed_size:
@@ -111,13 +116,14 @@ def run_more_samples(
             "sampling", "skipped", subject.fixed_size_reason or "the network has a fixed input size"
         )
     ladder = sampling_ladder(subject.operator, list(cfg.factors), seeded(protocol.seed, 30))
+    score = Scoring.of(protocol, data)
     rows: list[dict[str, Any]] = []
     figures: dict[str, Any] = {"ratios": [], "network": [], "baseline": []}
     for factor, ratio, op in ladder:
         try:
             f_net = network_reconstructor(subject, op, differentiable=False)
             f_base = baseline_reconstructor(op, protocol.baseline, attack=False)
-            y = op.A(truth)
+            y = measure(op, truth, data)
             with torch.no_grad():
                 net, base = f_net(y), f_base(y)
         except Exception as exc:
@@ -127,7 +133,7 @@ def run_more_samples(
                 f"the network cannot take {ratio:g} sampling (factor {factor:g}): "
                 f"{type(exc).__name__}: {exc}"[:400],
             )
-        s_net, s_base = scores(net, truth), scores(base, truth)
+        s_net, s_base = score(net, truth), score(base, truth)
         rows.append(
             {
                 "factor": factor,

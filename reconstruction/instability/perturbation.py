@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reconstruction import metrics
 from reconstruction.attacks import (
     BudgetResult,
     BudgetSearch,
@@ -45,13 +44,15 @@ from reconstruction.attacks import (
 from reconstruction.batch import gaussian, norms, per_item
 from reconstruction.instability.common import (
     STABLE_WORDING,
+    AuditData,
     Recon,
+    Scoring,
     Subject,
     TestResult,
     Verdict,
     baseline_reconstructor,
+    measure,
     network_reconstructor,
-    scores,
     seeded,
     to_numpy,
 )
@@ -118,8 +119,10 @@ def _search_record(result: BudgetResult) -> dict[str, Any]:
     }
 
 
-def _damage(f_clean: Tensor, result: BudgetResult, truth: Tensor, window: float) -> dict[str, Any]:
-    clean, perturbed = scores(f_clean, truth), scores(result.reconstruction, truth)
+def _damage(
+    f_clean: Tensor, result: BudgetResult, truth: Tensor, window: float, score: Scoring
+) -> dict[str, Any]:
+    clean, perturbed = score(f_clean, truth), score(result.reconstruction, truth)
     local = local_damage(f_clean, result.reconstruction, truth, window)
     return {
         "size": _floats(result.size),
@@ -136,11 +139,13 @@ def _damage(f_clean: Tensor, result: BudgetResult, truth: Tensor, window: float)
     }
 
 
-def _records(result: BudgetResult, f_clean: Tensor, truth: Tensor, window: float) -> dict[str, Any]:
+def _records(
+    result: BudgetResult, f_clean: Tensor, truth: Tensor, window: float, score: Scoring
+) -> dict[str, Any]:
     e_norm = norms(result.measurement_perturbation)
     diff = norms(result.reconstruction - f_clean)
     return {
-        **_damage(f_clean, result, truth, window),
+        **_damage(f_clean, result, truth, window, score),
         "local_lipschitz": _floats(diff / e_norm.clamp_min(1e-12)),
         "search": _search_record(result),
         "restart_changes": result.restart_changes,
@@ -221,8 +226,10 @@ def run_perturbation(
     protocol: Protocol,
     *,
     progress: Progress | None = None,
+    data: AuditData | None = None,
 ) -> TestResult:
-    """Run test 1 on the images ``truth`` ``[B, H, W]`` (scaled to the intensity range)."""
+    """Run test 1 on the images ``truth`` ``[B, H, W]`` (scaled to the intensity range);
+    ``data``: their measured k-space and data ranges (:class:`AuditData`)."""
     cfg = protocol.perturbation
     assert cfg is not None
     op = subject.operator
@@ -230,7 +237,8 @@ def run_perturbation(
     f_net = network_reconstructor(subject, differentiable=white)
     f_base = baseline_reconstructor(op, protocol.baseline, attack=True)
     fs = {"network": f_net, "baseline": f_base}
-    y = op.A(truth)
+    y = measure(op, truth, data)
+    score = Scoring.of(protocol, data)
     roi = _roi(protocol, tuple(truth.shape), truth.device)
     with torch.no_grad():
         clean = {role: f(y) for role, f in fs.items()}
@@ -334,7 +342,7 @@ def run_perturbation(
             row: dict[str, Any] = {"eps": eps}
             for role in ROLES:
                 result = runs[role][k]
-                rec = _records(result, clean[role], truth, window)
+                rec = _records(result, clean[role], truth, window, score)
                 rec["noise_control_change"] = _floats(
                     _noise_control(
                         fs[role],
@@ -363,7 +371,7 @@ def run_perturbation(
                     targeted = k in local_runs[role]
                     local = local_runs[role][k] if targeted else result
                     row[f"local_{role}"] = {
-                        **_damage(clean[role], local, truth, window),
+                        **_damage(clean[role], local, truth, window, score),
                         "window": target.tolist(),
                         "window_change": _floats(
                             window_change(clean[role], local.reconstruction, target)
@@ -466,7 +474,7 @@ def run_perturbation(
     }
     if cfg.pnas is not None and "image" in cfg.threat_models and white:
         numbers["pnas"], figures["pnas"] = _run_pnas(
-            subject, f_net, f_base, truth, y, protocol, roi, progress
+            subject, f_net, f_base, truth, y, protocol, roi, progress, score
         )
     evidence.sort(key=lambda e: (e["eps"], -e["change_ratio"]))
     numbers["evidence"] = evidence[:20]
@@ -523,6 +531,7 @@ def _run_pnas(
     protocol: Protocol,
     roi: Tensor | None,
     progress: Progress | None,
+    score: Scoring,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     assert protocol.perturbation is not None
     assert protocol.perturbation.pnas is not None
@@ -542,7 +551,7 @@ def _run_pnas(
             progress=progress,
             **settings,
         )
-        psnr = [[float(v) for v in metrics.psnr(r.float(), truth)] for r in result.reconstructions]
+        psnr = [[float(v) for v in score.psnr(r, truth)] for r in result.reconstructions]
         numbers[role] = {
             "sizes": result.sizes.tolist(),
             "output_change": result.changes.tolist(),

@@ -39,11 +39,13 @@ from torch import Tensor
 from reconstruction import details as det
 from reconstruction.instability.common import (
     STABLE_WORDING,
+    AuditData,
     Subject,
     TestResult,
     Verdict,
     baseline_reconstructor,
     mean_ci,
+    measure,
     network_reconstructor,
     seeded,
     to_numpy,
@@ -60,9 +62,12 @@ def run_structural(
     *,
     custom: Sequence[tuple[str, np.ndarray]] = (),
     progress: Callable[[int], None] | None = None,
+    data: AuditData | None = None,
 ) -> TestResult:
     """Run test 2. ``custom``: user-supplied details ``(name, image or mask)``, placed and
-    scored like the standard ones at every height and contrast (in a separate pass)."""
+    scored like the standard ones at every height and contrast (in a separate pass).
+    ``data``: measured k-space (:class:`AuditData`): details are then added to the measured
+    data, ``y + A d``."""
     cfg = protocol.structural
     assert cfg is not None
     th = cfg.thresholds
@@ -71,7 +76,7 @@ def run_structural(
     f_net = network_reconstructor(subject, differentiable=False)
     f_base = baseline_reconstructor(op, protocol.baseline, attack=False)
     with torch.no_grad():
-        y = op.A(truth)
+        y = measure(op, truth, data)
         plain = {"network": f_net(y), "baseline": f_base(y)}
     images = to_numpy(truth)
     rows: list[dict[str, Any]] = []
@@ -85,7 +90,7 @@ def run_structural(
         )
         x_d = torch.from_numpy(with_details.astype(np.float32)).to(truth.device)
         with torch.no_grad():
-            y_d = op.A(x_d)
+            y_d = op.A(x_d) if data is None or data.kspace is None else y + op.A(x_d - truth)
             recon = {"network": f_net(y_d), "baseline": f_base(y_d)}
         for i, placed in enumerate(sets):
             for detail in placed:

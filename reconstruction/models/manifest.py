@@ -35,6 +35,7 @@ from reconstruction.models.formats import ModelError
 from reconstruction.operators import LinearOperator, MultiCoilMRI, ParallelBeamCT, SingleCoilMRI
 
 __all__ = [
+    "ESPIRIT",
     "InputSpec",
     "Manifest",
     "ManifestError",
@@ -46,6 +47,7 @@ __all__ = [
     "manifest_json_schema",
     "mask_sha256",
     "sampling_mask",
+    "shipped_sensitivities",
 ]
 
 Modality = Literal["mri", "mri-multicoil", "ct"]
@@ -55,6 +57,8 @@ Part = Literal["magnitude", "real"]
 RATIO_TOLERANCE = 0.01
 #: the largest image side a manifest may declare
 MAX_IMAGE_SIZE = 2048
+#: ``sampling.sensitivities``: maps estimated from the measured data's ACS region
+ESPIRIT = "espirit"
 
 
 class ManifestError(ModelError):
@@ -102,7 +106,15 @@ class SamplingSpec(_Strict):
     )
     pattern: PatternSpec | None = None
     coils: Annotated[int | None, Field(ge=1, le=64)] = Field(
-        None, description="mri-multicoil: number of simulated birdcage coils."
+        None,
+        description="mri-multicoil: number of coils (of the simulated birdcage array when "
+        "sampling.sensitivities is absent).",
+    )
+    sensitivities: str | None = Field(
+        None,
+        description="mri-multicoil: the coil maps, a .npy complex [C, H, W] file beside the "
+        "manifest (C = sampling.coils), or 'espirit' (estimated by ESPIRiT from the ACS region "
+        "of the measured k-space the audit runs on); absent: simulated birdcage maps.",
     )
     angles: int | list[float] | None = Field(
         None, description="CT: a count (equispaced on [0, pi)) or the angles in radians."
@@ -150,8 +162,8 @@ class Manifest(_Strict):
                 raise ValueError("sampling.angles and detectors are for CT, not MRI")
             if self.modality == "mri-multicoil" and s.coils is None:
                 raise ValueError("sampling.coils is required for modality 'mri-multicoil'")
-            if self.modality == "mri" and s.coils is not None:
-                raise ValueError("sampling.coils is for 'mri-multicoil'")
+            if self.modality == "mri" and (s.coils is not None or s.sensitivities is not None):
+                raise ValueError("sampling.coils and sensitivities are for 'mri-multicoil'")
             if self.input.domain == "samples" and self.modality == "mri-multicoil":
                 raise ValueError("input.domain 'samples' is supported for 'mri' and 'ct'")
         return self
@@ -236,6 +248,35 @@ def sampling_mask(manifest: Manifest, base_dir: str | Path) -> np.ndarray:
     return mask
 
 
+def shipped_sensitivities(manifest: Manifest, base_dir: str | Path) -> np.ndarray | None:
+    """The coil maps ``[C, H, W]`` shipped beside the manifest (``sampling.sensitivities``, a
+    file), checked: shape ``[sampling.coils, *image_size]``, numeric, finite, not all zero;
+    ``None`` when the maps are simulated or estimated."""
+    name = manifest.sampling.sensitivities
+    if name is None or name == ESPIRIT:
+        return None
+    field = "sampling.sensitivities"
+    path = _referenced_file(Path(base_dir), name, field)
+    try:
+        maps: np.ndarray = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{name} is not a readable .npy array: {exc}", field) from exc
+    expected = [manifest.sampling.coils, *manifest.image_size]
+    if list(maps.shape) != expected:
+        raise ManifestError(
+            f"maps of shape {list(maps.shape)}; expected [C, H, W] = {expected} "
+            "(sampling.coils, image_size)",
+            field,
+        )
+    if not np.issubdtype(maps.dtype, np.number):
+        raise ManifestError(f"the maps must be numeric (complex), got dtype {maps.dtype}", field)
+    if not np.all(np.isfinite(maps)):
+        raise ManifestError("the maps contain NaN or infinite values", field)
+    if not np.any(maps):
+        raise ManifestError("the maps are zero everywhere", field)
+    return maps.astype(np.complex128)
+
+
 def mask_sha256(mask: np.ndarray) -> str:
     """SHA-256 of a mask's C-ordered boolean bytes (the hash reports and certificates print)."""
     return array_sha256(np.asarray(mask, dtype=bool))
@@ -253,4 +294,6 @@ def build_operator(
     if manifest.modality == "mri":
         return SingleCoilMRI(m)
     assert manifest.sampling.coils is not None
-    return MultiCoilMRI(m, manifest.sampling.coils)
+    maps = shipped_sensitivities(manifest, base_dir)
+    # 'espirit': birdcage maps until the audit's data give the estimate (run_suite)
+    return MultiCoilMRI(m, manifest.sampling.coils if maps is None else maps)

@@ -6,8 +6,9 @@ paper's settings), and replays of published robustness protocols: ``genzel2022``
 Macdonald & März, TPAMI 2022) and ``darestani2021`` (Darestani, Chaudhari & Heckel, ICML 2021).
 A user's own file follows the same schema (:func:`protocol_json_schema`).
 The canonical hash is the SHA-256 of the protocol's canonical JSON (every field, defaults
-filled in, keys sorted, no whitespace), so two files that differ only in comments, key order
-or formatting have the same hash, and any change of a value changes it.
+filled in, keys sorted, no whitespace; ``metrics``, added later, only when it is not the
+default), so two files that differ only in comments, key order or formatting have the same
+hash, and any change of a value changes it.
 
 >>> p = load_protocol("quick")
 >>> p.name, p.version, len(p.sha256)
@@ -39,6 +40,9 @@ from reconstruction.documents import read_mapping, validation_problem
 
 __all__ = [
     "BUILTIN",
+    "METRIC_CONVENTIONS",
+    "MetricConvention",
+    "Metrics",
     "Protocol",
     "ProtocolError",
     "is_builtin",
@@ -286,6 +290,23 @@ class Sampling(_Strict):
         return factors
 
 
+MetricConvention = Literal["recon-audit", "fastmri"]
+#: every metric convention, by name, as the certificates state it
+METRIC_CONVENTIONS: dict[str, str] = {
+    "recon-audit": "PSNR with peak = each reference image's dynamic range (max - min); SSIM "
+    "with an 11x11 Gaussian window (sigma 1.5) and that range",
+    "fastmri": "fastMRI's (evaluate.py): PSNR with data range = the volume's maximum; SSIM per "
+    "slice with that range (7x7 uniform window, sample covariances); NMSE; per image",
+}
+
+
+class Metrics(_Strict):
+    """How reconstructions are scored against the truth (PSNR, SSIM; the verdicts' thresholds
+    apply to these scores)."""
+
+    convention: MetricConvention = "recon-audit"
+
+
 class Protocol(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
     version: Annotated[str, Field(min_length=1, max_length=40)]
@@ -294,6 +315,7 @@ class Protocol(_Strict):
     seed: int = 0
     images: Images = Images()
     baseline: Baseline = Baseline()
+    metrics: Metrics = Metrics()
     perturbation: Perturbation | None
     structural: Structural | None
     sampling: Sampling | None
@@ -315,7 +337,13 @@ class Protocol(_Strict):
             self.perturbation.check_image_size(image_size)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Every field, defaults filled in, keys sorted, no whitespace; but ``metrics`` (added
+        after protocols were first issued) enters only when it is not the default, so a
+        protocol that keeps the default keeps the hash it was issued with."""
+        data = self.model_dump(mode="json")
+        if self.metrics == Metrics():
+            del data["metrics"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def sha256(self) -> str:

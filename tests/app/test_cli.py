@@ -331,3 +331,86 @@ def test_audit_with_a_protocol_that_runs_no_test_exits_2(tmp_path: Path) -> None
     assert code == 2
     assert "runs no test" in output
     assert not (tmp_path / "o").exists()
+
+
+def _measured_protocol(tmp_path: Path) -> Path:
+    """``quick`` under fastMRI's metric convention (a custom protocol)."""
+    from reconstruction.protocols import load_protocol
+
+    data = load_protocol("quick").model_dump(mode="json")
+    data.update(name="quick-fastmri", metrics={"convention": "fastmri"}, structural=None)
+    path = tmp_path / "protocol.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_audit_of_a_fastmri_file(tmp_path: Path) -> None:
+    """A fastMRI-style single-coil file (readout oversampled 2x) audits end to end: its truth
+    and measurements come from the file, cropped to the network's 32 x 32."""
+    from tests.reconstruction.measured_files import write_fastmri
+
+    data = write_fastmri(tmp_path / "knee.h5", size=32, oversample=2, coils=None, slices=4)
+    code, output, results = _audit(
+        "automap-mri",
+        tmp_path / "m",
+        "--images",
+        str(data),
+        "--slices",
+        "1:3",
+        "--protocol",
+        str(_measured_protocol(tmp_path)),
+        "--no-pdf",
+    )
+    assert code == 0, output
+    assert results["measurements"] == "measured"
+    assert results["metric_convention"]["name"] == "fastmri"
+    assert [image["source"].rsplit("#", 1)[1] for image in results["images"]] == [
+        "slice=1",
+        "slice=2",
+    ]
+    assert {image["grid"] for image in results["images"]} == {"reconstruction"}
+    assert results["sensitivities"] is None
+    assert results["verdicts"]["perturbation"] in ("stable", "unstable", "inconclusive")
+    html = (tmp_path / "m" / "report.html").read_text()
+    assert "Metric convention: <strong>fastmri</strong>" in html
+
+
+@pytest.mark.parametrize(
+    ("what", "extra", "message"),
+    [
+        ("nokspace", [], "no 'kspace' dataset"),
+        ("slices", ["--slices", "7"], "--slices: "),
+        ("slices", ["--slices", "2:x"], "use 'all' or non-negative indices"),
+        ("size", [], "does not match the network's image_size [32, 32]"),
+    ],
+)
+def test_audit_of_bad_measured_data_exits_2(
+    tmp_path: Path, what: str, extra: list[str], message: str
+) -> None:
+    import h5py
+
+    from tests.reconstruction.measured_files import write_fastmri
+
+    path = tmp_path / "data.h5"
+    if what == "nokspace":
+        with h5py.File(path, "w") as f:
+            f.create_dataset("reconstruction_esc", data=np.zeros((2, 32, 32), np.float32))
+    else:
+        write_fastmri(path, size=48 if what == "size" else 32, oversample=1, coils=None)
+    folder = EXAMPLES / "automap-mri"
+    code, output = _run(
+        "audit",
+        str(folder / "model.onnx"),
+        "--manifest",
+        str(folder / "manifest.json"),
+        "--images",
+        str(path),
+        "--out",
+        str(tmp_path / "o"),
+        *extra,
+    )
+    assert code == 2, output
+    assert message in output
+    assert not (tmp_path / "o").exists()

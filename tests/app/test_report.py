@@ -316,3 +316,41 @@ def test_a_protocol_posing_as_a_builtin_reads_custom_on_every_page() -> None:
         assert "custom:standard v1" in text, f"page {number}"
         assert not re.search(r"(?<!custom:)standard v1", text), f"page {number}"
     assert "takes the name of the built-in protocol standard but is not it" in " ".join(pages)
+
+
+def test_the_metric_convention_measurements_and_coil_maps_are_stated(
+    result: SuiteResult,
+) -> None:
+    def _plain(page: str) -> str:
+        return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+    document = copy.deepcopy(result.to_json())
+    page = _plain(render_html(document, {}, ""))
+    assert "Metric convention: recon-audit — PSNR with peak = each reference image's" in page
+    assert "Measurements: simulated from the images" in page
+    document["metric_convention"] = {"name": "fastmri", "description": "fastMRI's (evaluate.py)"}
+    document["measurements"] = "measured"
+    document["sensitivities"] = {
+        "source": "espirit",
+        "coils": 4,
+        "sha256": "ab" * 32,
+        "implementation": "sigpy.mri.app.EspiritCalib",
+        "sigpy": "0.1.27",
+        "calib_width": 24,
+        "kernel_width": 6,
+        "thresh": 0.02,
+        "crop": 0.95,
+        "max_iter": 100,
+        "slice": "knee.h5#slice=3",
+    }
+    page = _plain(render_html(document, {}, ""))
+    assert "Metric convention: fastmri — fastMRI's (evaluate.py)" in page
+    assert "Measurements: measured k-space" in page
+    assert "Coil sensitivity maps (4 coils)" in page
+    assert "espirit (estimated by sigpy.mri.app.EspiritCalib, SigPy 0.1.27" in page
+    assert "region of knee.h5#slice=3: calibration width 24" in page
+    # results written before conventions were named: the project's, which they used
+    for key in ("metric_convention", "measurements", "sensitivities"):
+        document.pop(key)
+    page = _plain(render_html(document, {}, ""))
+    assert "Metric convention: recon-audit" in page

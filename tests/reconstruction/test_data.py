@@ -12,10 +12,14 @@ from PIL import Image
 
 from reconstruction.data import (
     ImageReadError,
+    SliceError,
+    Slices,
     builtin_images,
     dicom_example,
     random_ellipses,
+    read_dicom_series,
     read_image,
+    read_images,
     resize_image,
     scale_to_range,
     shepp_logan,
@@ -109,6 +113,65 @@ def test_nifti_slice_choice(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded.array, data[:, :, 4])
     assert loaded.metadata["voxel_size"] == [0.5, 0.5, 2.0]
     assert loaded.metadata["volume_shape"] == [12, 10, 6]
+
+
+def test_nifti_volume_slices(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).random((12, 10, 6)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), tmp_path / "v.nii")
+    loaded = read_images(tmp_path / "v.nii", slices=Slices("1,4:6"))
+    assert [image.metadata["slice_index"] for image in loaded] == [1, 4, 5]
+    assert loaded[1].source.endswith("v.nii#slice=4")
+    np.testing.assert_allclose(loaded[1].array, data[:, :, 4])
+    assert [i.metadata["slice_index"] for i in read_images(tmp_path / "v.nii")] == [3]
+    with pytest.raises(SliceError, match="'6' out of range for a volume of 6 slices"):
+        read_images(tmp_path / "v.nii", slices=Slices("6"))
+    # a 2-D image is itself, whatever the selection
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat.png")
+    assert len(read_images(tmp_path / "flat.png", slices=Slices("3"))) == 1
+
+
+def _series(folder: Path, order: list[int], *, key: str = "InstanceNumber") -> list[float]:
+    """A DICOM series from pydicom's MR_small, file names in another order than ``key``;
+    returns each written slice's mean pixel value, in ``key`` order."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir()
+    means = {}
+    for position, number in enumerate(order):
+        dataset = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
+        pixels = dataset.pixel_array.copy()
+        pixels[:] = 10 * (number + 1)
+        dataset.PixelData = pixels.tobytes()
+        if key == "InstanceNumber":
+            dataset.InstanceNumber = number
+        else:
+            del dataset.InstanceNumber
+            dataset.SliceLocation = 2.5 * number
+        dataset.save_as(folder / f"file{position}.dcm")
+        means[number] = float(10 * (number + 1))
+    return [means[n] for n in sorted(means)]
+
+
+@pytest.mark.parametrize("key", ["InstanceNumber", "SliceLocation"])
+def test_dicom_series_is_ordered(tmp_path: Path, key: str) -> None:
+    means = _series(tmp_path / "series", [2, 0, 3, 1], key=key)
+    loaded = read_dicom_series(tmp_path / "series", Slices("all"))
+    assert [float(i.array.mean()) for i in loaded] == means
+    assert loaded[0].metadata["series_order"] == key
+    assert loaded[0].metadata["series_size"] == 4
+    assert [i.metadata["slice_index"] for i in read_images(tmp_path / "series")] == [2]
+    with pytest.raises(SliceError, match="out of range for a volume of 4 slices"):
+        read_images(tmp_path / "series", slices=Slices("2:5"))
+
+
+def test_bad_dicom_series(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageReadError, match=r"holds no \.dcm file"):
+        read_dicom_series(tmp_path / "empty")
+    _series(tmp_path / "same", [1, 1])
+    with pytest.raises(ImageReadError, match="cannot be ordered"):
+        read_dicom_series(tmp_path / "same")
 
 
 def test_bundled_nifti_reads() -> None:

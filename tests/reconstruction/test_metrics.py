@@ -8,7 +8,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from reconstruction.data import random_ellipses, shepp_logan
-from reconstruction.metrics import linf_error, psnr, relative_l2, ssim
+from reconstruction.metrics import linf_error, nmse, psnr, relative_l2, ssim
 
 
 def _pair(seed: int, size: int = 64, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +34,23 @@ def test_psnr_and_ssim_match_skimage(seed: int) -> None:
     assert float(psnr(tx, tref)) == pytest.approx(expected_psnr, abs=1e-6)
     assert float(ssim(tx, tref)) == pytest.approx(expected_ssim, abs=1e-3)
     assert float(ssim(tx.float(), tref.float())) == pytest.approx(expected_ssim, abs=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fastmri_ssim_and_nmse_match_skimage_and_fastmri(seed: int) -> None:
+    """fastMRI's evaluate.py: skimage's default SSIM (7x7 uniform window, sample covariances)
+    with data_range = the volume's maximum; NMSE = ||gt - pred||^2 / ||gt||^2."""
+    x, ref = _pair(seed, size=40 + 8 * seed, noise=0.03)
+    peak = float(ref.max()) * 1.3  # a volume maximum above this slice's
+    expected = structural_similarity(ref, x, data_range=peak)
+    tx, tref = torch.from_numpy(x)[None], torch.from_numpy(ref)[None]
+    assert float(ssim(tx, tref, data_range=peak, window="uniform")) == pytest.approx(
+        expected, abs=1e-6
+    )
+    expected_nmse = np.linalg.norm(ref - x) ** 2 / np.linalg.norm(ref) ** 2
+    assert float(nmse(tx, tref)) == pytest.approx(expected_nmse, rel=1e-9)
+    expected_psnr = peak_signal_noise_ratio(ref, x, data_range=peak)
+    assert float(psnr(tx, tref, data_range=peak)) == pytest.approx(expected_psnr, abs=1e-6)
 
 
 def test_peak_is_the_references_range_not_the_reconstructions() -> None:

@@ -36,6 +36,34 @@ def test_builtins_differ_and_quick_is_smallest() -> None:
     assert pnas.perturbation.pnas.momentum == 0.9
 
 
+#: the built-ins' hashes as issued before ``metrics`` existed (a default it keeps them)
+ISSUED = {
+    "quick": "6def435123bfeaa896da1dc6675672f7e35ae0137b1f2eb7b440e04b7556f0c0",
+    "standard": "c3e5e155174db0888cf5c666ef5db3f71ba8a636ff70b39e6fd6414cef471654",
+    "pnas": "a93f1ba9bcd03c989efe77ad941ed74be3fe2e2a926a2fa44a936fce3909ff9c",
+    "genzel2022": "55be2336d5747b92e5eafb0a0f89e514eda5f5ccfe08df971da949033f0d3f43",
+    "darestani2021": "4a436585d5ea3b94b4578cd7f0bcfe58270d0097cdac80839d945b67a652c428",
+}
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_metric_convention_defaults_to_the_projects_and_keeps_issued_hashes(name: str) -> None:
+    protocol = load_protocol(name)
+    assert protocol.metrics.convention == "recon-audit"
+    assert protocol.sha256 == ISSUED[name]
+    assert "metrics" in protocol.to_yaml()  # the full text states the convention
+    data = yaml.safe_load(protocol.to_yaml())
+    data["metrics"] = {"convention": "fastmri"}
+    fastmri = parse_protocol(yaml.safe_dump(data))
+    assert fastmri.metrics.convention == "fastmri"
+    assert fastmri.sha256 != protocol.sha256
+    assert protocols.shown_name(name, fastmri.sha256) == f"custom:{name}"
+    assert set(protocols.METRIC_CONVENTIONS) == {"recon-audit", "fastmri"}
+    data["metrics"] = {"convention": "nyu"}
+    with pytest.raises(ProtocolError, match=r"field 'metrics\.convention'"):
+        parse_protocol(yaml.safe_dump(data))
+
+
 def test_hash_ignores_formatting_but_not_values(tmp_path: Path) -> None:
     text = (protocols.HERE / "quick.yaml").read_text()
     data = yaml.safe_load(text)

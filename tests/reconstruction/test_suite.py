@@ -2,16 +2,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import h5py
+import numpy as np
 import pytest
+import torch
 import yaml
 
-from reconstruction.data import LoadedImage
+from reconstruction import metrics
+from reconstruction.data import LoadedImage, Slices, read_images, shepp_logan
 from reconstruction.instability.common import BaselineSubject
-from reconstruction.models import build_operator
-from reconstruction.protocols import Protocol
+from reconstruction.models import Manifest, build_operator
+from reconstruction.operators import birdcage_sensitivities
+from reconstruction.protocols import Protocol, parse_protocol
 from reconstruction.suite import RESULTS_SCHEMA, SHARD_SKIP, merge_results, run_suite
 from tests.reconstruction.conftest import SMALL_PROTOCOL, Leaky, manifest, subject
+from tests.reconstruction.measured_files import write_fastmri
 
 
 def test_the_baseline_audited_as_a_network_is_stable_on_all_three_tests(
@@ -94,3 +101,97 @@ def test_shards_merge_into_one_audit(mask_dir: Path, images: list[LoadedImage]) 
         merge_results([shards[0], other])
     with pytest.raises(ValueError, match="unknown test"):
         run_suite(model, images, protocol, only=["speed"])
+
+
+MEASURED_PROTOCOL = """
+name: measured
+version: "1"
+images: {max_images: 2}
+metrics: {convention: fastmri}
+perturbation: null
+structural: null
+sampling: {factors: [1.0, 2.0]}
+"""
+
+
+def _measured_manifest(folder: Path, size: int, **sampling_extra: Any) -> Manifest:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[:, size // 2 - 8 : size // 2 + 8] = True
+    mask[:, 1::4] = True
+    np.save(folder / "mask.npy", mask)
+    return Manifest.model_validate(
+        {
+            "name": "measured-net",
+            "modality": "mri-multicoil",
+            "image_size": [size, size],
+            "sampling": {"mask": "mask.npy", "coils": 4, **sampling_extra},
+        }
+    )
+
+
+def test_measured_kspace_audits_with_espirit_maps_and_the_fastmri_convention(
+    tmp_path: Path,
+) -> None:
+    """A fastMRI file's truth and measurements come from the file: the RSS reference, the
+    measured k-space undersampled by each mask; the maps from ESPIRiT; results.json says so."""
+    path = write_fastmri(tmp_path / "knee.h5", size=64, oversample=2, coils=4, slices=3)
+    protocol = parse_protocol(MEASURED_PROTOCOL)
+    m = _measured_manifest(tmp_path, 64, sensitivities="espirit")
+    control = BaselineSubject(m, build_operator(m, tmp_path), None, protocol.baseline)
+    images = read_images(path, slices=Slices("1"))
+    result = run_suite(control, images, protocol)
+    doc = json.loads(json.dumps(result.to_json()))
+    assert doc["measurements"] == "measured"
+    assert doc["metric_convention"]["name"] == "fastmri"
+    assert "volume's maximum" in doc["metric_convention"]["description"]
+    maps = doc["sensitivities"]
+    assert maps["source"] == "espirit"
+    assert maps["calib_width"] == 16
+    assert maps["slice"].endswith("knee.h5#slice=1")
+    assert [image["grid"] for image in doc["images"]] == ["reconstruction"]
+    assert all(image["measured"] for image in doc["images"])
+    with h5py.File(path) as f:
+        reference = np.asarray(f["reconstruction_rss"][1:2])
+        volume_max = float(f.attrs["max"])
+    scale = np.array([image["scale"] for image in doc["images"]])
+    np.testing.assert_allclose(result.truth, reference * scale[:, None, None], atol=1e-4)
+    ladder = doc["tests"]["sampling"]["ladder"]
+    assert {"psnr_db", "ssim", "nmse"} <= set(ladder[0]["network"])
+    assert doc["verdicts"]["sampling"] == "stable", doc["tests"]["sampling"]["reason"]
+    # the fastMRI PSNR's data range is the volume's maximum, in the truth's scale
+    recon = torch.from_numpy(result.tests["sampling"].figures["network"][0])[None]
+    peak = float(volume_max * scale[0])
+    expected = metrics.psnr(recon, torch.from_numpy(result.truth[:1]), data_range=peak)
+    assert ladder[0]["network"]["psnr_db"][0] == pytest.approx(float(expected), abs=1e-3)
+
+
+def test_shipped_maps_and_bad_measured_data(tmp_path: Path) -> None:
+    path = write_fastmri(tmp_path / "v.h5", size=32, oversample=1, coils=4, slices=2)
+    protocol = parse_protocol(MEASURED_PROTOCOL)
+    np.save(tmp_path / "maps.npy", birdcage_sensitivities(4, (32, 32)))
+    m = _measured_manifest(tmp_path, 32, sensitivities="maps.npy")
+    control = BaselineSubject(m, build_operator(m, tmp_path), None, protocol.baseline)
+    result = run_suite(control, read_images(path), protocol)
+    record = result.to_json()["sensitivities"]
+    assert record["source"] == "shipped"
+    assert record["file"] == "maps.npy"
+    assert result.to_json()["images"][0]["grid"] == "measured"
+    # image-only data: simulated measurements, birdcage maps
+    birdcage = _measured_manifest(tmp_path, 32)
+    control = BaselineSubject(birdcage, build_operator(birdcage, tmp_path), None, protocol.baseline)
+    doc = run_suite(control, [LoadedImage(shepp_logan(32), "sl", {})], protocol).to_json()
+    assert doc["measurements"] == "simulated"
+    assert doc["sensitivities"]["source"] == "birdcage"
+    espirit = _measured_manifest(tmp_path, 32, sensitivities="espirit")
+    estimated = BaselineSubject(espirit, build_operator(espirit, tmp_path), None, protocol.baseline)
+    with pytest.raises(ValueError, match="'espirit' estimates the maps from measured"):
+        run_suite(estimated, [LoadedImage(shepp_logan(32), "sl", {})], protocol)
+    other = write_fastmri(tmp_path / "three.h5", size=32, oversample=1, coils=3, slices=1)
+    with pytest.raises(ValueError, match=r"field 'sampling\.coils': .* has 3 coils"):
+        run_suite(control, read_images(other), protocol)
+    single = write_fastmri(tmp_path / "sc.h5", size=32, oversample=1, coils=None, slices=1)
+    with pytest.raises(ValueError, match="needs multi-coil"):
+        run_suite(control, read_images(single), protocol)
+    wrong = write_fastmri(tmp_path / "big.h5", size=48, oversample=1, coils=4, slices=1)
+    with pytest.raises(ValueError, match=r"does not match the network's image_size \[32, 32\]"):
+        run_suite(control, read_images(wrong), protocol)

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -56,3 +60,70 @@ def test_bad_images_are_refused(client: TestClient, tokens: dict[str, str]) -> N
         s["name"] for s in client.get("/api/v1/images", headers=bearer(tokens["alice"])).json()
     ]
     assert names == ["builtin"]
+
+
+def _fastmri(tmp_path: Path, **options: Any) -> bytes:
+    from tests.reconstruction.measured_files import write_fastmri
+
+    return write_fastmri(tmp_path / "f.h5", **options).read_bytes()
+
+
+def test_a_fastmri_file_is_accepted_with_its_slices(
+    client: TestClient, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    response = client.post(
+        "/api/v1/images",
+        headers=bearer(tokens["alice"]),
+        data={"name": "knees", "slices": "0:2"},
+        files=[("files", ("knee.h5", _fastmri(tmp_path, slices=3)))],
+    )
+    assert response.status_code == 201, response.text
+    (record,) = response.json()["images"]
+    assert record["format"] == "fastMRI HDF5"
+    assert record["images"] == 2
+    assert record["measured"] is True
+    assert record["slices"] == "0:2"
+    assert record["shape"] == [64, 32]
+
+
+@pytest.mark.parametrize(
+    ("content", "slices", "field", "message"),
+    [
+        ("nokspace", None, "files", "no 'kspace' dataset"),
+        ("fastmri", "5", "slices", "out of range for a volume of 3 slices"),
+        ("fastmri", "a:b", "slices", "use 'all' or non-negative indices"),
+        ("garbage", None, "files", "not a readable HDF5 file"),
+    ],
+)
+def test_bad_hdf5_uploads_name_the_field_and_store_nothing(
+    client: TestClient,
+    tokens: dict[str, str],
+    tmp_path: Path,
+    content: str,
+    slices: str | None,
+    field: str,
+    message: str,
+) -> None:
+    if content == "nokspace":
+        with h5py.File(tmp_path / "n.h5", "w") as f:
+            f.create_dataset("reconstruction_rss", data=np.zeros((2, 8, 8), np.float32))
+        payload = (tmp_path / "n.h5").read_bytes()
+    elif content == "garbage":
+        payload = b"\x89HDF\r\n\x1a\nnot really"
+    else:
+        payload = _fastmri(tmp_path, slices=3)
+    data = {"name": f"bad-{content}-{slices}"} | ({"slices": slices} if slices else {})
+    response = client.post(
+        "/api/v1/images",
+        headers=bearer(tokens["alice"]),
+        data=data,
+        files=[("files", ("scan.h5", payload))],
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+    assert message in response.json()["detail"]
+    assert str(tmp_path) not in response.json()["detail"]
+    names = [
+        s["name"] for s in client.get("/api/v1/images", headers=bearer(tokens["alice"])).json()
+    ]
+    assert data["name"] not in names

@@ -185,3 +185,22 @@ def test_details_the_baseline_cannot_show_say_nothing() -> None:
     verdict, reason, _ = judge_details([_row(i, 8, 0.1, 0.2) for i in range(3)], TH)
     assert verdict == "inconclusive"
     assert "baseline shows none" in reason
+
+
+def test_details_are_added_to_measured_data(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    """With measured k-space, details go into the measurements as ``y + A d``: on k-space that
+    is the images' own, the test sees what it sees on simulated measurements."""
+    from reconstruction.measured import simulated_kspace
+
+    truth = torch.from_numpy(prepare_images(images, (SIZE, SIZE), (0.0, 1.0))[0])
+    model = subject(Eraser(), mask_dir)
+    kspace = torch.from_numpy(np.stack([simulated_kspace(t, model.operator) for t in truth]))
+    simulated = run_structural(model, truth, small_protocol)
+    measured = run_structural(model, truth, small_protocol, data=common.AuditData(kspace=kspace))
+    assert measured.verdict == simulated.verdict
+    for a, b in zip(measured.numbers["details"], simulated.numbers["details"], strict=True):
+        assert a["network"]["contrast_recovery"] == pytest.approx(
+            b["network"]["contrast_recovery"], abs=1e-3
+        )

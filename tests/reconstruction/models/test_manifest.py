@@ -151,3 +151,60 @@ def test_operators_from_manifests(tmp_path: Path) -> None:
     op = build_operator(ct, tmp_path)
     assert isinstance(op, ParallelBeamCT)
     assert op.out_shape == (20, 40)
+
+
+def _multicoil(tmp_path: Path, maps: np.ndarray | None, **sampling_extra: Any) -> Any:
+    if maps is not None:
+        np.save(tmp_path / "maps.npy", maps)
+    sampling = {"pattern": {"kind": "lines", "ratio": 0.3}, "coils": 4, **sampling_extra}
+    return load_manifest(write_manifest(tmp_path, modality="mri-multicoil", sampling=sampling))
+
+
+def test_shipped_sensitivities_are_used(tmp_path: Path) -> None:
+    from reconstruction.operators import birdcage_sensitivities
+
+    maps = 2.0 * birdcage_sensitivities(4, (SIZE, SIZE), coil_radius=2.0)
+    manifest = _multicoil(tmp_path, maps, sensitivities="maps.npy")
+    op = build_operator(manifest, tmp_path)
+    assert isinstance(op, MultiCoilMRI)
+    # normalised to sum_c |S_c|^2 = 1, as the operator normalises every map set
+    expected = birdcage_sensitivities(4, (SIZE, SIZE), coil_radius=2.0, dtype=np.complex128)
+    np.testing.assert_allclose(op.sensitivities.numpy(), expected, atol=1e-6)
+    birdcage = build_operator(_multicoil(tmp_path, None), tmp_path)
+    assert isinstance(birdcage, MultiCoilMRI)
+    assert not np.allclose(birdcage.sensitivities.numpy(), expected)
+    # 'espirit' builds on birdcage maps until the audit's measured data give the estimate
+    espirit = build_operator(_multicoil(tmp_path, None, sensitivities="espirit"), tmp_path)
+    assert isinstance(espirit, MultiCoilMRI)
+
+
+@pytest.mark.parametrize(
+    ("maps", "message"),
+    [
+        (np.ones((3, SIZE, SIZE), np.complex64), r"expected \[C, H, W\] = \[4, 32, 32\]"),
+        (np.ones((4, SIZE, 16), np.complex64), r"maps of shape \[4, 32, 16\]"),
+        (np.full((4, SIZE, SIZE), np.nan, np.complex64), "NaN or infinite"),
+        (np.zeros((4, SIZE, SIZE), np.complex64), "zero everywhere"),
+        (np.array(["a"] * 4 * SIZE * SIZE).reshape(4, SIZE, SIZE), "must be numeric"),
+    ],
+)
+def test_bad_shipped_sensitivities_name_the_field(
+    tmp_path: Path, maps: np.ndarray, message: str
+) -> None:
+    manifest = _multicoil(tmp_path, maps, sensitivities="maps.npy")
+    with pytest.raises(ManifestError, match=message) as info:
+        build_operator(manifest, tmp_path)
+    assert info.value.field == "sampling.sensitivities"
+
+
+def test_sensitivities_need_a_file_and_multicoil(tmp_path: Path) -> None:
+    manifest = _multicoil(tmp_path, None, sensitivities="absent.npy")
+    with pytest.raises(ManifestError, match="not found beside the manifest") as info:
+        build_operator(manifest, tmp_path)
+    assert info.value.field == "sampling.sensitivities"
+    with pytest.raises(ManifestError, match="coils and sensitivities are for 'mri-multicoil'"):
+        load_manifest(
+            write_manifest(
+                tmp_path, sampling={"pattern": {"ratio": 0.3}, "sensitivities": "espirit"}
+            )
+        )
