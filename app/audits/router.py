@@ -4,35 +4,46 @@ the PDF report. Downloads are recorded in the audit log."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
+from app.api import conditional, errors
 from app.audits import repository, service
 from app.audits.schemas import AuditCreate, AuditOut
 from app.auth import CurrentUser, SessionDep
 from app.deps import StoreDep
 from app.errors import Conflict, NotFound
-from app.orm import Audit, AuditResult, User
+from app.orm import Audit, AuditResult, Status, User
+from app.pagination import HEADERS, Cursor, Limit, page, set_next
 
 router = APIRouter(prefix="/api/v1/audits", tags=["audits"])
 _FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=errors(401, 404, 413, 422))
 def create_audit(request: AuditCreate, session: SessionDep, user: CurrentUser) -> AuditOut:
     audit = service.create_audit(session, user, request)
     service.enqueue(audit.id)
     return service.as_out(audit)
 
 
-@router.get("")
+@router.get("", responses={200: {"headers": HEADERS}, **errors(401, 422)})
 def list_audits(
-    session: SessionDep, user: CurrentUser, status: str | None = None
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    status: Status | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> list[AuditOut]:
-    return [service.as_out(a) for a in repository.listed(session, user, status)]
+    """The audits the caller may see, newest first, a page at a time."""
+    audits, after = page(session, repository.listing(user, status), repository.ORDER, limit, cursor)
+    set_next(request, response, after)
+    return [service.as_out(a) for a in audits]
 
 
 def _audit(session: Session, user: User, audit_id: str) -> Audit:
@@ -50,12 +61,30 @@ def _finished(session: Session, user: User, audit_id: str) -> AuditResult:
     return result
 
 
-@router.get("/{audit_id}")
-def get_audit(audit_id: str, session: SessionDep, user: CurrentUser) -> AuditOut:
-    return service.as_out(_audit(session, user, audit_id))
+@router.get(
+    "/{audit_id}",
+    response_model=AuditOut,
+    responses={
+        200: {"headers": {"ETag": {"description": "The status's version.", "schema": {}}}},
+        304: {"description": "unchanged since the ETag sent in If-None-Match"},
+        **errors(401, 404),
+    },
+)
+def get_audit(
+    audit_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    if_none_match: Annotated[str | None, Header(description="An ETag of this audit.")] = None,
+) -> Response:
+    """An audit's status, progress and verdicts. Pollers send the last ETag in
+    ``If-None-Match`` and get 304 with no body while nothing changed."""
+    audit = repository.status_of(session, user, audit_id)
+    if audit is None:
+        raise NotFound(f"no audit {audit_id}")
+    return conditional(service.as_out(audit), if_none_match)
 
 
-@router.get("/{audit_id}/results")
+@router.get("/{audit_id}/results", responses=errors(401, 404, 409))
 def get_results(audit_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     result = _finished(session, user, audit_id)
     service.record_download(
@@ -64,7 +93,11 @@ def get_results(audit_id: str, session: SessionDep, user: CurrentUser) -> dict[s
     return result.results
 
 
-@router.get("/{audit_id}/figures/{name}", response_class=FileResponse)
+@router.get(
+    "/{audit_id}/figures/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}, **errors(401, 404, 409)},
+)
 def get_figure(
     audit_id: str, name: str, session: SessionDep, user: CurrentUser, store: StoreDep
 ) -> FileResponse:
@@ -76,7 +109,11 @@ def get_figure(
     return FileResponse(path, media_type="image/png")
 
 
-@router.get("/{audit_id}/report.pdf", response_class=FileResponse)
+@router.get(
+    "/{audit_id}/report.pdf",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/pdf": {}}}, **errors(401, 404, 409, 422)},
+)
 def get_report(
     audit_id: str,
     session: SessionDep,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, UploadFile, status
 
+from app.api import ErrorOut, errors
 from app.auth import CurrentUser, SessionDep, require_role
 from app.certificates import service
 from app.certificates.schemas import ApprovalOut, ApprovalRequest, VerificationOut
@@ -23,7 +24,10 @@ MAX_PDF_BYTES = 64 * 2**20
 @router.post(
     "/api/v1/audits/{audit_id}/approve",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "not finished, or approved already"}},
+    responses={
+        **errors(401, 403, 404, 413, 422),
+        409: {"model": ErrorOut, "description": "not finished, or approved already"},
+    },
 )
 def approve_audit(
     audit_id: str,
@@ -40,7 +44,7 @@ def approve_audit(
     return service.as_out(session, approval)
 
 
-@router.post("/api/v1/verify")
+@router.post("/api/v1/verify", responses=errors(401, 413, 422))
 def verify_certificate(
     session: SessionDep,
     settings: SettingsDep,

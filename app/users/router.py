@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Request, Response, status
+from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import select
 
+from app.api import errors
 from app.auth import SessionDep, create_user, require_role
-from app.orm import User
+from app.orm import Role, User
+from app.pagination import HEADERS, Cursor, Limit, Order, page, set_next
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 Admin = Annotated[User, Depends(require_role("admin"))]
 
 
+#: the list's order: by name (unique)
+ORDER: Order = ((User.name, False),)
+
+
 class UserCreate(BaseModel):
     name: str
-    role: str
+    role: Role
 
 
 class UserOut(BaseModel):
     id: str
     name: str
-    role: str
-    created_at: datetime
+    role: Role
+    created_at: AwareDatetime
 
     model_config = {"from_attributes": True}
 
@@ -35,13 +40,23 @@ class CreatedUser(UserOut):
     token: str
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(401, 403, 409, 413, 422))
 def add_user(request: UserCreate, session: SessionDep, admin: Admin) -> CreatedUser:
     user, token = create_user(session, request.name, request.role, actor=admin.id)
     session.commit()
     return CreatedUser(**UserOut.model_validate(user).model_dump(), token=token)
 
 
-@router.get("")
-def list_users(session: SessionDep, _admin: Admin) -> list[UserOut]:
-    return [UserOut.model_validate(u) for u in session.scalars(select(User).order_by(User.name))]
+@router.get("", responses={200: {"headers": HEADERS}, **errors(401, 403, 422)})
+def list_users(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    _admin: Admin,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> list[UserOut]:
+    """The users by name, a page at a time."""
+    users, after = page(session, select(User), ORDER, limit, cursor)
+    set_next(request, response, after)
+    return [UserOut.model_validate(u) for u in users]
