@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 __all__ = ["ErrorOut", "conditional", "errors"]
 
 _MEANING = {
+    400: "a body that cannot be parsed (not JSON, not multipart)",
     401: "missing or invalid bearer token",
     403: "the caller's role may not do this",
     404: "unknown, or not visible to the caller",

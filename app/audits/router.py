@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/v1/audits", tags=["audits"])
 _FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=errors(401, 404, 413, 422))
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=errors(400, 401, 404, 413, 422))
 def create_audit(request: AuditCreate, session: SessionDep, user: CurrentUser) -> AuditOut:
     audit = service.create_audit(session, user, request)
     service.enqueue(audit.id)

@@ -25,7 +25,7 @@ MAX_PDF_BYTES = 64 * 2**20
     "/api/v1/audits/{audit_id}/approve",
     status_code=status.HTTP_201_CREATED,
     responses={
-        **errors(401, 403, 404, 413, 422),
+        **errors(400, 401, 403, 404, 413, 422),
         409: {"model": ErrorOut, "description": "not finished, or approved already"},
     },
 )
@@ -44,7 +44,7 @@ def approve_audit(
     return service.as_out(session, approval)
 
 
-@router.post("/api/v1/verify", responses=errors(401, 413, 422))
+@router.post("/api/v1/verify", responses=errors(400, 401, 413, 422))
 def verify_certificate(
     session: SessionDep,
     settings: SettingsDep,

@@ -18,7 +18,9 @@ router = APIRouter(prefix="/api/v1/images", tags=["images"])
 Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(401, 403, 409, 413, 422))
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=errors(400, 401, 403, 409, 413, 422)
+)
 def upload_images(
     session: SessionDep,
     store: StoreDep,

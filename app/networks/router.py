@@ -24,7 +24,7 @@ Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"description": "identical bytes: the existing record", "model": NetworkOut},
-        **errors(401, 403, 413, 415, 422, 503),
+        **errors(400, 401, 403, 413, 415, 422, 503),
     },
 )
 def upload_model(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import select
 
 from app.api import errors
@@ -22,7 +22,7 @@ ORDER: Order = ((User.name, False),)
 
 
 class UserCreate(BaseModel):
-    name: str
+    name: str = Field(min_length=1, max_length=100)
     role: Role
 
 
@@ -40,7 +40,9 @@ class CreatedUser(UserOut):
     token: str
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(401, 403, 409, 413, 422))
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=errors(400, 401, 403, 409, 413, 422)
+)
 def add_user(request: UserCreate, session: SessionDep, admin: Admin) -> CreatedUser:
     user, token = create_user(session, request.name, request.role, actor=admin.id)
     session.commit()
