@@ -7,8 +7,6 @@ import hashlib
 from typing import Any
 
 from fastapi import Response, status
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 __all__ = ["ErrorOut", "conditional", "errors"]
@@ -57,7 +55,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 def conditional(model: BaseModel, if_none_match: str | None) -> Response:
     """``model`` as JSON with its ETag, or 304 Not Modified when the client holds it already,
     so pollers of a status pay no body when nothing changed."""
-    body = bytes(JSONResponse(jsonable_encoder(model)).body)
+    body = model.model_dump_json().encode()
     etag = _etag(body)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _matches(if_none_match, etag):

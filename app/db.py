@@ -99,7 +99,13 @@ def get_engine() -> Engine:
 
 
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+    return _sessionmaker(engine or get_engine())
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    # one per engine: a sessionmaker makes a Session class of its own (costly per request)
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 def _admission() -> anyio.Semaphore:
