@@ -98,3 +98,12 @@ def test_oversize_bodies_are_413_quoting_the_upload_limit(
     assert response.status_code == 413, response.text
     limit = "the upload exceeds the limit of 1000 bytes"
     assert response.json() == {"detail": limit, "field": None}
+
+
+def test_values_the_database_refuses_are_422(client: TestClient, tokens: dict[str, str]) -> None:
+    response = client.get("/api/v1/audits/a%00b", headers=bearer(tokens["alice"]))
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": "an input holds a value the database cannot take (e.g. NUL)",
+        "field": None,
+    }
