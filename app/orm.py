@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -19,11 +19,16 @@ __all__ = [
     "AuditShard",
     "ImageSet",
     "Network",
+    "Role",
+    "Status",
     "User",
 ]
 
-ROLES = ("submitter", "auditor", "admin")
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: the API declares these as enums
+Role = Literal["submitter", "auditor", "admin"]
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ROLES: tuple[str, ...] = get_args(Role)
+STATUSES: tuple[str, ...] = get_args(Status)
 #: an audit in one of these states is finished: its row is immutable (a trigger refuses UPDATE
 #: and DELETE, migration 0004)
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -4,60 +4,60 @@ the PDF report. Downloads are recorded in the audit log."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
+from app.api import conditional, errors
 from app.audits import repository, service
 from app.audits.schemas import AuditCreate, AuditOut
 from app.auth import AuthFirst, CurrentUser, SessionDep
 from app.deps import SettingsDep, StoreDep
 from app.errors import Conflict, NotFound
-from app.orm import Audit, AuditResult, User
+from app.orm import Audit, AuditResult, Status, User
+from app.pagination import HEADERS, Cursor, Limit, page, set_next
 
 router = APIRouter(prefix="/api/v1/audits", tags=["audits"], route_class=AuthFirst)
 _FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
 @router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    responses={
-        429: {
-            "description": "the user has the most audits queued or running allowed at once "
-            "(setting max_active_audits); Retry-After says when to try again",
-        }
-    },
+    "", status_code=status.HTTP_202_ACCEPTED, responses=errors(400, 401, 403, 404, 413, 422, 429)
 )
 def create_audit(
     request: AuditCreate, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> AuditOut:
+    """Queue an audit. 429 (with ``Retry-After``) when the user has the most audits queued or
+    running allowed at once (setting ``max_active_audits``)."""
     audit = service.create_audit(session, settings, user, request)
     service.enqueue(audit.id)
     return service.as_out(audit)
 
 
-@router.post(
-    "/{audit_id}/cancel",
-    responses={
-        403: {"description": "neither the audit's owner nor an admin"},
-        404: {"description": "no such audit (or not visible)"},
-        409: {"description": "the audit is finished already"},
-    },
-)
+@router.post("/{audit_id}/cancel", responses=errors(401, 403, 404, 409))
 def cancel_audit(audit_id: str, session: SessionDep, user: CurrentUser) -> AuditOut:
     """Cancel a queued or running audit (its owner or an admin): it ends ``cancelled``; a
-    worker running it stops at its next progress check."""
+    worker running it stops at its next progress check. 403: neither the owner nor an admin;
+    409: the audit is finished already."""
     return service.as_out(service.cancel_audit(session, user, audit_id))
 
 
-@router.get("")
+@router.get("", responses={200: {"headers": HEADERS}, **errors(401, 422)})
 def list_audits(
-    session: SessionDep, user: CurrentUser, status: str | None = None
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    status: Status | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> list[AuditOut]:
-    return [service.as_out(a) for a in repository.listed(session, user, status)]
+    """The audits the caller may see, newest first, a page at a time."""
+    audits, after = page(session, repository.listing(user, status), repository.ORDER, limit, cursor)
+    set_next(request, response, after)
+    return [service.as_out(a) for a in audits]
 
 
 def _audit(session: Session, user: User, audit_id: str) -> Audit:
@@ -75,12 +75,30 @@ def _finished(session: Session, user: User, audit_id: str) -> AuditResult:
     return result
 
 
-@router.get("/{audit_id}")
-def get_audit(audit_id: str, session: SessionDep, user: CurrentUser) -> AuditOut:
-    return service.as_out(_audit(session, user, audit_id))
+@router.get(
+    "/{audit_id}",
+    response_model=AuditOut,
+    responses={
+        200: {"headers": {"ETag": {"description": "The status's version.", "schema": {}}}},
+        304: {"description": "unchanged since the ETag sent in If-None-Match"},
+        **errors(401, 404),
+    },
+)
+def get_audit(
+    audit_id: str,
+    session: SessionDep,
+    user: CurrentUser,
+    if_none_match: Annotated[str | None, Header(description="An ETag of this audit.")] = None,
+) -> Response:
+    """An audit's status, progress and verdicts. Pollers send the last ETag in
+    ``If-None-Match`` and get 304 with no body while nothing changed."""
+    audit = repository.status_of(session, user, audit_id)
+    if audit is None:
+        raise NotFound(f"no audit {audit_id}")
+    return conditional(service.as_out(audit), if_none_match)
 
 
-@router.get("/{audit_id}/results")
+@router.get("/{audit_id}/results", responses=errors(401, 404, 409))
 def get_results(audit_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
     result = _finished(session, user, audit_id)
     service.record_download(
@@ -89,7 +107,11 @@ def get_results(audit_id: str, session: SessionDep, user: CurrentUser) -> dict[s
     return result.results
 
 
-@router.get("/{audit_id}/figures/{name}", response_class=FileResponse)
+@router.get(
+    "/{audit_id}/figures/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}, **errors(401, 404, 409)},
+)
 def get_figure(
     audit_id: str, name: str, session: SessionDep, user: CurrentUser, store: StoreDep
 ) -> FileResponse:
@@ -101,7 +123,11 @@ def get_figure(
     return FileResponse(path, media_type="image/png")
 
 
-@router.get("/{audit_id}/report.pdf", response_class=FileResponse)
+@router.get(
+    "/{audit_id}/report.pdf",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/pdf": {}}}, **errors(401, 404, 409, 422)},
+)
 def get_report(
     audit_id: str,
     session: SessionDep,

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
+
+from app.orm import Status
 
 
 class AuditCreate(BaseModel):
@@ -28,11 +29,11 @@ class AuditOut(BaseModel):
         "version, sha256, builtin (whether it is the built-in protocol itself)"
     )
     image_set: str
-    status: str
+    status: Status
     progress: Progress
     verdicts: dict[str, Any] | None
     error: str | None
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: AwareDatetime
+    started_at: AwareDatetime | None
+    finished_at: AwareDatetime | None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, UploadFile, status
 
+from app.api import ErrorOut, errors
 from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
 from app.certificates import service
 from app.certificates.schemas import ApprovalOut, ApprovalRequest, VerificationOut
@@ -24,11 +25,13 @@ MAX_PDF_BYTES = 64 * 2**20
     "/api/v1/audits/{audit_id}/approve",
     status_code=status.HTTP_201_CREATED,
     responses={
+        **errors(400, 401, 404, 413, 422),
         403: {
+            "model": ErrorOut,
             "description": "the token entered is not the caller's, or the caller created the "
-            "audit or submitted its model (separation of duties)"
+            "audit or submitted its model (separation of duties)",
         },
-        409: {"description": "not finished, or approved already"},
+        409: {"model": ErrorOut, "description": "not finished, or approved already"},
     },
 )
 def approve_audit(
@@ -46,7 +49,7 @@ def approve_audit(
     return service.as_out(session, approval)
 
 
-@router.post("/api/v1/verify")
+@router.post("/api/v1/verify", responses=errors(400, 401, 413, 422))
 def verify_certificate(
     session: SessionDep,
     settings: SettingsDep,

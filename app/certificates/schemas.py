@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class ApprovalRequest(BaseModel):
@@ -31,7 +30,7 @@ class ApprovalOut(BaseModel):
     #: the approved PDF (now served as the report) and the issued one it was added to
     pdf_sha256: str
     previous_pdf_sha256: str
-    created_at: datetime
+    created_at: AwareDatetime
 
 
 class SignatureOut(BaseModel):

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from app.auth import sees_everything
 from app.orm import ImageSet, User
+from app.pagination import Order
+
+#: the list's order: newest first, the id breaking ties
+ORDER: Order = ((ImageSet.created_at, True), (ImageSet.id, True))
 
 
 def visible(session: Session, user: User, key: str) -> ImageSet | None:
@@ -20,8 +22,9 @@ def visible(session: Session, user: User, key: str) -> ImageSet | None:
     return found
 
 
-def listed(session: Session, user: User) -> Sequence[ImageSet]:
-    query = select(ImageSet).order_by(ImageSet.created_at.desc())
+def listing(user: User) -> Select[ImageSet]:
+    """The image sets ``user`` may see, unordered."""
+    query = select(ImageSet)
     if not sees_everything(user):
         query = query.where(ImageSet.owner_id == user.id)
-    return session.scalars(query).all()
+    return query

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
 
+from app.api import errors
 from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
 from app.deps import SettingsDep, StoreDep
 from app.images import repository, service
 from app.images.schemas import ImageSetOut
 from app.orm import User
+from app.pagination import HEADERS, Cursor, Limit, page, set_next
 
 router = APIRouter(prefix="/api/v1/images", tags=["images"], route_class=AuthFirst)
 Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=errors(400, 401, 403, 409, 413, 422)
+)
 def upload_images(
     session: SessionDep,
     store: StoreDep,
@@ -41,8 +45,19 @@ def upload_images(
     return ImageSetOut.model_validate(image_set)
 
 
-@router.get("")
-def list_image_sets(session: SessionDep, user: CurrentUser) -> list[ImageSetOut]:
+@router.get("", responses={200: {"headers": HEADERS}, **errors(401, 422)})
+def list_image_sets(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> list[ImageSetOut]:
+    """The image sets the caller may see, a page at a time: the uploaded ones, newest first,
+    ``limit`` a page; the first page also starts with the built-in set."""
+    sets, after = page(session, repository.listing(user), repository.ORDER, limit, cursor)
+    set_next(request, response, after)
     builtin = ImageSetOut(
         id=service.BUILTIN_SET,
         name=service.BUILTIN_SET,
@@ -50,4 +65,4 @@ def list_image_sets(session: SessionDep, user: CurrentUser) -> list[ImageSetOut]
         owner_id=None,
         created_at=None,
     )
-    return [builtin] + [ImageSetOut.model_validate(s) for s in repository.listed(session, user)]
+    return [builtin] * (cursor is None) + [ImageSetOut.model_validate(s) for s in sets]

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 
 class ImageSetOut(BaseModel):
@@ -11,6 +10,6 @@ class ImageSetOut(BaseModel):
     name: str
     images: list[Any]
     owner_id: str | None
-    created_at: datetime | None
+    created_at: AwareDatetime | None
 
     model_config = {"from_attributes": True}

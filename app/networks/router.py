@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Request, Response, UploadFile, status
 
+from app.api import errors
 from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
 from app.deps import SettingsDep, StoreDep
 from app.errors import NotFound
 from app.networks import repository, service
-from app.networks.schemas import NetworkOut
+from app.networks.schemas import NetworkOut, NetworkSummary
 from app.orm import User
+from app.pagination import HEADERS, Cursor, Limit, page, set_next
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], route_class=AuthFirst)
 Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
@@ -21,13 +23,11 @@ Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
     "",
     status_code=status.HTTP_201_CREATED,
     responses={
-        200: {"description": "the same bytes, manifest and files: the existing record"},
-        401: {
-            "description": "missing, unknown or revoked token, or a disabled user (before "
-            "the body is read)"
+        200: {
+            "description": "the same bytes, manifest and files: the existing record",
+            "model": NetworkOut,
         },
-        403: {"description": "not a submitter or admin (before the body is read)"},
-        409: {"description": "the same model bytes were uploaded with another manifest"},
+        **errors(400, 401, 403, 409, 413, 415, 422, 503),
     },
 )
 def upload_model(
@@ -57,12 +57,23 @@ def upload_model(
     return NetworkOut.model_validate(network)
 
 
-@router.get("")
-def list_models(session: SessionDep, user: CurrentUser) -> list[NetworkOut]:
-    return [NetworkOut.model_validate(n) for n in repository.listed(session, user)]
+@router.get("", responses={200: {"headers": HEADERS}, **errors(401, 422)})
+def list_models(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> list[NetworkSummary]:
+    """The models the caller may see, newest first, a page at a time (without their manifests:
+    ``GET /models/{id}`` has the whole record)."""
+    networks, after = page(session, repository.listing(user), repository.ORDER, limit, cursor)
+    set_next(request, response, after)
+    return [NetworkSummary.model_validate(n) for n in networks]
 
 
-@router.get("/{model_id}")
+@router.get("/{model_id}", responses=errors(401, 404))
 def get_model(model_id: str, session: SessionDep, user: CurrentUser) -> NetworkOut:
     network = repository.visible(session, user, model_id)
     if network is None:

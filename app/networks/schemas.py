@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 
 
-class NetworkOut(BaseModel):
+class NetworkSummary(BaseModel):
+    """A model in a list: everything but its big JSON fields (``GET /models/{id}`` has them)."""
+
     id: str
     name: str
     sha256: str
@@ -14,11 +15,14 @@ class NetworkOut(BaseModel):
     gradient_access: str
     size_bytes: int
     filename: str
-    manifest: dict[str, Any]
     manifest_sha256: str
-    files: list[Any]
-    summary: dict[str, Any]
     owner_id: str
-    created_at: datetime
+    created_at: AwareDatetime
 
     model_config = {"from_attributes": True}
+
+
+class NetworkOut(NetworkSummary):
+    manifest: dict[str, Any]
+    files: list[Any]
+    summary: dict[str, Any]

@@ -3,33 +3,38 @@ revoke a user's token, disable or enable a user (each logged in the audit log)."
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Request, Response, status
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import select
 
+from app.api import errors
 from app.auth import AuthFirst, SessionDep, create_user, require_role
-from app.orm import User
+from app.orm import Role, User
+from app.pagination import HEADERS, Cursor, Limit, Order, page, set_next
 from app.users import service
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], route_class=AuthFirst)
 Admin = Annotated[User, Depends(require_role("admin"))]
 
 
+#: the list's order: by name (unique)
+ORDER: Order = ((User.name, False),)
+
+
 class UserCreate(BaseModel):
-    name: str
-    role: str
+    name: str = Field(min_length=1, max_length=100)
+    role: Role
 
 
 class UserOut(BaseModel):
     id: str
     name: str
-    role: str
-    created_at: datetime
+    role: Role
+    created_at: AwareDatetime
     #: when an admin disabled the user (its token gets 401), else null
-    disabled_at: datetime | None = None
+    disabled_at: AwareDatetime | None = None
 
     model_config = {"from_attributes": True}
 
@@ -39,23 +44,31 @@ class CreatedUser(UserOut):
     token: str
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=errors(400, 401, 403, 409, 413, 422)
+)
 def add_user(request: UserCreate, session: SessionDep, admin: Admin) -> CreatedUser:
     user, token = create_user(session, request.name, request.role, actor=admin.id)
     session.commit()
     return CreatedUser(**UserOut.model_validate(user).model_dump(), token=token)
 
 
-@router.get("")
-def list_users(session: SessionDep, _admin: Admin) -> list[UserOut]:
-    return [UserOut.model_validate(u) for u in session.scalars(select(User).order_by(User.name))]
+@router.get("", responses={200: {"headers": HEADERS}, **errors(401, 403, 422)})
+def list_users(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    _admin: Admin,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> list[UserOut]:
+    """The users by name, a page at a time."""
+    users, after = page(session, select(User), ORDER, limit, cursor)
+    set_next(request, response, after)
+    return [UserOut.model_validate(u) for u in users]
 
 
-_ERRORS: dict[int | str, dict[str, str]] = {
-    401: {"description": "missing, unknown or revoked token, or a disabled user"},
-    403: {"description": "not an admin"},
-    404: {"description": "no such user"},
-}
+_ERRORS = errors(401, 403, 404)
 
 
 @router.post("/{user_id}/rotate-token", responses=_ERRORS)
@@ -87,6 +100,7 @@ def disable_user(user_id: str, session: SessionDep, admin: Admin) -> UserOut:
 
 @router.post("/{user_id}/enable", responses=_ERRORS)
 def enable_user(user_id: str, session: SessionDep, admin: Admin) -> UserOut:
+    """The user can sign in again with their token."""
     user = service.find_user(session, user_id)
     service.set_disabled(session, user, False, actor=admin.id)
     session.commit()

@@ -271,3 +271,32 @@ def test_active_audits_are_limited_per_user_with_retry_after(
     assert _create(client, tokens["ada"], model_id).status_code == 202
     client.post(f"/api/v1/audits/{first.json()['id']}/cancel", headers=bearer(tokens["alice"]))
     assert _create(client, tokens["alice"], model_id).status_code == 202
+
+
+def test_status_polls_are_conditional(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    created = client.post(
+        "/api/v1/audits", headers=bearer(tokens["alice"]), json={"model_id": model_id}
+    ).json()
+    assert created["created_at"].endswith("Z")
+    path = f"/api/v1/audits/{created['id']}"
+    first = client.get(path, headers=bearer(tokens["alice"]))
+    assert first.status_code == 200
+    assert first.json()["created_at"] == created["created_at"]
+    etag = first.headers["ETag"]
+    same = client.get(path, headers={**bearer(tokens["alice"]), "If-None-Match": etag})
+    assert (same.status_code, same.content, same.headers["ETag"]) == (304, b"", etag)
+    weak = client.get(path, headers={**bearer(tokens["alice"]), "If-None-Match": f"W/{etag}"})
+    assert weak.status_code == 304
+    row = db.get(Audit, created["id"])
+    assert row is not None
+    row.status, row.stage, row.percent = "running", "perturbation", 12.5
+    db.commit()
+    moved = client.get(path, headers={**bearer(tokens["alice"]), "If-None-Match": etag})
+    assert moved.status_code == 200
+    assert moved.json()["progress"] == {"stage": "perturbation", "percent": 12.5}
+    assert moved.headers["ETag"] != etag
+    # the ETag never lets another user see the audit
+    hidden = client.get(path, headers={**bearer(tokens["bob"]), "If-None-Match": "*"})
+    assert hidden.status_code == 404

@@ -1,0 +1,102 @@
+"""Keyset pagination of the list endpoints: ``limit`` and an opaque ``cursor``; a list's body
+stays a JSON array, the next page's cursor comes in the ``X-Next-Cursor`` header and as a
+``Link: <...>; rel="next"`` (both absent on the last page). The order is stable: each list is
+sorted on columns that end with a unique one, and the cursor holds the last row's values."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Query, Request, Response
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from app.errors import Invalid
+
+__all__ = ["HEADERS", "MAX_LIMIT", "Cursor", "Limit", "Order", "page", "set_next"]
+
+T = TypeVar("T")
+MAX_LIMIT = 200
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1 to 200).")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=500, description="The previous page's X-Next-Cursor (opaque); none: the first."
+    ),
+]
+#: (column, descending); the last column must be unique
+Order = Sequence[tuple[InstrumentedAttribute[Any], bool]]
+#: OpenAPI headers of a page (for the routes' ``responses``)
+HEADERS = {
+    "X-Next-Cursor": {
+        "description": "The cursor of the next page (absent on the last page).",
+        "schema": {"type": "string"},
+    },
+    "Link": {
+        "description": 'The next page\'s URL, rel="next" (absent on the last page).',
+        "schema": {"type": "string"},
+    },
+}
+
+
+def _encode(values: Sequence[Any]) -> str:
+    plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(json.dumps(plain).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str, order: Order) -> list[Any]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(raw, list) or len(raw) != len(order):
+            raise ValueError("wrong shape")
+        values: list[Any] = []
+        for value, (column, _) in zip(raw, order, strict=True):
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            if column.type.python_type is datetime:
+                parsed = datetime.fromisoformat(value)
+                if parsed.tzinfo is None:
+                    raise ValueError("naive datetime")
+                values.append(parsed)
+            else:
+                values.append(value)
+        return values
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Invalid("invalid cursor: pass a list's X-Next-Cursor as is", field="cursor") from exc
+
+
+def _after(order: Order, values: list[Any]) -> Any:
+    """Rows strictly after ``values`` in ``order`` (lexicographic keyset condition)."""
+    clauses = []
+    for i, (column, descending) in enumerate(order):
+        ahead = column < values[i] if descending else column > values[i]
+        same = [order[j][0] == values[j] for j in range(i)]
+        clauses.append(and_(*same, ahead))
+    return or_(*clauses)
+
+
+def page(
+    session: Session, query: Select[T], order: Order, limit: int, cursor: str | None
+) -> tuple[list[T], str | None]:
+    """One page of ``query`` in ``order``: its rows and the next page's cursor (None: last)."""
+    if cursor is not None:
+        query = query.where(_after(order, _decode(cursor, order)))
+    query = query.order_by(*(c.desc() if d else c.asc() for c, d in order)).limit(limit + 1)
+    rows = list(session.scalars(query).all())
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, _encode([getattr(rows[-1], column.key) for column, _ in order])
+
+
+def set_next(request: Request, response: Response, cursor: str | None) -> None:
+    """Put the next page's cursor on a list's response (nothing on the last page)."""
+    if cursor is not None:
+        response.headers["X-Next-Cursor"] = cursor
+        url = request.url.include_query_params(cursor=cursor)
+        response.headers["Link"] = f'<{url}>; rel="next"'
