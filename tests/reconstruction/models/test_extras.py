@@ -23,6 +23,7 @@ from reconstruction.models import (
     load_manifest,
 )
 from reconstruction.models.extras import low_frequency_count, make_extras
+from reconstruction.operators import MultiCoilMRI, SingleCoilMRI
 from reconstruction.protocols import load_protocol
 from reconstruction.suite import prepare_images
 from tests.reconstruction.models.conftest import SIZE, write_manifest
@@ -47,6 +48,7 @@ def test_low_frequency_count_follows_fastmri_placement() -> None:
 def test_mask_and_count_follow_the_operator(tmp_path: Path) -> None:
     m = load_manifest(write_manifest(tmp_path, sampling=LINES, input={"extra": [MASK, LOW]}))
     op = build_operator(m, tmp_path)
+    assert isinstance(op, SingleCoilMRI)
     mask, count = make_extras(m, op)
     assert mask.tensor.shape == (1, 1, 1, SIZE, 1)
     assert mask.tensor.dtype == torch.bool
@@ -66,6 +68,7 @@ def test_batch_axis_and_complex_last_sensitivities(tmp_path: Path) -> None:
         )
     )
     op = build_operator(m, tmp_path)
+    assert isinstance(op, MultiCoilMRI)
     (extra,) = make_extras(m, op)
     handed = extra.at(4, "cpu")
     assert handed.shape == (4, 3, SIZE, SIZE, 2)
@@ -117,7 +120,8 @@ class _Recording(torch.nn.Module):
         image = torch.fft.fftshift(
             torch.fft.ifft2(torch.fft.ifftshift(z, dim=(-2, -1)), norm="ortho"), dim=(-2, -1)
         )
-        return image.abs()
+        out: Tensor = image.abs()
+        return out
 
 
 def test_more_samples_hands_the_network_each_ladder_mask(tmp_path: Path) -> None:
@@ -143,5 +147,6 @@ def test_more_samples_hands_the_network_each_ladder_mask(tmp_path: Path) -> None
     handed = {tuple(mask.tolist()): count for mask, count in network.seen}
     assert len(handed) == len(ladder)
     for _, _, op in ladder:
+        assert isinstance(op, SingleCoilMRI)
         columns = tuple(op.mask[0].tolist())
         assert handed[columns] == low_frequency_count(op.mask)
