@@ -130,7 +130,10 @@ class LoadedModel:
             "manifest_sha256": self.manifest_sha256,
             "mask_sha256": None if self.mask is None else mask_sha256(self.mask),
             "sampling_ratio": (float(self.mask.mean()) if self.mask is not None else None),
-            "input": {**self.manifest.input.model_dump(), "shape": self.input_shape},
+            "input": {
+                **self.manifest.input.model_dump(exclude={"name", "extra"}),
+                "shape": self.input_shape,
+            },
             "inputs": self.inputs(),
             "output": {**self.manifest.output.model_dump(), "shape": self.output_shape},
             "batch": "dynamic" if self.max_batch is None else f"at most {self.max_batch}",
