@@ -87,6 +87,7 @@ def varnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return _script(net, folder / "varnet.ts"), _write(folder, VARNET_MANIFEST)
 
 
+@pytest.mark.slow
 def test_fastmri_unet_torchscript_quick_audit(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = _script(Unet(in_chans=1, out_chans=1, chans=4, num_pool_layers=2), tmp_path / "u.ts")
@@ -105,6 +106,7 @@ def test_fastmri_unet_torchscript_quick_audit(tmp_path: Path) -> None:
     assert all(t.verdict != "skipped" for t in result.tests.values()), result.tests
 
 
+@pytest.mark.slow
 def test_e2e_varnet_takes_each_ladder_mask(varnet: tuple[Path, Path]) -> None:
     model_path, manifest_path = varnet
     loaded = load(model_path, manifest_path)
@@ -140,6 +142,7 @@ def test_e2e_varnet_takes_each_ladder_mask(varnet: tuple[Path, Path]) -> None:
     assert [row["ratio"] for row in sampling.numbers["ladder"]] == [r for _, r, _ in ladder]
 
 
+@pytest.mark.slow
 def test_e2e_varnet_perturbation_search_through_its_inputs(varnet: tuple[Path, Path]) -> None:
     loaded = load(*varnet)
     result = run_suite(loaded, None, _trimmed_quick(), only=("perturbation",))
@@ -194,6 +197,7 @@ def _deepinv_example() -> tuple[Tensor, Tensor]:
     return torch.randn(1, 2, SIZE, SIZE) * mask, mask
 
 
+@pytest.mark.slow
 def test_deepinv_varnet_torch_export_quick_audit(tmp_path: Path) -> None:
     torch.manual_seed(0)
     denoiser = DnCNN(2, 2, pretrained=None, depth=3, nf=8)
