@@ -17,6 +17,7 @@ from torch import Tensor
 from reconstruction import metrics
 from reconstruction.data import resize_image, scale_to_range, shepp_logan
 from reconstruction.models.adapter import Network, Reconstructor, magnitude
+from reconstruction.models.extras import describe
 from reconstruction.models.formats import ModelError, ModelFormat, detect_format, sha256_file
 from reconstruction.models.manifest import (
     Manifest,
@@ -32,7 +33,17 @@ from reconstruction.models.onnx_model import (
     convert_to_torch,
     read_onnx,
 )
-from reconstruction.models.torch_model import load_torch_export, load_torchscript
+from reconstruction.models.signature import (
+    check_export,
+    check_onnx,
+    check_torchscript,
+    expected_inputs,
+)
+from reconstruction.models.torch_model import (
+    NumberArguments,
+    load_torch_export,
+    load_torchscript,
+)
 from reconstruction.operators import LinearOperator
 
 __all__ = ["PLAUSIBLE_FACTOR", "LoadedModel", "from_module", "load", "probe_image"]
@@ -93,6 +104,20 @@ class LoadedModel:
             network = self.ort
         return Reconstructor(network, op or self.operator, self.manifest, max_batch=self.max_batch)
 
+    def inputs(self) -> list[dict[str, Any]]:
+        """What the network receives at each position for the manifest's operator (``-1``:
+        the batch); the more-samples test hands the mask and counts of each of its steps."""
+        spec = self.manifest.input
+        first = {
+            "position": 0,
+            "role": spec.domain,
+            "name": spec.name,
+            "shape": self.input_shape,
+            "dtype": "float32",
+            "layout": spec.layout,
+        }
+        return [first, *describe(self.reconstructor(differentiable=False).extras)]
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -105,7 +130,11 @@ class LoadedModel:
             "manifest_sha256": self.manifest_sha256,
             "mask_sha256": None if self.mask is None else mask_sha256(self.mask),
             "sampling_ratio": (float(self.mask.mean()) if self.mask is not None else None),
-            "input": {**self.manifest.input.model_dump(), "shape": self.input_shape},
+            "input": {
+                **self.manifest.input.model_dump(exclude={"name", "extra"}),
+                "shape": self.input_shape,
+            },
+            "inputs": self.inputs(),
             "output": {**self.manifest.output.model_dump(), "shape": self.output_shape},
             "batch": "dynamic" if self.max_batch is None else f"at most {self.max_batch}",
             "fixed_size": self.fixed_size,
@@ -149,11 +178,11 @@ def _check_declared_shape(declared: list[int | str | None], want: list[int], m: 
         )
 
 
-def _batch_limit(module: torch.nn.Module, x: Tensor) -> int | None:
+def _batch_limit(rec: Reconstructor, x: Tensor) -> int | None:
     """``None`` when the network takes a batch of two, else 1 (it is fixed at batch one)."""
     try:
         with torch.no_grad():
-            out = module(torch.cat([x, x]))
+            out = rec.run_network(torch.cat([x, x]))
         return None if out.shape[0] == 2 else 1
     except Exception:
         return 1
@@ -177,10 +206,13 @@ def _validate(rec: Reconstructor, y: Tensor, truth: Tensor, m: Manifest) -> dict
         raise
     except Exception as exc:
         shape = list(rec.network_input(y).shape)
+        extras = "".join(
+            f", then {e.spec.role} {list(e.tensor.shape)} {e.spec.dtype}" for e in rec.extras
+        )
         raise ModelError(
             f"the network failed on the input the manifest describes (shape {shape} from "
             f"input.domain {m.input.domain!r}, input.layout {m.input.layout!r}, image_size "
-            f"{list(m.image_size)}): {type(exc).__name__}: {exc}"
+            f"{list(m.image_size)}{extras}): {type(exc).__name__}: {exc}"
         ) from exc
     if not bool(torch.isfinite(torch.view_as_real(image) if image.is_complex() else image).all()):
         raise ModelError("the network returned non-finite values (NaN or inf) on a valid input")
@@ -269,7 +301,7 @@ def _finish(intake: _Intake, device: str, probed: Probed) -> LoadedModel:
     if module is not None:
         module = module.to(device)
         if max_batch is None:
-            max_batch = _batch_limit(module, probes[0])
+            max_batch = _batch_limit(Reconstructor(module, op, manifest), probes[0])
     network: Network = module if module is not None else ort  # type: ignore[assignment]
     rec = Reconstructor(network, op, manifest, max_batch=max_batch)
     validation = _validate(rec, y, truth, manifest)
@@ -283,7 +315,10 @@ def _finish(intake: _Intake, device: str, probed: Probed) -> LoadedModel:
     backend: Literal["torch", "onnxruntime"] = "torch" if module is not None else "onnxruntime"
     if ort is not None and module is not None:
         x = rec.network_input(y)
-        timings = {"torch": _median_seconds(module, x), "onnxruntime": _median_seconds(ort, x)}
+        timings = {
+            name: _median_seconds(Reconstructor(net, op, manifest).run_network, x)
+            for name, net in (("torch", module), ("onnxruntime", ort))
+        }
         backend = "torch" if timings["torch"] <= timings["onnxruntime"] else "onnxruntime"
         validation["forward_seconds"] = timings
     fixed_reason = None
@@ -359,11 +394,15 @@ def load(
             proto = read_onnx(model_path, Path(workdir), max_bytes=max_bytes)
         ort = OrtNetwork(proto, device)
         probes = probed[2]
+        shaper = Reconstructor(ort, op, manifest)
+        check_onnx(ort.inputs, expected_inputs(manifest, shaper.network_arguments(probes[0])))
         _check_declared_shape(ort.input_shape, list(probes[0].shape), manifest)
         if isinstance(ort.input_shape[0], int):
             intake.max_batch = ort.input_shape[0]
             probes = [p.expand(intake.max_batch, *p.shape[1:]) for p in probes]
-        conversion = convert_to_torch(proto, ort, probes, tol=parity_tolerance)
+        conversion = convert_to_torch(
+            proto, ort, [shaper.network_arguments(p) for p in probes], tol=parity_tolerance
+        )
         intake.ort, intake.module = ort, conversion.module
         intake.parity = {
             "route": conversion.route,
@@ -374,11 +413,18 @@ def load(
         }
         if conversion.module is None:
             intake.notes.append("no torch conversion matched onnxruntime: black-box, forward only")
-    elif fmt == "torch.export":
-        intake.module = load_torch_export(model_path)
     else:
-        intake.module = load_torchscript(model_path)
-        intake.notes.append("TorchScript is deprecated upstream; prefer torch.export (.pt2)")
+        shaper = Reconstructor(lambda *a: a[0], op, manifest)
+        expected = expected_inputs(manifest, shaper.network_arguments(probed[2][0]))
+        if fmt == "torch.export":
+            program = load_torch_export(model_path)
+            check_export(program, expected)
+            intake.module = program.module()
+        else:
+            module = load_torchscript(model_path)
+            numbers = check_torchscript(module, expected)
+            intake.module = NumberArguments(module, numbers) if numbers else module
+            intake.notes.append("TorchScript is deprecated upstream; prefer torch.export (.pt2)")
     return _finish(intake, device, probed)
 
 

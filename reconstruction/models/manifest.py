@@ -15,8 +15,15 @@ filtered backprojection for CT), ``measurements`` (zero-filled centred k-space `
 multi-coil ``[B,2,C,H,W]``, or the sinogram ``[B,1,angles,detectors]``) or ``samples`` (the
 measurement vector itself, ``[B,2,M]`` for MRI, ``[B,1,angles*detectors]`` for CT: an
 AUTOMAP-style network whose input size is tied to the number of samples).
-``layout``: ``complex2`` (float32 real and imaginary channels) or ``real1`` (one float32
-channel: ``part`` says whether it is the magnitude or the real part of a complex image).
+``layout``: ``complex2`` (float32 real and imaginary channels, ``[B, 2, (C,) H, W]``),
+``complex-last`` (real and imaginary parts in a last axis of size 2, ``[B, (C,) H, W, 2]``, as
+fastMRI and DIRECT keep them), ``real1`` (one float32 channel: ``part`` says whether it is the
+magnitude or the real part of a complex image) or ``real0`` (the same without a channel axis,
+``[B, H, W]``, as fastMRI's VarNet returns its image).
+
+``input.extra``: further positional inputs after the measurements / image (:class:`ExtraInput`),
+made by the audit for the operator in use: its mask, its coil sensitivities, the number of
+fully sampled centre lines of its mask, or a constant (see :mod:`reconstruction.models.extras`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from reconstruction.operators import LinearOperator, MultiCoilMRI, ParallelBeamC
 
 __all__ = [
     "ESPIRIT",
+    "ExtraInput",
     "InputSpec",
     "Manifest",
     "ManifestError",
@@ -51,7 +59,15 @@ __all__ = [
 ]
 
 Modality = Literal["mri", "mri-multicoil", "ct"]
-Layout = Literal["complex2", "real1"]
+Layout = Literal["complex2", "complex-last", "real1", "real0"]
+ExtraRole = Literal["mask", "sensitivities", "num_low_frequencies", "constant"]
+ExtraDtype = Literal["float32", "bool", "int64", "complex64"]
+#: an axis of an extra input's shape: a size, or a symbol bound by the audit (``B``: the batch,
+#: ``C``: the coils, ``H`` and ``W``: the image size)
+Axis = Annotated[int, Field(ge=1, le=1 << 16)] | Literal["B", "C", "H", "W"]
+#: the most extra inputs a manifest may declare, and the most axes one may have
+MAX_EXTRA_INPUTS = 8
+MAX_AXES = 8
 Part = Literal["magnitude", "real"]
 #: how far a stated ``sampling.ratio`` may differ from the mask's actual ratio
 RATIO_TOLERANCE = 0.01
@@ -73,18 +89,102 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_axes(shape: list[Any], allowed: str, role: str, *, complex_last: bool) -> None:
+    """Symbols in ``allowed`` only, each once and in that order; sizes must be 1 (the trailing
+    2 of a complex-last float32 array excepted)."""
+    body = shape[:-1] if complex_last else shape
+    if complex_last and (not shape or shape[-1] != 2):
+        raise ValueError(
+            f"a float32 {role} holds complex values: its shape must end in 2 (complex-last)"
+        )
+    symbols = [a for a in body if isinstance(a, str)]
+    for axis in symbols:
+        if axis not in allowed:
+            raise ValueError(
+                f"a {role} has no axis {axis!r}: use {', '.join(allowed)} (or 1) in its shape"
+            )
+    if len(set(symbols)) != len(symbols) or symbols != sorted(symbols, key=allowed.index):
+        raise ValueError(
+            f"the {role}'s symbols must appear once each, in the order {', '.join(allowed)}"
+        )
+    sizes = [a for a in body if not isinstance(a, str)]
+    if any(a != 1 for a in sizes):
+        raise ValueError(
+            f"the {role}'s shape takes the symbols {', '.join(allowed)} and singleton axes (1), "
+            f"not fixed sizes {sizes}"
+        )
+
+
+class ExtraInput(_Strict):
+    """A further positional input of the network, made by the audit for the operator in use.
+
+    ``mask``: the sampling mask ``[H, W]`` broadcast into ``shape`` (an axis it lacks must be
+    constant: ``[1, 1, 1, W, 1]`` takes a mask of whole columns, as fastMRI's); ``sensitivities``:
+    the coil maps ``[C, H, W]`` (``complex64``, or ``float32`` with a last axis of 2);
+    ``num_low_frequencies``: how many fully sampled centre columns the mask has (as fastMRI
+    counts them); ``constant``: ``value`` in every entry. ``B`` in a shape is the batch."""
+
+    role: ExtraRole
+    shape: Annotated[list[Axis], Field(max_length=MAX_AXES)] = Field(
+        description="Axes: sizes, or the symbols B (batch), C (coils), H and W (image size)."
+    )
+    dtype: ExtraDtype
+    value: float | None = Field(None, description="role constant: the value of every entry.")
+    name: str | None = Field(
+        None,
+        max_length=200,
+        description="The network's name for this input (checked against the model when given).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExtraInput:
+        if (self.role == "constant") != (self.value is not None):
+            raise ValueError("a value is given for role 'constant', and only for it")
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError("the constant's value must be finite")
+        if self.role == "mask":
+            if self.dtype == "complex64":
+                raise ValueError("a mask is bool, float32 or int64, not complex64")
+            _check_axes(self.shape, "BHW", "mask", complex_last=False)
+            if not {"H", "W"} & set(self.shape):
+                raise ValueError("a mask's shape needs H, W or both")
+        elif self.role == "sensitivities":
+            if self.dtype not in ("complex64", "float32"):
+                raise ValueError("sensitivities are complex64, or float32 with a last axis of 2")
+            _check_axes(self.shape, "BCHW", "sensitivities", complex_last=self.dtype == "float32")
+            if not {"C", "H", "W"} <= set(self.shape):
+                raise ValueError("the sensitivities' shape needs the axes C, H and W")
+        elif self.role == "num_low_frequencies":
+            if self.dtype not in ("int64", "float32"):
+                raise ValueError("num_low_frequencies is int64 or float32")
+            _check_axes(self.shape, "B", "num_low_frequencies", complex_last=False)
+        return self
+
+
 class InputSpec(_Strict):
     domain: Literal["image", "measurements", "samples"] = Field(
         "image", description="What the network receives (see the module documentation)."
     )
     layout: Layout = "complex2"
-    part: Part = Field("magnitude", description="For layout real1: which part of the image.")
+    part: Part = Field(
+        "magnitude", description="For layouts real1 and real0: which part of the image."
+    )
+    name: str | None = Field(
+        None,
+        max_length=200,
+        description="The network's name for its first input (checked against the model).",
+    )
+    extra: Annotated[list[ExtraInput], Field(max_length=MAX_EXTRA_INPUTS)] = Field(
+        default_factory=list,
+        description="Further positional inputs after the measurements / image, in order.",
+    )
 
 
 class OutputSpec(_Strict):
     layout: Layout = "complex2"
     part: Part = Field(
-        "magnitude", description="For layout real1: whether the output is a magnitude or a real."
+        "magnitude",
+        description="For layouts real1 and real0: whether the output is a magnitude or a real.",
     )
 
 
@@ -151,8 +251,10 @@ class Manifest(_Strict):
                 raise ValueError("sampling.mask, pattern and coils are for MRI, not 'ct'")
             if self.image_size[0] != self.image_size[1]:
                 raise ValueError("CT images must be square")
-            if "complex2" in (self.input.layout, self.output.layout):
-                raise ValueError("CT data is real: use layout 'real1' for input and output")
+            if {"complex2", "complex-last"} & {self.input.layout, self.output.layout}:
+                raise ValueError(
+                    "CT data is real: use layout 'real1' (or 'real0') for input and output"
+                )
             if isinstance(s.angles, int) and not 1 <= s.angles <= 3600:
                 raise ValueError("sampling.angles must be between 1 and 3600")
         else:
@@ -166,6 +268,15 @@ class Manifest(_Strict):
                 raise ValueError("sampling.coils and sensitivities are for 'mri-multicoil'")
             if self.input.domain == "samples" and self.modality == "mri-multicoil":
                 raise ValueError("input.domain 'samples' is supported for 'mri' and 'ct'")
+        for i, extra in enumerate(self.input.extra):
+            if self.modality == "ct" and extra.role in ("mask", "num_low_frequencies"):
+                raise ValueError(f"input.extra.{i}: role {extra.role!r} is for MRI, not 'ct'")
+            needs_coils = extra.role == "sensitivities" or "C" in extra.shape
+            if needs_coils and self.modality != "mri-multicoil":
+                raise ValueError(
+                    f"input.extra.{i}: coil sensitivities (and the axis C) are for modality "
+                    "'mri-multicoil'"
+                )
         return self
 
     @property

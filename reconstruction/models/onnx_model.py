@@ -33,6 +33,7 @@ __all__ = [
     "OPSET_RANGE",
     "PARITY_TOLERANCE",
     "Conversion",
+    "OnnxInput",
     "OrtNetwork",
     "convert_to_torch",
     "read_onnx",
@@ -145,8 +146,19 @@ def read_onnx(path: Path, workdir: Path, *, max_bytes: int = MAX_MODEL_BYTES) ->
     return loaded
 
 
+@dataclass(frozen=True)
+class OnnxInput:
+    """A graph input as onnxruntime declares it."""
+
+    name: str
+    #: ``tensor(float)``, ``tensor(bool)``, ``tensor(int64)``, ...
+    type: str
+    #: ints for fixed axes, names (or None) for dynamic ones
+    shape: list[int | str | None]
+
+
 class OrtNetwork:
-    """A forward-only network run by onnxruntime on float32 torch tensors."""
+    """A forward-only network run by onnxruntime on torch tensors (one per graph input)."""
 
     def __init__(self, model: ModelProto, device: str = "cpu") -> None:
         import onnxruntime as ort
@@ -162,18 +174,24 @@ class OrtNetwork:
             )
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load the model: {exc}") from exc
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(self.session.get_outputs()) < 1:
-            raise ModelError(
-                f"the network must take exactly one input tensor, it takes {len(inputs)}"
-            )
-        self.input_name: str = inputs[0].name
-        #: the declared input shape: ints for fixed axes, names (or None) for dynamic ones
-        self.input_shape: list[int | str | None] = list(inputs[0].shape)
+        if len(self.session.get_outputs()) < 1:
+            raise ModelError("the ONNX model has no output")
+        self.inputs = [OnnxInput(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()]
+        if not self.inputs:
+            raise ModelError("the ONNX model takes no input")
 
-    def __call__(self, x: Tensor) -> Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(np.asarray(out)).to(x.device)
+    @property
+    def input_shape(self) -> list[int | str | None]:
+        """The declared shape of the first input."""
+        return self.inputs[0].shape
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        feed = {
+            spec.name: np.ascontiguousarray(a.detach().cpu().numpy())
+            for spec, a in zip(self.inputs, args, strict=True)
+        }
+        out = self.session.run(None, feed)[0]
+        return torch.from_numpy(np.asarray(out)).to(args[0].device)
 
 
 @dataclass
@@ -193,10 +211,10 @@ class _Quiet(torch.nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, *args: Tensor) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            out: Tensor = self.inner(x)
+            out: Tensor = self.inner(*args)
         return out
 
 
@@ -232,12 +250,16 @@ def _relative_difference(a: Tensor, b: Tensor) -> float:
 
 
 def convert_to_torch(
-    model: ModelProto, reference: OrtNetwork, probes: list[Tensor], *, tol: float = PARITY_TOLERANCE
+    model: ModelProto,
+    reference: OrtNetwork,
+    probes: list[list[Tensor]],
+    *,
+    tol: float = PARITY_TOLERANCE,
 ) -> Conversion:
-    """Try every route; keep the first whose outputs match onnxruntime on all ``probes`` and
-    whose gradients flow back to the input."""
+    """Try every route; keep the first whose outputs match onnxruntime on all ``probes`` (each
+    the network's positional inputs) and whose gradients flow back to the first input."""
     result = Conversion()
-    expected = [reference(p) for p in probes]
+    expected = [reference(*p) for p in probes]
     for name, route in ROUTES:
         attempt: dict[str, Any] = {"route": name}
         result.attempts.append(attempt)
@@ -248,12 +270,12 @@ def convert_to_torch(
                 diffs = []
                 for probe, want in zip(probes, expected, strict=True):
                     with torch.no_grad():
-                        got = module(probe)
+                        got = module(*probe)
                     if tuple(got.shape) != tuple(want.shape):
                         raise ValueError(f"output shape {list(got.shape)} != {list(want.shape)}")
                     diffs.append(_relative_difference(got, want))
-                x = probes[0].clone().requires_grad_(True)
-                module(x).square().sum().backward()
+                x = probes[0][0].clone().requires_grad_(True)
+                module(x, *probes[0][1:]).square().sum().backward()
                 if x.grad is None or not bool(torch.isfinite(x.grad).all()):
                     raise ValueError("no finite gradient reaches the input")
         except Exception as exc:

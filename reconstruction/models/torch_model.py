@@ -11,19 +11,36 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from reconstruction.models.formats import ModelError
 
-__all__ = ["load_torch_export", "load_torchscript"]
+__all__ = ["NumberArguments", "load_torch_export", "load_torchscript"]
 
 
-def load_torch_export(path: Path) -> torch.nn.Module:
+def load_torch_export(path: Path) -> torch.export.ExportedProgram:
     try:
         program = torch.export.load(str(path))
-        module: torch.nn.Module = program.module()
+        program.module()
     except Exception as exc:
         raise ModelError(f"{path.name} is not a loadable torch.export program: {exc}") from exc
-    return module
+    return program
+
+
+class NumberArguments(torch.nn.Module):
+    """A TorchScript network that takes some inputs as Python numbers (``int``,
+    ``Optional[int]``, ...): the one-element tensor at each position of ``numbers`` is passed as
+    the number type given there."""
+
+    def __init__(self, inner: torch.nn.Module, numbers: dict[int, type]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.numbers = numbers
+
+    def forward(self, *args: Tensor) -> Tensor:
+        passed = [self.numbers[i](a.item()) if i in self.numbers else a for i, a in enumerate(args)]
+        out: Tensor = self.inner(*passed)
+        return out
 
 
 def load_torchscript(path: Path) -> torch.nn.Module:

@@ -193,6 +193,48 @@ def test_inspect_prints_the_summary(tmp_path: Path) -> None:
     assert len(summary["sha256"]) == 64
 
 
+def _masked_onnx(path: Path) -> None:
+    """An ONNX network taking the zero-filled image and the mask ``[1, 1, H, W]`` (float)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.reconstruction.models.conftest import SIZE
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "mask"], ["y"])],
+        "masked",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, SIZE, SIZE]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, SIZE, SIZE]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, SIZE, SIZE])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save_model(model, str(path))
+
+
+def test_inspect_prints_what_each_input_receives(tmp_path: Path) -> None:
+    from tests.reconstruction.models.conftest import write_manifest
+
+    _masked_onnx(tmp_path / "model.onnx")
+    mask = {"role": "mask", "shape": [1, 1, "H", "W"], "dtype": "float32", "name": "mask"}
+    manifest = write_manifest(tmp_path, input={"extra": [mask]})
+    code, output = _run("inspect", str(tmp_path / "model.onnx"), "--manifest", str(manifest))
+    assert code == 0, output
+    inputs = json.loads(output)["inputs"]
+    assert [(i["position"], i["role"], i["shape"], i["dtype"]) for i in inputs] == [
+        (0, "image", [-1, 2, 32, 32], "float32"),
+        (1, "mask", [1, 1, 32, 32], "float32"),
+    ]
+    assert inputs[1]["sampled"] == pytest.approx(0.3, abs=0.01)
+    for extra, field in (([], "input.extra"), ([{**mask, "dtype": "bool"}], "input.extra.0.dtype")):
+        manifest = write_manifest(tmp_path, input={"extra": extra})
+        code, output = _run("inspect", str(tmp_path / "model.onnx"), "--manifest", str(manifest))
+        assert code == 2
+        assert f"manifest field '{field}'" in output
+
+
 def test_inspect_bad_inputs_exit_2(tmp_path: Path) -> None:
     from tests.reconstruction.models.conftest import write_manifest
 

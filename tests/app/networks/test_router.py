@@ -116,6 +116,7 @@ def _pickle() -> bytes:
         ("nan", 422, "non-finite values", "model"),
         ("bad-name", 422, "not a plain file name", "model"),
         ("missing-mask", 422, "not found beside the manifest", "manifest.sampling.mask"),
+        ("extra-input", 422, "the ONNX model takes 1 inputs (x)", "manifest.input.extra"),
     ],
 )
 def test_bad_uploads_are_refused_and_nothing_is_stored(
@@ -151,6 +152,10 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(
         name = ".model.onnx"
     elif case == "missing-mask":
         manifest = json.dumps({**MANIFEST, "sampling": {"mask": "mask.npy"}}).encode()
+    elif case == "extra-input":
+        mask = {"role": "mask", "shape": ["H", "W"], "dtype": "float32"}
+        inputs = {**MANIFEST["input"], "extra": [mask]}  # type: ignore[dict-item]
+        manifest = json.dumps({**MANIFEST, "input": inputs}).encode()
     before = _stored(db)
     response = _upload(client, tokens["alice"], model, manifest, model_name=name)
     assert response.status_code == status, response.text

@@ -29,12 +29,12 @@ def test_onnx_round_trip_is_white_box(tmp_path: Path, save_model: SaveModel) -> 
 def test_conversion_matches_onnxruntime_and_has_gradients() -> None:
     proto = conv_model(opset=20)
     ort = OrtNetwork(proto)
-    probes = [torch.rand(2, 2, 32, 32), torch.rand(2, 2, 32, 32)]
+    probes = [[torch.rand(2, 2, 32, 32)], [torch.rand(2, 2, 32, 32)]]
     result = convert_to_torch(proto, ort, probes)
     assert result.module is not None
     assert result.max_relative_difference is not None
     assert result.max_relative_difference < 1e-6
-    x = probes[0].requires_grad_(True)
+    x = probes[0][0].requires_grad_(True)
     result.module(x).sum().backward()
     assert x.grad is not None
 
@@ -42,7 +42,7 @@ def test_conversion_matches_onnxruntime_and_has_gradients() -> None:
 def test_conversion_falls_back_and_records_every_attempt() -> None:
     proto = conv_model()
     ort = OrtNetwork(proto)
-    probes = [torch.rand(1, 2, 32, 32)]
+    probes = [[torch.rand(1, 2, 32, 32)]]
     result = convert_to_torch(proto, ort, probes, tol=-1.0)  # nothing can pass
     assert result.module is None
     assert [a["route"] for a in result.attempts] == ["onnx2pytorch", "onnx2torch"]
