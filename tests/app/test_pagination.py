@@ -95,7 +95,8 @@ def test_audits_page_in_a_stable_order(
     queued = _pages(client, "/api/v1/audits", tokens["alice"], 3, "&status=queued")
     assert [a["id"] for p in queued for a in p] == expected
     assert client.get("/api/v1/audits?status=done", headers=bearer(tokens["alice"])).json() == {
-        "detail": "status: Input should be 'queued', 'running', 'succeeded' or 'failed'",
+        "detail": "status: Input should be 'queued', 'running', 'succeeded', 'failed' or "
+        "'cancelled'",
         "field": "status",
     }
 
