@@ -123,7 +123,7 @@ class AuthFirst(APIRoute):
     included) *before* its body is read: FastAPI reads and spools a multipart body before it
     solves the dependencies, so an upload with a missing or bad token, or the wrong role, would
     otherwise stream in whole before its 401/403. The route's own dependencies run again after
-    the body, as usual."""
+    the body, as usual. A route without a body (the pollers' GETs) authenticates once."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -131,8 +131,8 @@ class AuthFirst(APIRoute):
             dependencies=[d for d in self.dependant.dependencies if _needs_caller(d)],
             path=self.path_format,
         )
-        if not gate.dependencies:
-            return handler
+        if not gate.dependencies or self.body_field is None:
+            return handler  # nothing to authenticate, or no body to hold back: one pass
 
         async def authenticated_first(request: Request) -> Response:
             async with AsyncExitStack() as stack:
