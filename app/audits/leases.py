@@ -74,11 +74,8 @@ def claim(session: Session, row: Leased, count: bool = True) -> str | None:
     taken = session.execute(
         update(table)
         .where(
-            table.id == row.id,
+            *_as_read(row),
             table.status == row.status,
-            table.lease_owner.is_(None)
-            if row.lease_owner is None
-            else table.lease_owner == row.lease_owner,
         )
         .values(
             status="running",
@@ -91,6 +88,17 @@ def claim(session: Session, row: Leased, count: bool = True) -> str | None:
     session.commit()
     session.refresh(row)
     return owner if taken.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def _as_read(row: Leased) -> list[ColumnElement[bool]]:
+    """The row, still under the lease it was read with (a conditional update's guard: another
+    worker that took or requeued it meanwhile changed its owner)."""
+    table = type(row)
+    owner = table.lease_owner
+    return [
+        table.id == row.id,
+        owner.is_(None) if row.lease_owner is None else owner == row.lease_owner,
+    ]
 
 
 def release(session: Session, table: type[Leased], row_id: object, owner: str) -> None:
@@ -167,11 +175,8 @@ def interrupted(session: Session) -> list[Requeue]:
             requeued = session.execute(
                 update(table)
                 .where(
-                    table.id == row.id,
+                    *_as_read(row),
                     table.status == "running",
-                    table.lease_owner.is_(None)
-                    if row.lease_owner is None
-                    else table.lease_owner == row.lease_owner,
                 )
                 .values(status="queued", lease_owner=None, lease_expires=None)
                 .execution_options(synchronize_session=False)
