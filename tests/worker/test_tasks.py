@@ -71,12 +71,19 @@ class Service:
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Signal a process's group; it and every process under it (a worker that ``serve``
-        started, its pool, their jailed runs) must be gone within seconds of its end."""
+        """SIGKILL goes to the process's group (the machine dies); SIGTERM to the process alone,
+        as ``docker stop`` through the image's init, or systemd with ``KillMode=mixed``, deliver
+        it (a SIGTERM sent to a Celery worker's pool processes kills them under the main
+        process's warm shutdown, which can then hang: celery/celery#2700). It and every process
+        under it (a worker that ``serve`` started, its pool, their jailed runs) must be gone
+        within seconds of its end."""
         process = self.processes.pop(name)
         tree = descendants(process.pid)
         if process.poll() is None:
-            os.killpg(process.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
         process.wait(timeout=60)
         deadline = time.monotonic() + 10
         while (left := {pid for pid in tree if alive(pid)}) and time.monotonic() < deadline:
@@ -222,8 +229,12 @@ def test_a_running_audit_is_cancelled(service: Service) -> None:
     token = service.cli("admin", "create-user", "alice", "--role", "submitter")
     headers = {"Authorization": f"Bearer {token}"}
     model_id = _upload(service, token)
+    # ``standard``: its perturbation search runs for minutes, so the cancel lands inside a
+    # jailed run (``quick``'s can end before its next progress check)
     audit_id = httpx.post(
-        f"{service.url}/api/v1/audits", headers=headers, json={"model_id": model_id}
+        f"{service.url}/api/v1/audits",
+        headers=headers,
+        json={"model_id": model_id, "protocol": "standard"},
     ).json()["id"]
     _wait(service, token, audit_id, {"running"})
     deadline = time.monotonic() + 120
