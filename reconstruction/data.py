@@ -26,6 +26,7 @@ __all__ = [
     "array_sha256",
     "builtin_images",
     "dicom_example",
+    "magnitude",
     "random_ellipses",
     "read_dicom_series",
     "read_image",
@@ -508,6 +509,18 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------ preparation
+def magnitude(image: Any) -> np.ndarray:
+    """A real float64 image: ``|image|`` for a complex one, else its values.
+
+    >>> magnitude(np.array([3 + 4j, -1j])).tolist()
+    [5.0, 1.0]
+    >>> magnitude(np.array([-1, 2], dtype=np.int16)).tolist()
+    [-1.0, 2.0]
+    """
+    a = np.asarray(image)
+    return (np.abs(a) if np.iscomplexobj(a) else a).astype(np.float64)
+
+
 def scale_to_range(image: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
     """Map an image linearly onto ``intensity_range`` (its min to ``lo``, its max to ``hi``).
 

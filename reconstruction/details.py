@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reconstruction.data import read_image
+from reconstruction.data import magnitude, read_image
 from reconstruction.metrics import ssim
 
 __all__ = [
@@ -178,7 +178,7 @@ def detail_from_image(
     raw = read_image(source).array if isinstance(source, str | Path) else np.asarray(source)
     if raw.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D detail image, got shape {raw.shape}")
-    a = np.abs(raw) if np.iscomplexobj(raw) else raw.astype(np.float64)
+    a = magnitude(raw)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name}: the detail image contains NaN or infinite values")
     lo, hi = float(a.min()), float(a.max())
@@ -289,7 +289,7 @@ class _Placer:
         a = np.asarray(image)
         if a.ndim != 2:
             raise ValueError(f"expected a 2-D image [H, W], got shape {a.shape}")
-        self.image = np.abs(a).astype(np.float64) if np.iscomplexobj(a) else a.astype(np.float64)
+        self.image = magnitude(a)
         lo, hi = (float(v) for v in intensity_range)
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             raise ValueError(f"intensity_range must have lo < hi, got {intensity_range!r}")
