@@ -68,7 +68,7 @@ RUN pip install --no-cache-dir ".${EXTRAS:+[${EXTRAS}]}" \
     && rm -rf build recon_audit.egg-info
 
 # The source. The code finds its files relative to the source tree, not to site-packages:
-# app/report.py reads templates/ at Path(__file__).parents[1] / "templates", and
+# app/report/html.py reads templates/ at Path(__file__).parents[2] / "templates", and
 # app/service_cli.py reads alembic.ini and migrations/ at Path(__file__).parents[1]. So the
 # project is installed *editable* from /srv/recon-audit: app/ stays at /srv/recon-audit/app and
 # those paths resolve to /srv/recon-audit/{templates,migrations,alembic.ini}. (PYTHONPATH would

@@ -425,7 +425,8 @@ def audit(
     """Run the three instability tests on a network beside the CS baseline and write the
     results (results.json), figures and the report. Exit 0 when the audit completed, whatever
     the verdicts (see --fail-on), 2 on bad input."""
-    from app.report import Certificate, write_report
+    from app.certificates.identity import Certificate
+    from app.report import write_report
     from reconstruction.suite import run_suite
 
     if device == "cuda" and not torch.cuda.is_available():

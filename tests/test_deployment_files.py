@@ -424,7 +424,7 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
 def test_image_keeps_the_source_layout_the_code_resolves_paths_with() -> None:
     from app import report, service_cli
 
-    # app/report.py and app/service_cli.py find these files beside their package folder
+    # app/report/html.py and app/service_cli.py find these files beside their package folder
     needed = {
         report.TEMPLATES,
         service_cli.ROOT / "alembic.ini",

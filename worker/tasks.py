@@ -38,11 +38,12 @@ from sqlalchemy.exc import IntegrityError
 
 from app import checkpoints, events
 from app.audits import leases
+from app.certificates.identity import Certificate
 from app.certificates.service import SignedReport, sign_report
 from app.db import get_engine, session_factory, utcnow
 from app.networks.service import materialise, safe_name
 from app.orm import FINISHED, Audit, AuditResult, AuditShard, ImageSet, Network
-from app.report import Certificate, write_documents
+from app.report import write_documents
 from app.sandbox import SandboxUnavailable, describe_failure, run_cli, sanitise
 from app.settings import get_settings
 from app.storage import Store

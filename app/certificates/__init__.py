@@ -1,11 +1,12 @@
-"""Audit certificates: the report rendered as a PDF/A-3b certificate (``app.report``), signed
-by the service (PAdES, :mod:`app.certificates.signing`) with its own CA or a configured key
+"""Audit certificates: the report rendered as a PDF/A-3b certificate (``app.report``) with its
+identity (:class:`app.certificates.identity.Certificate`), signed by the service (PAdES,
+:mod:`app.certificates.signing`) with its own CA or a configured key
 (:mod:`app.certificates.pki`), approved by an auditor with a second signature, and verified
 (:mod:`app.certificates.verify`; API in :mod:`app.certificates.router`, CLI ``recon-audit
 verify``).
 
 This module holds only the names every part shares (no pyHanko import), so the report renderer
-can use them cheaply.
+can use them cheaply; it imports none of its submodules.
 """
 
 from __future__ import annotations

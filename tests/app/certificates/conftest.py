@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from app.certificates.identity import Certificate
 from app.certificates.pki import ServiceSigner, load_service_signer
 from app.certificates.signing import approve_certificate, sign_certificate
-from app.report import Certificate, ReportFiles, write_report
+from app.report import ReportFiles, write_report
 from app.settings import Settings
 from tests.app.test_report import PROTOCOL_SKIPPING, _suite
 

@@ -15,12 +15,12 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from app.certificates.identity import Certificate
 from app.certificates.pki import load_service_signer
 from app.certificates.signing import sign_certificate
 from app.deps import get_store
 from app.events import verify_chain
 from app.orm import Approval, Audit, AuditEvent, AuditResult, Network, User
-from app.report import Certificate
 from app.settings import Settings, get_settings
 from app.storage import Spooled
 from tests.app.certificates.conftest import MANIFEST, Rendered, render

@@ -1,0 +1,300 @@
+"""The view models the report's template reads: one per test (its title, question, verdict and
+the tables drawn from its block of results.json), the overall verdict sentence, and the
+certificate's identity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from app.certificates import APPROVAL_FIELD, ISSUANCE_FIELD, MEANING_APPROVED, MEANING_ISSUED
+from app.certificates.identity import Certificate
+from app.report.captions import figure_caption
+from app.report.titles import ROLES, TEST_QUESTIONS, TEST_TITLES, eps_label
+from reconstruction.instability.common import STABLE_WORDING
+
+__all__ = ["VERDICT_CLASSES", "certificate_view", "overall", "sections"]
+
+VERDICT_CLASSES = ("unstable", "inconclusive", "stable", "skipped")
+
+
+def _reduced(values: Iterable[Any], reduce: Callable[[np.ndarray], Any]) -> float | None:
+    """``reduce`` over the values as floats; ``None`` for none."""
+    a = np.asarray(list(values), dtype=float)
+    return float(reduce(a)) if a.size else None
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    return _reduced(values, np.mean)
+
+
+def _max(values: Iterable[Any]) -> float | None:
+    return _reduced(values, np.max)
+
+
+def _verdict_class(verdict: Any) -> str:
+    return str(verdict) if verdict in VERDICT_CLASSES else "skipped"
+
+
+# --------------------------------------------------------------------------------------------
+# perturbation
+
+
+def _search_diagnostics(rec: dict[str, Any]) -> dict[str, Any]:
+    """How strong the search behind one row was (results written before the search recorded
+    its convergence show the restarts' spread only)."""
+    # restart_changes: [starts][images]
+    starts = np.asarray(rec.get("restart_changes") or [], dtype=float)
+    n_starts = int(starts.shape[0]) if starts.ndim == 2 else 0
+    search = rec.get("search")
+    if search is None:
+        several = n_starts > 1
+        return {
+            "restarts": n_starts,
+            "iterations": len(rec["loss_curves"][0]) if rec.get("loss_curves") else 0,
+            "plateaued": None,
+            "spread": _max(1.0 - starts.min(axis=0) / np.maximum(starts.max(axis=0), 1e-12))
+            if several
+            else None,
+            "passes": None,
+        }
+    spreads = [v for v in search["restart_spread"] if v is not None]
+    done = sum(bool(v) for v in search["plateaued"])
+    return {
+        "restarts": n_starts,
+        "iterations": max(search["iterations"], default=0),
+        "plateaued": f"{done} of {len(search['plateaued'])}",
+        "spread": _max(spreads) if spreads else None,
+        "passes": search["passes"],
+    }
+
+
+def _threat_view(threat: str, block: dict[str, Any]) -> dict[str, Any]:
+    """One threat model's tables: a row per eps and role, the searches' diagnostics and the
+    localized searches."""
+    rows, diagnostics, local = [], [], []
+    for row in block["results"]:
+        net_change = np.asarray(row["network"]["output_change"], float)
+        base_change = np.asarray(row["baseline"]["output_change"], float)
+        ratio = _mean(net_change / np.maximum(base_change, 1e-12))
+        for role in ROLES:
+            rec = row[role]
+            rows.append(
+                {
+                    "eps": row["eps"],
+                    "role": role,
+                    "size": _mean(rec["size"]),
+                    "change": _mean(rec["output_change"]),
+                    "change_max": _max(rec["output_change"]),
+                    "ratio": ratio if role == "network" else None,
+                    "noise": _mean(rec["noise_control_change"]),
+                    "psnr_clean": _mean(rec["psnr_clean_db"]),
+                    "psnr_perturbed": _mean(rec["psnr_perturbed_db"]),
+                    "local": _max(rec.get("local_error_increase_db", [])),
+                    "persistence": _mean(rec["persistence"]),
+                    "lipschitz": _mean(rec["local_lipschitz"]),
+                }
+            )
+            diagnostics.append(
+                {
+                    "eps": row["eps"],
+                    "role": role,
+                    "best": _max(rec["output_change"]),
+                    "queries": rec.get("queries"),
+                    **_search_diagnostics(rec),
+                }
+            )
+            targeted = row.get(f"local_{role}")
+            if targeted is not None:
+                local.append(
+                    {
+                        "eps": row["eps"],
+                        "role": role,
+                        "change": _max(targeted["window_change"]),
+                        "local": _max(targeted["local_error_increase_db"]),
+                        "psnr_drop": _max(
+                            np.asarray(targeted["psnr_clean_db"], float)
+                            - np.asarray(targeted["psnr_perturbed_db"], float)
+                        ),
+                        "targeted": targeted.get("targeted", True),
+                        **_search_diagnostics(targeted),
+                    }
+                )
+    amplification = block.get("amplification") or {}
+    return {
+        "name": threat,
+        "normalisation": block.get("normalisation", eps_label(threat)),
+        "rows": rows,
+        "diagnostics": diagnostics,
+        "local": local,
+        "amplification": {
+            role: _mean(amplification[role]) if amplification.get(role) else None for role in ROLES
+        },
+        "amplification_method": amplification.get("method"),
+    }
+
+
+def _perturbation_view(test: dict[str, Any]) -> dict[str, Any]:
+    threats = [
+        _threat_view(threat, block) for threat, block in test.get("threat_models", {}).items()
+    ]
+    pnas = []
+    for role in ROLES:
+        block = test.get("pnas", {}).get(role)
+        if block is None:
+            continue
+        checkpoints = [
+            {
+                "k": k + 1,
+                "size": _mean(block["sizes"][k]),
+                "change": _mean(block["output_change"][k]),
+                "psnr": _mean(block["psnr_db"][k]),
+                "iterations": ", ".join(str(i) for i in block["iterations"][k]),
+            }
+            for k in range(len(block["sizes"]))
+        ]
+        pnas.append({"role": role, "checkpoints": checkpoints, "stop": block["stop_reason"]})
+    return {
+        "threats": threats,
+        "convergence": test.get("convergence"),
+        "pnas": pnas,
+        "pnas_settings": test.get("pnas", {}).get("settings"),
+        "evidence": test.get("evidence", [])[:5],
+        "borderline": test.get("borderline", [])[:5],
+        "evidence_total": len(test.get("evidence", [])),
+        "borderline_total": len(test.get("borderline", [])),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# sampling and structural
+
+
+def _sampling_view(test: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for row in test.get("ladder", []):
+        entry: dict[str, Any] = {
+            "factor": row["factor"],
+            "ratio": row["ratio"],
+            "training": row["training"],
+        }
+        for role in ROLES:
+            entry[role] = {
+                "psnr": row[role]["psnr"],
+                "ssim": row[role]["ssim_ci"],
+                "per_image": row[role]["psnr_db"],
+            }
+        rows.append(entry)
+    largest = test.get("largest_decline") or {}
+    return {
+        "rows": rows,
+        "images": range(len(rows[0]["network"]["per_image"])) if rows else range(0),
+        "declines": [
+            {"label": label, **largest[metric]}
+            for metric, label in (("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"))
+            if largest.get(metric)
+        ],
+    }
+
+
+def _structural_view(test: dict[str, Any]) -> dict[str, Any]:
+    smallest = test.get("smallest_recovered_px") or {}
+    contrasts = sorted(smallest.get("network", {}), key=float)
+    return {
+        "classes": test.get("classes", []),
+        "paired": test.get("paired"),
+        "smallest": [
+            {
+                "contrast": c,
+                "network": smallest["network"].get(c),
+                "baseline": smallest.get("baseline", {}).get(c),
+            }
+            for c in contrasts
+        ],
+    }
+
+
+_TEST_VIEWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "perturbation": _perturbation_view,
+    "sampling": _sampling_view,
+    "structural": _structural_view,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def sections(results: dict[str, Any], figures: dict[str, str]) -> list[dict[str, Any]]:
+    """A view per test of the results.json document ``results``, in its order, each with its
+    figures (name -> path) and their captions."""
+    views = []
+    for name, test in results.get("tests", {}).items():
+        view: dict[str, Any] = {
+            "name": name,
+            "title": TEST_TITLES.get(name, name),
+            "question": TEST_QUESTIONS.get(name, ""),
+            "verdict": test.get("verdict", "skipped"),
+            "verdict_class": _verdict_class(test.get("verdict")),
+            "reason": test.get("reason", ""),
+            "numbers": test,
+        }
+        if test.get("verdict") != "skipped" and name in _TEST_VIEWS:
+            view[name] = _TEST_VIEWS[name](test)
+        view["figures"] = [
+            {"name": figure, "src": src, "caption": figure_caption(figure)}
+            for figure, src in figures.items()
+            if figure.split("_", 1)[0] == name
+        ]
+        views.append(view)
+    return views
+
+
+def overall(views: list[dict[str, Any]]) -> str:
+    """The overall verdict, in one sentence."""
+
+    def titles(verdict: str) -> str:
+        return ", ".join(v["title"].lower() for v in views if v["verdict"] == verdict)
+
+    if titles("unstable"):
+        return f"The audit found instabilities: {titles('unstable')}."
+    if titles("inconclusive"):
+        return (
+            "The audit found no clear instability, but some results are inconclusive: "
+            f"{titles('inconclusive')}."
+        )
+    if titles("stable"):
+        return f"In every test that ran: {STABLE_WORDING}."
+    return "No test ran."
+
+
+def certificate_view(certificate: Certificate | None) -> dict[str, Any] | None:
+    """The certificate's identity, the manifest (as JSON too) and the signatures' names."""
+    if certificate is None:
+        return None
+    manifest = certificate.manifest or {}
+    return {
+        "id": certificate.id,
+        "audit_id": certificate.audit_id,
+        "issued": certificate.issued_text,
+        "issuer": certificate.issuer,
+        "service_version": certificate.service_version,
+        "git_revision": certificate.git_revision,
+        "verify_url": certificate.verify_url,
+        "signed": certificate.signed,
+        "event_chain": certificate.event_chain,
+        "manifest": manifest,
+        "manifest_json": json.dumps(manifest, indent=2, sort_keys=True) if manifest else "",
+        "sampling_json": json.dumps(manifest.get("sampling"), sort_keys=True)
+        if manifest.get("sampling") is not None
+        else "",
+        "statement": manifest.get("statement"),
+        "description": manifest.get("description"),
+        "issuance_field": ISSUANCE_FIELD,
+        "approval_field": APPROVAL_FIELD,
+        "meaning_issued": MEANING_ISSUED,
+        "meaning_approved": MEANING_APPROVED,
+    }
