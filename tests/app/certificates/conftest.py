@@ -15,7 +15,7 @@ from app.certificates.pki import ServiceSigner, load_service_signer
 from app.certificates.signing import approve_certificate, sign_certificate
 from app.report import ReportFiles, write_report
 from app.settings import Settings
-from tests.app.test_report import PROTOCOL_SKIPPING, _suite
+from tests.app.report.runs import PROTOCOL_SKIPPING, suite
 
 MANIFEST = {
     "name": "t",
@@ -41,7 +41,7 @@ class Rendered:
 
 def render(out: Path, certificate: Certificate) -> Rendered:
     """A certificate from the small audit (about a second and a half)."""
-    files = write_report(_suite(PROTOCOL_SKIPPING), out, certificate=certificate)
+    files = write_report(suite(PROTOCOL_SKIPPING), out, certificate=certificate)
     return Rendered(files, certificate)
 
 

@@ -1,164 +1,24 @@
-"""Reports: results.json, PNG figures, HTML and PDF from a real (small) ``run_suite``."""
+"""The report as HTML (:mod:`app.report.html`, :mod:`app.report.views`): verdicts, reasons,
+identities, escaping, and every section's statistics, for current and older results."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import html
-import json
-import logging
 import re
-from pathlib import Path
 
-import pytest
-import torch
-from PIL import Image
-
-from app.report import ReportFiles, render_html, write_figures, write_report
+from app.report import ReportFiles, render_html
 from reconstruction.instability.common import STABLE_WORDING
-from reconstruction.models import Manifest, from_module
 from reconstruction.protocols import parse_protocol
-from reconstruction.suite import SuiteResult, run_suite
-
-PROTOCOL = """
-name: report-test
-version: "1"
-seed: 0
-images:
-  max_images: 1
-baseline:
-  method: total_variation
-  attack_iterations: 10
-perturbation:
-  threat_models: [image, measurement]
-  budget:
-    eps: [0.01, 0.02]
-    restarts: 1
-    iterations: 3
-    step_size: 0.25
-  pnas:
-    iterations: 4
-    max_norm: 0.02
-  controls:
-    noise_draws: 1
-    persistence_noise: 0.25
-structural:
-  heights_px: [8]
-  contrasts: [0.3]
-sampling:
-  factors: [0.5, 1.0, 2.0]
-"""
-#: structural only: perturbation and sampling are skipped ("not part of this protocol")
-PROTOCOL_SKIPPING = """
-name: report-test-skipping
-version: "1"
-images:
-  max_images: 1
-perturbation: null
-structural:
-  heights_px: [8]
-  contrasts: [0.3]
-sampling: null
-"""
-FULL_FIGURES = {
-    "perturbation_image_curves",
-    "perturbation_image_images",
-    "perturbation_image_loss",
-    "perturbation_measurement_curves",
-    "perturbation_measurement_images",
-    "perturbation_measurement_loss",
-    "perturbation_pnas",
-    "perturbation_pnas_zoom",
-    "structural_details",
-    "sampling_curves",
-    "sampling_images",
-}
-
-
-class _Net(torch.nn.Module):
-    """Identity plus a small convolution (complex2 in and out)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
-        with torch.no_grad():
-            for p in self.conv.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = x + 0.01 * self.conv(x)
-        return out
-
-
-def _suite(protocol_text: str) -> SuiteResult:
-    manifest = Manifest.model_validate(
-        {
-            "name": "t",
-            "modality": "mri",
-            "image_size": [48, 48],
-            "input": {"domain": "image", "layout": "complex2"},
-            "output": {"layout": "complex2"},
-            "sampling": {"pattern": {"kind": "variable-density", "ratio": 0.3, "seed": 0}},
-        }
-    )
-    model = from_module(_Net(), manifest)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
-    try:
-        return run_suite(model, None, parse_protocol(protocol_text))
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def result() -> SuiteResult:
-    return _suite(PROTOCOL)
-
-
-@pytest.fixture(scope="module")
-def report(result: SuiteResult, tmp_path_factory: pytest.TempPathFactory) -> ReportFiles:
-    return write_report(result, tmp_path_factory.mktemp("report"))
-
-
-@pytest.fixture(scope="module")
-def skipping(tmp_path_factory: pytest.TempPathFactory) -> tuple[SuiteResult, ReportFiles]:
-    result = _suite(PROTOCOL_SKIPPING)
-    return result, write_report(result, tmp_path_factory.mktemp("skipping"), pdf=False)
-
-
-def _text(path: Path) -> str:
-    """The HTML as a reader sees it (entities decoded)."""
-    return html.unescape(path.read_text(encoding="utf-8"))
-
-
-def test_results_json_is_the_suite_document(result: SuiteResult, report: ReportFiles) -> None:
-    assert report.results_json == report.html.parent / "results.json"
-    text = report.results_json.read_text(encoding="utf-8")
-    assert text == json.dumps(result.to_json(), indent=2)
-    document = json.loads(text)
-    assert document == json.loads(json.dumps(result.to_json()))
-    assert document["schema"] == "recon-audit/results/v1"
-
-
-def test_every_figure_is_a_png(report: ReportFiles) -> None:
-    assert set(report.figures) == FULL_FIGURES
-    for name, path in report.figures.items():
-        assert path == report.html.parent / "figures" / f"{name}.png"
-        assert path.stat().st_size > 0
-        with Image.open(path) as image:
-            assert image.format == "PNG"
-            width, height = image.size
-            assert min(width, height) > 100
-    on_disk = {p.stem for p in (report.html.parent / "figures").iterdir()}
-    assert on_disk == FULL_FIGURES
+from reconstruction.suite import SuiteResult
+from tests.app.report.runs import PROTOCOL_SKIPPING, page_text, suite
 
 
 def test_html_holds_verdicts_reasons_and_identities(
     result: SuiteResult, report: ReportFiles
 ) -> None:
     raw = report.html.read_text(encoding="utf-8")
-    text = _text(report.html)
+    text = page_text(report.html)
     assert "Instability audit report" in text
     for name, test in result.tests.items():
         assert test.verdict != "skipped", name
@@ -184,40 +44,6 @@ def test_html_holds_verdicts_reasons_and_identities(
     assert re.search(r">\d+\.\d\d dB<", raw)
 
 
-def test_pdf_has_pages_and_loads_the_figures(
-    report: ReportFiles, caplog: pytest.LogCaptureFixture
-) -> None:
-    import weasyprint  # type: ignore[import-untyped]
-
-    assert report.pdf is not None
-    assert report.pdf.read_bytes().startswith(b"%PDF")
-    out = report.html.parent
-    with caplog.at_level(logging.WARNING, logger="weasyprint"):
-        document = weasyprint.HTML(filename=str(report.html), base_url=f"{out}/").render()
-    assert len(document.pages) >= 2
-    # every figure resolved (WeasyPrint logs a warning for each image it cannot load)
-    problems = [r.getMessage() for r in caplog.records if r.name.startswith("weasyprint")]
-    assert not problems
-
-
-def test_skipped_tests_render_their_reason_and_no_figure(
-    skipping: tuple[SuiteResult, ReportFiles],
-) -> None:
-    result, files = skipping
-    assert files.pdf is None
-    assert result.tests["sampling"].verdict == "skipped"
-    assert result.tests["perturbation"].verdict == "skipped"
-    assert not any(name.startswith(("sampling", "perturbation")) for name in files.figures)
-    figures_dir = files.html.parent / "figures"
-    assert not [p for p in figures_dir.iterdir() if p.name.startswith(("sampling", "perturbation"))]
-    raw = files.html.read_text(encoding="utf-8")
-    text = _text(files.html)
-    assert raw.count('<span class="badge skipped">skipped</span>') >= 4  # cover + sections
-    section = text[text.index("More samples</h2>") :]
-    assert result.tests["sampling"].reason in section[:2000]
-    assert "sampling_" not in raw
-
-
 def test_html_escapes_names_and_reasons(result: SuiteResult) -> None:
     document = copy.deepcopy(result.to_json())
     document["model"]["name"] = "<script>alert('model')</script>"
@@ -238,24 +64,10 @@ def test_black_box_is_flagged_as_weaker_evidence(result: SuiteResult) -> None:
     assert "results are weaker evidence than a white-box search" in page
 
 
-def test_write_figures_skips_tests_without_figures(result: SuiteResult, tmp_path: Path) -> None:
-    skipped = dataclasses.replace(
-        result,
-        tests={
-            name: dataclasses.replace(test, verdict="skipped", reason="not run", figures={})
-            if name != "structural"
-            else test
-            for name, test in result.tests.items()
-        },
-    )
-    figures = write_figures(skipped, tmp_path / "figures")
-    assert set(figures) == {"structural_details"}
-
-
 def test_structural_and_sampling_sections_show_the_statistics(
     result: SuiteResult, report: ReportFiles
 ) -> None:
-    prose = " ".join(_text(report.html).split())
+    prose = " ".join(page_text(report.html).split())
     structural = prose[prose.index("Small structural changes</h2>") :]
     assert "By size and contrast" in structural
     assert "Smallest height recovered at contrast 0.3" in structural
@@ -306,7 +118,7 @@ def _page_texts(page: str) -> list[str]:
 
 def test_a_protocol_posing_as_a_builtin_reads_custom_on_every_page() -> None:
     spoofed = PROTOCOL_SKIPPING.replace("name: report-test-skipping", "name: standard")
-    document = _suite(spoofed).to_json()
+    document = suite(spoofed).to_json()
     assert document["protocol"]["name"] == "custom:standard"
     assert document["protocol"]["builtin"] is False
     assert document["protocol_document"]["name"] == "standard"  # the text as submitted
