@@ -104,7 +104,7 @@ def test_the_cited_decline_is_rendered_and_v1_results_without_it_still_render(
 
 def _page_texts(page: str) -> list[str]:
     """Each page's text, its margin boxes (the running footer) included."""
-    import weasyprint
+    import weasyprint  # type: ignore[import-untyped]
 
     def texts(box: object) -> list[str]:
         found = [box.text] if isinstance(getattr(box, "text", None), str) else []  # type: ignore[attr-defined]
