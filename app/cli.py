@@ -20,21 +20,17 @@ import torch
 import reconstruction
 from reconstruction import baselines, metrics, sampling
 from reconstruction.batch import gaussian, norms
-from reconstruction.bounded import ExpansionError
 from reconstruction.data import (
     ImageReadError,
-    SliceError,
-    Slices,
     array_sha256,
     dicom_example,
     random_ellipses,
     read_image,
-    read_images,
     resize_image,
     scale_to_range,
     shepp_logan,
 )
-from reconstruction.models import ModelError, load, manifest_json_schema, mask_sha256
+from reconstruction.models import manifest_json_schema, mask_sha256
 from reconstruction.operators import (
     LinearOperator,
     MultiCoilMRI,
@@ -42,7 +38,8 @@ from reconstruction.operators import (
     ParallelBeamCT,
     SingleCoilMRI,
 )
-from reconstruction.protocols import BUILTIN, ProtocolError, load_protocol
+from reconstruction.protocols import BUILTIN
+from reconstruction.run import RunInputError, inspect_model, json_progress, load_audit
 from reconstruction.testing import check_operator, example_operators
 
 
@@ -296,25 +293,17 @@ def inspect(model: Path, manifest_path: Path, device: str) -> None:
     """Load, adapt and validate a network (ONNX, torch.export .pt2, TorchScript) and print a
     JSON summary: format, sha256, gradient access, parity error, input/output spec, fixed size.
     """
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but no CUDA device is available")
     try:
-        loaded = load(model, manifest_path, device=device)
-    except (ModelError, ExpansionError) as exc:
+        summary = inspect_model(model, manifest_path, device)
+    except RunInputError as exc:
         raise InputError(str(exc)) from exc
-    click.echo(json.dumps(loaded.summary(), indent=2))
+    click.echo(json.dumps(summary, indent=2))
 
 
 @main.command("manifest-schema")
 def manifest_schema() -> None:
     """Print the JSON Schema of model manifests."""
     click.echo(json.dumps(manifest_json_schema(), indent=2))
-
-
-def _json_progress(stage: str, done: int, total: int) -> None:
-    """One JSON line per update on stderr (read by the service's worker)."""
-    line = json.dumps({"progress": {"stage": stage, "done": done, "total": total}})
-    click.echo(line, err=True)
 
 
 class _Bars:
@@ -429,18 +418,19 @@ def audit(
     from app.report import write_report
     from reconstruction.suite import run_suite
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was requested but no CUDA device is available")
     try:
-        protocol = load_protocol(protocol_name)
-        selection = None if slices is None else Slices(slices)
-        images = [image for path in image_paths for image in read_images(path, slices=selection)]
-        details = [(path.stem, read_image(path).array) for path in detail_paths]
-        loaded = load(model, manifest_path, device=device)
-    except SliceError as exc:
-        raise InputError(f"--slices: {exc}") from exc
-    except (ProtocolError, ImageReadError, ModelError, ExpansionError) as exc:
+        inputs = load_audit(
+            model,
+            manifest_path,
+            images=image_paths,
+            slices=slices,
+            protocol=protocol_name,
+            details=detail_paths,
+            device=device,
+        )
+    except RunInputError as exc:
         raise InputError(str(exc)) from exc
+    loaded, protocol = inputs.model, inputs.protocol
     click.echo(
         f"Auditing {loaded.name} ({loaded.format}, {loaded.gradient_access}) with protocol "
         f"{protocol.shown_name} v{protocol.version} ({protocol.sha256[:12]})",
@@ -450,11 +440,11 @@ def audit(
     try:
         result = run_suite(
             loaded,
-            images,
+            inputs.images,
             protocol,
             device=device,
-            progress=bars or _json_progress,
-            details=details,
+            progress=bars or json_progress,
+            details=inputs.details,
             only=only or None,
         )
     except ValueError as exc:

@@ -16,6 +16,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import reconstruction
+from app import queue
 from app.api import ErrorOut
 from app.audits.router import router as audits_router
 from app.certificates.router import router as certificates_router
@@ -170,14 +171,7 @@ def create_app() -> FastAPI:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        try:
-            from worker.celery_app import app as celery
-
-            with celery.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, timeout=2)
-            checks["broker"] = "ok"
-        except Exception as exc:
-            checks["broker"] = f"unavailable: {type(exc).__name__}"
+        checks["broker"] = queue.broker_problem() or "ok"
         # uploads and audits need the jail: without it they are refused (503), so not ready
         problem = jail_problem(settings.sandbox_bwrap)
         checks["sandbox"] = "ok" if problem is None else f"unavailable: {problem}"

@@ -16,10 +16,12 @@ new user namespace onto the service's user. Either way ``no_new_privs`` is set a
 filter (:func:`seccomp_filter`) refuses mounts, namespaces, ptrace, kernel keyrings, BPF, module
 loading and IP sockets.
 
-Upload validation runs ``recon-audit inspect`` this way, and every audit runs ``recon-audit
-audit`` this way (:func:`run_cli`); :func:`run` takes any command. The parent reads the child's
-JSON output and progress lines; :func:`describe_failure` reduces the child's error output to a
-fixed vocabulary and a short sanitised excerpt (the whole output goes to the service log only).
+Upload validation runs ``python -m reconstruction.run inspect`` this way, and every audit
+``python -m reconstruction.run audit`` (:func:`run_science`: the science library only; the
+jail holds no ``app`` package and no templates); :func:`run` takes any command. The parent
+reads the child's JSON output and progress lines; :func:`describe_failure` reduces the child's
+error output to a fixed vocabulary and a short sanitised excerpt (the whole output goes to the
+service log only).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ __all__ = [
     "describe_failure",
     "jail_problem",
     "run",
-    "run_cli",
+    "run_science",
     "sanitise",
     "seccomp_filter",
 ]
@@ -153,15 +155,12 @@ def seccomp_filter() -> IO[bytes]:
 
 def _python_trees() -> list[Path]:
     """What the interpreter needs, read-only: its installation (``sys.base_prefix``), the
-    virtual environment, and the project's packages and templates."""
-    import app
+    virtual environment, and the science library (``reconstruction/``; not the service's
+    ``app/``, nor its templates)."""
     import reconstruction
 
-    project = Path(app.__file__).resolve().parents[1]
     trees = [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
-    trees += [Path(app.__file__).resolve().parent, Path(reconstruction.__file__).resolve().parent]
-    if (project / "templates").is_dir():
-        trees.append(project / "templates")
+    trees.append(Path(reconstruction.__file__).resolve().parent)
     return [t for t in dict.fromkeys(trees) if not _under(t, Path("/usr"))]
 
 
@@ -282,7 +281,7 @@ def jail_problem(bwrap: str) -> str | None:
     try:
         with tempfile.TemporaryDirectory(prefix="jail-probe-") as folder:
             result = run(
-                [sys.executable, "-c", "import app"],
+                [sys.executable, "-c", "import reconstruction"],
                 workdir=Path(folder),
                 timeout=60,
                 limits=Limits(60, 2**30, 2**20, 4096, 2**20),
@@ -412,7 +411,7 @@ def _progress(line: str) -> dict[str, object] | None:
     return {"stage": update["stage"][:100], "done": update["done"], "total": update["total"]}
 
 
-def run_cli(
+def run_science(
     args: Sequence[str],
     *,
     workdir: Path,
@@ -422,9 +421,10 @@ def run_cli(
     gpu: bool = False,
     on_progress: Callable[[dict[str, object]], None] | None = None,
 ) -> SandboxResult:
-    """``python -m app.cli ARGS`` in the jail (see :func:`run`)."""
+    """``python -m reconstruction.run ARGS`` in the jail (see :func:`run`): the science only,
+    with no ``app`` package to import there."""
     return run(
-        [str(Path(sys.executable).absolute()), "-m", "app.cli", *args],
+        [str(Path(sys.executable).absolute()), "-m", "reconstruction.run", *args],
         workdir=workdir,
         timeout=timeout,
         limits=limits,

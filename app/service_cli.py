@@ -144,12 +144,12 @@ def verify_events() -> ChainReport:
 
 def run_worker(concurrency: int) -> int:
     ensure_database()
-    from worker.celery_app import app
+    from app.queue import celery_app
 
     argv = ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork"]
     if get_settings().embedded_broker:
         argv.append("--without-heartbeat")
-    app.worker_main(argv)
+    celery_app().worker_main(argv)
     return 0
 
 

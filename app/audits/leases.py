@@ -10,7 +10,9 @@ visibility timeout, a pool process lost) that finds the row held by a live worke
 Kombu's filesystem transport (the embedded broker) deletes a message when a worker takes it, so
 a worker killed mid-run loses its message; every worker therefore sweeps, at start and every
 half lease, for running rows whose lease is lost (:func:`interrupted`): it puts them back to
-``queued`` (recorded in the audit log) and sends their task again.
+``queued`` (recorded in the audit log) and sends their task again; and for rows no worker holds
+whose message is no longer in the queue at two sweeps in a row (:class:`LostMessages`: taken
+by a worker that died before its claim).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from app.orm import FINISHED, Audit, AuditShard
 from app.processes import alive
 from app.settings import get_settings
 
-__all__ = ["Requeue", "claim", "holding", "interrupted", "lost"]
+__all__ = ["LostMessages", "Requeue", "claim", "holding", "interrupted", "lost", "unsent"]
 
 ACTOR = "worker"
 Leased = Audit | AuditShard
@@ -42,10 +44,11 @@ Leased = Audit | AuditShard
 @dataclass(frozen=True)
 class Requeue:
     """A task to send again: ``run_shard(audit_id, test)``, or ``run_audit(audit_id)`` where
-    ``test`` is None."""
+    ``test`` is None; ``why``, for the log."""
 
     audit_id: str
     test: str | None
+    why: str = "its worker was lost"
 
 
 def _owner() -> str:
@@ -192,3 +195,50 @@ def interrupted(session: Session) -> list[Requeue]:
             )
             found.append(Requeue(audit.id, test))
     return found
+
+
+def unsent(session: Session, waiting: set[tuple[str, str | None]]) -> set[tuple[str, str | None]]:
+    """What no worker holds and no message carries (``waiting``: the embedded broker's queue,
+    :func:`app.queue.waiting`), as ``(audit_id, test)`` (``test`` None: ``run_audit``): a queued
+    audit; a queued shard of a running audit; and a running audit that no worker holds whose
+    shards all succeeded (``run_audit`` merges them). A row stays so for a moment after a worker
+    took its message (the filesystem transport deletes it then) and before it claimed the row;
+    only :class:`LostMessages` tells a lost message."""
+    found: set[tuple[str, str | None]] = set()
+    for audit in session.scalars(select(Audit).where(Audit.status.in_(("queued", "running")))):
+        if audit.status == "queued":
+            needed: list[str | None] = [None]
+        elif audit.lease_owner is not None:
+            continue  # held (its whole run, fan-out or merge): the lease sweep watches it
+        else:
+            query = select(AuditShard).where(AuditShard.audit_id == audit.id)
+            shards = session.scalars(query).all()
+            needed = [s.test for s in shards if s.status == "queued"]
+            if shards and all(s.status == "succeeded" for s in shards):
+                needed = [None]
+        found.update((audit.id, test) for test in needed if (audit.id, test) not in waiting)
+    return found
+
+
+class LostMessages:
+    """A sweeping process's memory of :func:`unsent` rows: a row unsent at two sweeps in a row
+    (half a lease apart) lost its message with the worker that took it, since a live worker
+    claims what it took within moments. :meth:`sweep` returns those tasks to send again, each
+    logged as ``audit.requeued``."""
+
+    def __init__(self) -> None:
+        self.before: set[tuple[str, str | None]] = set()
+
+    def sweep(self, session: Session, waiting: set[tuple[str, str | None]]) -> list[Requeue]:
+        now = unsent(session, waiting)
+        lost = sorted(now & self.before, key=lambda task: (task[0], task[1] or ""))
+        self.before = now - set(lost)
+        for audit_id, test in lost:
+            events.record(
+                session,
+                ACTOR,
+                "audit.requeued",
+                f"audit:{audit_id}",
+                {"test": test, "lost": "its message"},
+            )
+        return [Requeue(audit_id, test, "its message was lost") for audit_id, test in lost]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
+from app import queue
 from app.api import conditional, errors
 from app.audits import repository, service
 from app.audits.schemas import AuditCreate, AuditOut
@@ -32,7 +33,7 @@ def create_audit(
     """Queue an audit. 429 (with ``Retry-After``) when the user has the most audits queued or
     running allowed at once (setting ``max_active_audits``)."""
     audit = service.create_audit(session, settings, user, request)
-    service.enqueue(audit.id)
+    queue.enqueue_audit(audit.id)
     return service.as_out(audit)
 
 

@@ -30,7 +30,7 @@ from reconstruction.protocols import (
     shown_name,
 )
 
-__all__ = ["artefact", "as_out", "cancel_audit", "create_audit", "enqueue", "record_download"]
+__all__ = ["artefact", "as_out", "cancel_audit", "create_audit", "record_download"]
 
 
 def _check_active_limit(session: Session, settings: Settings, user: User) -> None:
@@ -141,13 +141,6 @@ def record_download(session: Session, user: User, audit_id: str, name: str, sha2
     details = {"what": "results"} if name == "results.json" else {"what": name, "sha256": sha256}
     events.record(session, user.id, "audit.downloaded", f"audit:{audit_id}", details)
     session.commit()
-
-
-def enqueue(audit_id: str) -> None:
-    """Send the audit to the workers (call after the commit)."""
-    from worker.celery_app import app as celery
-
-    celery.send_task("worker.tasks.run_audit", args=[audit_id])
 
 
 def as_out(audit: Audit) -> AuditOut:

@@ -16,7 +16,7 @@ from app import events
 from app.errors import Conflict, Invalid, TooLarge, UnsupportedMedia
 from app.networks import repository
 from app.orm import Network, User
-from app.sandbox import describe_failure, run_cli
+from app.sandbox import describe_failure, run_science
 from app.settings import Settings
 from app.storage import Spooled, Store
 from reconstruction.bounded import ExpansionError
@@ -119,7 +119,7 @@ def upload_network(
         existing = repository.by_owner_and_hash(session, user.id, spooled[model_name].sha256)
         if existing is not None:
             return _same_upload(existing, spooled, model_name, manifest_name), False
-        result = run_cli(
+        result = run_science(
             ["inspect", model_name, "--manifest", manifest_name, "--device", "cpu"],
             workdir=workdir,
             timeout=settings.inspect_timeout,

@@ -44,7 +44,7 @@ def write_report(
     """Write ``results.json``, ``figures/*.png``, ``protocol.yaml``, ``certificate.json``,
     ``report.html`` and (``pdf``) ``report.pdf`` into ``out_dir`` (created when missing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(result, out_dir / "figures")
+    figures = write_figures(result.tests, result.truth, out_dir / "figures")
     return write_documents(result.to_json(), figures, out_dir, pdf=pdf, certificate=certificate)
 
 

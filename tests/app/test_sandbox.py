@@ -24,7 +24,7 @@ from app.sandbox import (
     describe_failure,
     jail_problem,
     run,
-    run_cli,
+    run_science,
     sanitise,
 )
 from app.settings import Settings
@@ -226,8 +226,8 @@ def test_a_pytorch_audit_runs_jailed_as_it_sees_itself(tmp_path: Path) -> None:
     (job / "m.ts").write_bytes(_torchscript(_Identity()))
     (job / "manifest.json").write_text(json.dumps(MANIFEST))
     args = ["audit", "m.ts", "--manifest", "manifest.json", "--protocol", "quick"]
-    args += ["--only", "sampling", "--no-pdf", "--out", "out", "--progress", "json"]
-    result = run_cli(args, workdir=job, timeout=300, limits=Settings().sandbox_limits())
+    args += ["--only", "sampling", "--out", "out"]
+    result = run_science(args, workdir=job, timeout=300, limits=Settings().sandbox_limits())
     assert result.returncode == 0, result.stderr
     results = json.loads((job / "out" / "results.json").read_text())
     assert results["model"]["format"] == "torchscript"
@@ -238,7 +238,37 @@ def test_a_pytorch_audit_runs_jailed_as_it_sees_itself(tmp_path: Path) -> None:
         "seccomp": "filter",
         "capabilities": False,
     }
-    assert "Fontconfig error" not in result.stderr
+    # the science only: results and the figures' arrays, drawn outside the jail
+    assert sorted(p.name for p in (job / "out").iterdir()) == [
+        "figure_data.json",
+        "figure_data.npz",
+        "results.json",
+    ]
+
+
+def test_the_jail_holds_the_science_and_not_the_service(tmp_path: Path) -> None:
+    import app
+
+    project = Path(app.__file__).resolve().parents[1]
+    result = _jailed(
+        tmp_path,
+        f"""
+        import os
+        import reconstruction.run
+        try:
+            import app.settings
+            print("IMPORTED", app.settings.__file__)
+        except ImportError as exc:
+            print("refused", type(exc).__name__)
+        for path in [{str(project / "app")!r}, {str(project / "templates")!r},
+                     {str(project / "worker")!r}]:
+            print("SEEN" if os.path.exists(path) else "absent", path)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused" in result.stdout
+    assert "IMPORTED" not in result.stdout
+    assert "SEEN" not in result.stdout
 
 
 def test_a_missing_tool_refuses_instead_of_running_bare(tmp_path: Path) -> None:

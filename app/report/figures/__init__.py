@@ -5,19 +5,25 @@ pyplot state; a fixed dpi; one intensity window for every image of a run), one m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from app.report.figures import perturbation, sampling, structural
 from app.report.figures.common import FIGURE_DPI, window
-from reconstruction.suite import SuiteResult
+from reconstruction.instability.common import TestResult
 
 __all__ = ["FIGURE_DPI", "write_figures"]
 
 
-def write_figures(result: SuiteResult, figures_dir: Path) -> dict[str, Path]:
-    """Write the report's figures as PNGs into ``figures_dir``; name -> path, in report order.
+def write_figures(
+    tests: Mapping[str, TestResult], truth: np.ndarray, figures_dir: Path
+) -> dict[str, Path]:
+    """Write the report's figures of ``tests`` (their numbers and figure arrays: a
+    :class:`~reconstruction.suite.SuiteResult`'s, or read back from a jailed run's figure data,
+    :mod:`reconstruction.figure_data`) as PNGs into ``figures_dir``; name -> path, in report
+    order. ``truth``: the prepared ground truths ``[B, H, W]``.
 
     Names: ``perturbation_{threat}_curves``, ``perturbation_{threat}_images``,
     ``perturbation_{threat}_loss`` (per threat model run), ``perturbation_pnas`` and
@@ -25,13 +31,13 @@ def write_figures(result: SuiteResult, figures_dir: Path) -> dict[str, Path]:
     ``sampling_curves``, ``sampling_images``. Skipped tests (and tests without figure data)
     produce none."""
     figures_dir.mkdir(parents=True, exist_ok=True)
-    shown = window(result)
+    shown = window(tests, truth)
     out: dict[str, Path] = {}
-    tests = {name: test for name, test in result.tests.items() if test.verdict != "skipped"}
-    if "perturbation" in tests:
-        perturbation.write(tests["perturbation"], shown, figures_dir, out)
-    if "structural" in tests:
-        structural.write(tests["structural"], shown, figures_dir, out)
-    if "sampling" in tests:
-        sampling.write(tests["sampling"], np.asarray(result.truth), shown, figures_dir, out)
+    ran = {name: test for name, test in tests.items() if test.verdict != "skipped"}
+    if "perturbation" in ran:
+        perturbation.write(ran["perturbation"], shown, figures_dir, out)
+    if "structural" in ran:
+        structural.write(ran["structural"], shown, figures_dir, out)
+    if "sampling" in ran:
+        sampling.write(ran["sampling"], np.asarray(truth), shown, figures_dir, out)
     return out

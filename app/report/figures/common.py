@@ -5,6 +5,7 @@ panels' helpers (an image, a blank panel, an outlined box)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from reconstruction.data import magnitude
-from reconstruction.suite import SuiteResult
+from reconstruction.instability.common import TestResult
 
 __all__ = [
     "BASELINE_COLOUR",
@@ -55,11 +56,11 @@ def save(fig: Figure, figures_dir: Path, name: str, out: dict[str, Path]) -> Non
     out[name] = path
 
 
-def window(result: SuiteResult) -> Window:
+def window(tests: Mapping[str, TestResult], truth: np.ndarray) -> Window:
     """The intensity window of every image: the prepared ground truths' range (the truths are
     scaled to the manifest's intensity range, so this is that range)."""
-    truth = np.asarray(result.truth)
-    perturbation = result.tests.get("perturbation")
+    truth = np.asarray(truth)
+    perturbation = tests.get("perturbation")
     if truth.size == 0 and perturbation is not None:
         truth = np.asarray(perturbation.figures.get("truth", np.zeros(0)))
     if truth.size == 0:

@@ -13,7 +13,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.audits.leases import Requeue, claim, interrupted, lost
+from app.audits.leases import LostMessages, Requeue, claim, interrupted, lost, unsent
 from app.orm import Audit, AuditEvent, AuditShard, Network, User
 
 
@@ -128,4 +128,66 @@ def test_the_sweep_requeues_each_lost_row_once(db: Session) -> None:
     assert [(e.subject, e.details["test"]) for e in logged] == [
         (f"audit:{audit.id}", "perturbation"),
         (f"audit:{audit.id}", None),
+    ]
+
+
+def test_the_sweep_finds_what_no_message_carries(db: Session) -> None:
+    """The embedded broker deletes a message when a worker takes it: a worker that died before
+    it claimed the row leaves a queued audit, a queued shard, or shards that no one merges."""
+    audit = _audit(db)
+    assert unsent(db, set()) == {(audit.id, None)}
+    assert unsent(db, {(audit.id, None)}) == set()  # its message waits in the queue
+
+    live = f"{socket.gethostname()}:{os.getpid()}:cd"
+    audit.status = "running"
+    db.add_all(
+        [
+            AuditShard(audit_id=audit.id, test="perturbation", status="queued"),
+            AuditShard(audit_id=audit.id, test="structural", status="running", lease_owner=live),
+            AuditShard(audit_id=audit.id, test="sampling", status="succeeded"),
+        ]
+    )
+    db.commit()
+    assert unsent(db, set()) == {(audit.id, "perturbation")}
+    assert unsent(db, {(audit.id, "perturbation")}) == set()
+    audit.lease_owner, audit.lease_expires = live, time.time() + 60
+    db.commit()
+    assert unsent(db, set()) == set()  # held for its fan-out: the lease sweep watches it
+
+    audit.lease_owner = audit.lease_expires = None
+    for shard in db.scalars(select(AuditShard)):
+        shard.status, shard.lease_owner = "succeeded", None
+    db.commit()
+    assert unsent(db, set()) == {(audit.id, None)}  # run_audit merges them
+    audit.status = "cancelled"
+    db.commit()
+    assert unsent(db, set()) == set()
+
+
+def test_a_message_is_lost_when_its_row_stays_unsent_for_two_sweeps(db: Session) -> None:
+    """A worker claims what it took within moments: one sweep's unsent row may be in a live
+    worker's hands; the next sweep's is lost, and sent again once (logged)."""
+    first = _audit(db)
+    second = Audit(
+        owner_id=first.owner_id,
+        network_id=first.network_id,
+        protocol_name="quick",
+        protocol_version="2",
+        protocol_sha256="3" * 64,
+        protocol_yaml="name: quick",
+        image_set="builtin",
+    )
+    db.add(second)
+    db.commit()
+    messages = LostMessages()
+    assert messages.sweep(db, set()) == []  # both unsent once: maybe just taken
+    second.status = "running"  # a worker claimed the one it took
+    second.lease_owner = f"{socket.gethostname()}:{os.getpid()}:cd"
+    db.commit()
+    assert messages.sweep(db, set()) == [Requeue(first.id, None, "its message was lost")]
+    db.commit()
+    assert messages.sweep(db, {(first.id, None)}) == []  # sent again: it waits in the queue
+    logged = db.scalars(select(AuditEvent).where(AuditEvent.action == "audit.requeued")).all()
+    assert [(e.subject, e.details) for e in logged] == [
+        (f"audit:{first.id}", {"test": None, "lost": "its message"})
     ]

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.certificates.pki import ensure_local_pki
 from app.networks import service
-from app.sandbox import SandboxResult, run_cli
+from app.sandbox import SandboxResult, run_science
 from app.settings import Settings, get_settings
 from tests.app.conftest import bearer
 from tests.app.networks.test_router import _stored, _upload
@@ -76,11 +76,11 @@ def jailed_runs(monkeypatch: pytest.MonkeyPatch) -> list[SandboxResult]:
     runs: list[SandboxResult] = []
 
     def spy(*args: Any, **kwargs: Any) -> SandboxResult:
-        result = run_cli(*args, **kwargs)
+        result = run_science(*args, **kwargs)
         runs.append(result)
         return result
 
-    monkeypatch.setattr(service, "run_cli", spy)
+    monkeypatch.setattr(service, "run_science", spy)
     return runs
 
 

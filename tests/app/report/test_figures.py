@@ -4,11 +4,13 @@ without figure data, and a caption for each."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from PIL import Image
 
 from app.report import ReportFiles, figure_caption, write_figures
+from reconstruction.figure_data import read_figure_data, write_figure_data
 from reconstruction.suite import SuiteResult
 
 FULL_FIGURES = {
@@ -49,7 +51,7 @@ def test_write_figures_skips_tests_without_figures(result: SuiteResult, tmp_path
             for name, test in result.tests.items()
         },
     )
-    figures = write_figures(skipped, tmp_path / "figures")
+    figures = write_figures(skipped.tests, skipped.truth, tmp_path / "figures")
     assert set(figures) == {"structural_details"}
 
 
@@ -58,3 +60,17 @@ def test_every_figure_has_its_caption(report: ReportFiles) -> None:
         assert figure_caption(name) != name.replace("_", " "), name
     assert "(image domain)" in figure_caption("perturbation_image_curves")
     assert "(measurement domain)" in figure_caption("perturbation_measurement_loss")
+
+
+def test_figures_drawn_from_a_jailed_runs_figure_data_are_the_same(
+    result: SuiteResult, report: ReportFiles, tmp_path: Path
+) -> None:
+    """The worker draws the figures from the arrays a jailed run wrote beside results.json:
+    written and read back, they give the very same PNGs."""
+    write_figure_data(result.truth, result.tests, tmp_path)
+    data = read_figure_data(tmp_path)
+    document = json.loads(report.results_json.read_text())
+    drawn = write_figures(data.test_results(document), data.truth, tmp_path / "figures")
+    assert set(drawn) == FULL_FIGURES
+    for name, path in drawn.items():
+        assert path.read_bytes() == report.figures[name].read_bytes(), name

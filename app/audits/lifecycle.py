@@ -1,0 +1,402 @@
+"""An audit's life after its creation, every state change in one place: started (a worker
+claims it), fanned out to one shard per test, running (progress), failed, cancelled (seen at
+the next progress check), merged, certified and finished; and recovered when its worker was
+lost. The Celery tasks (``worker/tasks.py``) only take ids and call :func:`run_audit` and
+:func:`run_shard`.
+
+``run_audit(audit_id)`` marks the audit running and, with ``fan_out`` (the default), sends one
+``run_shard(audit_id, test)`` per test of the protocol, so several workers (on several GPU
+machines) share one audit; the last shard to finish merges the shards' results
+(:func:`reconstruction.suite.merge_results`), renders the report and stores the results once.
+Without fan-out the audit runs whole in one task.
+
+The jailed runs write results and figures only (:mod:`app.audits.runs`); the trusted worker
+renders the certificate (its id is the audit's id; the subject shows the manifest from the
+database) and signs it (:func:`app.certificates.service.sign_report`) right before the files
+are stored, in both paths, so the stored ``report.pdf`` is always the signed certificate.
+
+Exactly once: a worker claims the audit or shard it runs (a lease, :mod:`app.audits.leases`),
+renewed while it runs; a finished one is left alone, and one held by a live worker too. A task
+whose worker died is run again: delivered again by Redis (visibility timeout), or sent again by
+any worker's sweep (:func:`requeue_interrupted`) for lost leases and, on the embedded broker,
+for lost messages. Results are written once (the results table is keyed by the audit and
+refuses updates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import checkpoints, events, queue
+from app.audits import leases
+from app.audits.runs import message, run_jailed
+from app.certificates.identity import Certificate
+from app.certificates.service import SignedReport, sign_report
+from app.db import session_factory, utcnow
+from app.orm import FINISHED, Audit, AuditResult, AuditShard, Network
+from app.report import write_documents
+from app.settings import get_settings
+from app.storage import Store
+from reconstruction.protocols import parse_protocol
+from reconstruction.suite import TESTS, merge_results
+
+__all__ = ["Cancelled", "requeue_interrupted", "run_audit", "run_shard"]
+
+logger = logging.getLogger(__name__)
+ACTOR = "worker"
+#: seconds between progress writes
+PROGRESS_EVERY = 1.0
+
+
+class Cancelled(Exception):
+    """The audit was cancelled while it ran: its run stops at the next progress check."""
+
+
+def tests_of(protocol_yaml: str) -> list[str]:
+    """The tests a protocol runs, in the report's order."""
+    protocol = parse_protocol(protocol_yaml)
+    enabled = {
+        "perturbation": protocol.perturbation,
+        "structural": protocol.structural,
+        "sampling": protocol.sampling,
+    }
+    return [name for name in TESTS if enabled[name] is not None]
+
+
+def _shards(session: Session, audit_id: str) -> list[AuditShard]:
+    return list(session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)))
+
+
+class _Progress:
+    """Writes a run's progress (``stage``, ``done``/``total``) to the audit row, or to its
+    shard's row and the audit's mean, at most once per second; raises :class:`Cancelled` when
+    the audit was cancelled meanwhile."""
+
+    def __init__(self, audit_id: str, test: str | None, stages: int) -> None:
+        self.audit_id, self.test, self.stages = audit_id, test, stages
+        self.order: list[str] = []
+        self.last = 0.0
+
+    def __call__(self, update: dict[str, Any]) -> None:
+        stage = str(update["stage"])
+        if stage not in self.order:
+            self.order.append(stage)
+        now = time.monotonic()
+        done, total = int(update["done"]), max(int(update["total"]), 1)
+        if now - self.last < PROGRESS_EVERY and done < total:
+            return
+        self.last = now
+        percent = round(min(99.0, 100 * (len(self.order) - 1 + done / total) / self.stages), 1)
+        with session_factory()() as session:
+            audit = session.get(Audit, self.audit_id)
+            if audit is not None and audit.status == "cancelled":
+                raise Cancelled(self.audit_id)
+            if audit is None or audit.status != "running":
+                return
+            if self.test is None:
+                audit.stage, audit.percent = stage, percent
+            else:
+                shards = _shards(session, self.audit_id)
+                for shard in shards:
+                    if shard.test == self.test:
+                        shard.percent = percent
+                audit.percent = round(min(99.0, sum(s.percent for s in shards) / len(shards)), 1)
+                audit.stage = ", ".join(s.test for s in shards if s.status == "running") or stage
+            session.commit()
+
+
+def fail(audit_id: str, error: str) -> None:
+    """The audit failed (unless it is finished already), with ``error``; logged."""
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        if audit is None or audit.status in FINISHED:
+            return
+        audit.status, audit.error, audit.finished_at = "failed", error[:4000], utcnow()
+        audit.lease_owner = audit.lease_expires = None
+        events.record(session, ACTOR, "audit.failed", f"audit:{audit_id}", {"error": error[:500]})
+        session.commit()
+
+
+def run_audit(audit_id: str) -> str:
+    """Start an audit (claim it), then run it whole or fan it out; what happened, in a word."""
+    settings = get_settings()
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        if audit is None or audit.status in FINISHED:
+            return "nothing to do"
+        if session.get(AuditResult, audit_id) is not None:  # stored, status not yet written
+            audit.status, audit.percent, audit.finished_at = "succeeded", 100.0, utcnow()
+            audit.lease_owner = audit.lease_expires = None
+            session.commit()
+            return "succeeded"
+        owner = leases.claim(session, audit)
+        if owner is None:
+            return "held by another worker"
+        tests = tests_of(audit.protocol_yaml)
+        audit.stage, audit.percent = "starting", 0.0
+        audit.started_at = utcnow()
+        fan_out = settings.fan_out and len(tests) > 1
+        known: dict[str, AuditShard] = {}
+        events.record(
+            session,
+            ACTOR,
+            "audit.started",
+            f"audit:{audit_id}",
+            {"attempt": audit.attempts, "shards": tests if fan_out else None},
+        )
+        if fan_out:
+            known = {s.test: s for s in _shards(session, audit_id)}
+            for test in tests:
+                if test not in known:
+                    session.add(AuditShard(audit_id=audit_id, test=test))
+        session.commit()
+    store = Store(settings.store_dir)
+    with leases.holding(Audit, audit_id, owner):
+        if fan_out:
+            pending = [t for t in tests if known.get(t) is None or known[t].status != "succeeded"]
+            if not pending:  # every shard ran; the worker that was to merge them was lost
+                return _merge_if_complete(store, audit_id, owner)
+            for test in pending:
+                queue.enqueue_shard(audit_id, test)
+            return "fanned out"
+        return _run_whole(store, audit_id, len(tests))
+
+
+class _Ended:
+    """How a guarded step ended when it did not complete: ``word`` is ``cancelled`` or
+    ``failed`` (see :func:`_failing`), else empty."""
+
+    word = ""
+
+
+@contextlib.contextmanager
+def _failing(audit_id: str, what: str, prefix: str = "") -> Iterator[_Ended]:
+    """Run the block; a cancelled audit's run ends it ``cancelled``; past the soft time limit
+    the audit fails (``what`` exceeded its time limit), and on any other error too (the error's
+    message after ``prefix``). Nothing is raised: the caller reads the word."""
+    ended = _Ended()
+    try:
+        yield ended
+    except Cancelled:
+        ended.word = "cancelled"
+    except SoftTimeLimitExceeded:
+        fail(audit_id, f"{what} exceeded its time limit")
+        ended.word = "failed"
+    except Exception as exc:
+        fail(audit_id, prefix + message(exc))
+        ended.word = "failed"
+
+
+def _run_whole(store: Store, audit_id: str, stages: int) -> str:
+    """The audit in one task: every test in one jailed run, then the certificate."""
+    workdir = store.workdir(f"audit-{audit_id}-")
+    # the certificate is written in a folder of the worker's own, never in one the sandboxed
+    # run could have prepared (links planted there would redirect the worker's writes)
+    clean = store.workdir(f"certificate-{audit_id}-")
+    try:
+        with _failing(audit_id, "the audit") as ended:
+            outputs = run_jailed(store, audit_id, workdir, None, _Progress(audit_id, None, stages))
+            figures = outputs.draw(clean / "figures")
+            files, signed = _certify(store, audit_id, outputs.results, figures, clean)
+            _finish(audit_id, outputs.results, files, signed)
+        return ended.word or "succeeded"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(clean, ignore_errors=True)
+
+
+def run_shard(audit_id: str, test: str) -> str:
+    """Run one test of a fanned-out audit (claim its shard), store its results and figures, and
+    merge the audit when it was the last; what happened, in a word."""
+    settings = get_settings()
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        shard = session.scalars(
+            select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.test == test)
+        ).first()
+        if audit is None or shard is None or audit.status in FINISHED:
+            return "nothing to do"
+        owner = None if shard.status == "succeeded" else leases.claim(session, shard)
+        if owner is None and shard.status != "succeeded":
+            return "held by another worker"
+        shard_id = shard.id
+    store = Store(settings.store_dir)
+    if owner is not None:
+        with leases.holding(AuditShard, shard_id, owner):
+            workdir = store.workdir(f"shard-{audit_id}-{test}-")
+            clean = store.workdir(f"figures-{audit_id}-{test}-")  # the worker's own, as above
+            try:
+                with _failing(audit_id, f"the {test} test", f"{test}: ") as ended:
+                    progress = _Progress(audit_id, test, 1)
+                    outputs = run_jailed(store, audit_id, workdir, test, progress)
+                    drawn = outputs.draw(clean / "figures")
+                    figures = {f"figures/{p.name}": store.add(p) for p in drawn.values()}
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+                shutil.rmtree(clean, ignore_errors=True)
+            if ended.word:
+                return ended.word
+            with session_factory()() as session:
+                shard = session.get_one(AuditShard, shard_id)
+                shard.status, shard.percent = "succeeded", 100.0
+                shard.results, shard.files = outputs.results, figures
+                session.commit()
+    return _merge_if_complete(store, audit_id)
+
+
+def _merge_if_complete(store: Store, audit_id: str, owner: str | None = None) -> str:
+    """The last shard to finish merges all of them, renders the report and stores it once,
+    holding the audit's lease meanwhile (``owner``: the caller holds it already)."""
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        if audit is None or audit.status in FINISHED:
+            return "nothing to do"
+        shards = _shards(session, audit_id)
+        if any(s.status != "succeeded" for s in shards):
+            return "shard stored"
+        documents = [s.results for s in sorted(shards, key=lambda s: TESTS.index(s.test))]
+        figure_files = {k: v for s in shards for k, v in (s.files or {}).items()}
+        claimed = None if owner is not None else leases.claim(session, audit, count=False)
+        if owner is None and claimed is None:
+            return "merged by another worker"
+    if claimed is None:
+        return _merge(store, audit_id, documents, figure_files)
+    with leases.holding(Audit, audit_id, claimed):
+        return _merge(store, audit_id, documents, figure_files)
+
+
+def _merge(
+    store: Store,
+    audit_id: str,
+    documents: list[dict[str, Any] | None],
+    figure_files: dict[str, str],
+) -> str:
+    workdir = store.workdir(f"merge-{audit_id}-")
+    try:
+        with _failing(audit_id, "merging the shards", "merging the shards failed: ") as ended:
+            merged = merge_results([d for d in documents if d is not None])
+            (workdir / "figures").mkdir()
+            for name in figure_files:
+                store.copy_out(figure_files[name], workdir / name)
+            figures = _figures(workdir, list(figure_files))
+            files, signed = _certify(store, audit_id, merged, figures, workdir)
+            _finish(audit_id, merged, files, signed)
+        return ended.word or "merged"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _figures(out: Path, names: list[str]) -> dict[str, Path]:
+    """The figures (relative names like ``figures/x.png``) in the report's order."""
+    return {Path(name).stem: out / name for name in sorted(names, key=_figure_order)}
+
+
+def _figure_order(name: str) -> tuple[int, str]:
+    """Figures in the report's order: by test, then by name."""
+    stem = Path(name).stem
+    for index, test in enumerate(TESTS):
+        if stem.startswith(test):
+            return index, stem
+    return len(TESTS), stem
+
+
+def _certify(
+    store: Store, audit_id: str, results: dict[str, Any], figures: dict[str, Path], out: Path
+) -> tuple[dict[str, str], SignedReport]:
+    """Render the certificate from the results and the figures in ``out``, sign it (the last
+    step) and store every file of ``out``; returns the stored files and the signature."""
+    with session_factory()() as session:
+        audit = session.get_one(Audit, audit_id)
+        network = session.get(Network, audit.network_id)
+        manifest = dict(network.manifest) if network is not None else None
+        head = events.chain_head(session)
+    certificate = Certificate(
+        id=audit_id, audit_id=audit_id, manifest=manifest, event_chain=head.as_dict()
+    )
+    written = write_documents(results, figures, out, pdf=True, certificate=certificate)
+    assert written.pdf is not None
+    signed = sign_report(get_settings(), written.pdf, written.approval_box)
+    checkpoints.write(get_settings(), head, f"certificate audit:{audit_id}")
+    files = {
+        path.relative_to(out).as_posix(): store.add(path)
+        for path in sorted(out.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+    return files, signed
+
+
+def _finish(
+    audit_id: str, results: dict[str, Any], files: dict[str, str], signed: SignedReport
+) -> None:
+    """Store the results once and mark the audit succeeded."""
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id, with_for_update=True)
+        if audit is None or audit.status == "cancelled":
+            return
+        stored = True
+        try:
+            session.add(
+                AuditResult(
+                    audit_id=audit_id,
+                    results=results,
+                    results_sha256=files["results.json"],
+                    files=files,
+                )
+            )
+            session.flush()
+        except IntegrityError:  # another delivery stored them first
+            session.rollback()
+            stored = False
+        audit = session.get_one(Audit, audit_id)
+        if audit.status in FINISHED:
+            session.commit()
+            return
+        if stored:
+            events.record(session, ACTOR, "certificate.signed", f"audit:{audit_id}", signed.event())
+        audit.status, audit.stage, audit.percent = "succeeded", "done", 100.0
+        audit.verdicts, audit.finished_at = results["verdicts"], utcnow()
+        audit.lease_owner = audit.lease_expires = None
+        events.record(
+            session,
+            ACTOR,
+            "audit.succeeded",
+            f"audit:{audit_id}",
+            {"verdicts": results["verdicts"], "results_sha256": files["results.json"]},
+        )
+        session.commit()
+
+
+_LOST_MESSAGES = leases.LostMessages()
+
+
+def requeue_interrupted() -> int:
+    """Send again every task whose worker was lost (:func:`app.audits.leases.interrupted`) and,
+    on the embedded broker, every task whose message was lost with the worker that took it
+    (:class:`app.audits.leases.LostMessages`, this process's memory); how many."""
+    waiting = queue.waiting()
+    with session_factory()() as session:
+        found = leases.interrupted(session)
+        session.commit()
+        if waiting is not None:
+            found += _LOST_MESSAGES.sweep(session, waiting)
+            session.commit()
+    for item in found:
+        if item.test is None:
+            queue.enqueue_audit(item.audit_id)
+        else:
+            queue.enqueue_shard(item.audit_id, item.test)
+        logger.warning(
+            "requeued %s of audit %s: %s", item.test or "the run", item.audit_id, item.why
+        )
+    return len(found)

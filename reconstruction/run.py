@@ -1,0 +1,170 @@
+"""The science as the sandbox runs it: ``python -m reconstruction.run audit|inspect ...``.
+
+The jailed child of the service runs this module and nothing of the service (the jail holds
+no ``app`` package): ``audit`` loads the network and the test data, runs
+:func:`reconstruction.suite.run_suite` and writes ``results.json`` with the figures' arrays
+(:mod:`reconstruction.figure_data`), nothing else; the trusted worker draws the figures,
+renders and signs the certificate. ``inspect`` loads and validates a network and prints its
+summary as JSON (the upload's check). Progress goes to stderr as JSON lines
+(``{"progress": {"stage", "done", "total"}}``); bad input exits 2 with ``Error: <message>`` on
+stderr, as the ``recon-audit`` command line does (it calls :func:`load_audit` and
+:func:`inspect_model` too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reconstruction.bounded import ExpansionError
+from reconstruction.data import (
+    ImageReadError,
+    LoadedImage,
+    SliceError,
+    Slices,
+    read_image,
+    read_images,
+)
+from reconstruction.figure_data import write_figure_data
+from reconstruction.models import LoadedModel, ModelError, load
+from reconstruction.protocols import Protocol, ProtocolError, load_protocol
+from reconstruction.suite import TESTS, SuiteResult, run_suite
+
+__all__ = ["AuditInputs", "RunInputError", "inspect_model", "load_audit", "main"]
+
+
+class RunInputError(ValueError):
+    """Bad input to a run: a message for the user (exit 2)."""
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """What an audit runs on, loaded and checked."""
+
+    model: LoadedModel
+    images: list[LoadedImage]
+    protocol: Protocol
+    details: list[tuple[str, np.ndarray]]
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RunInputError("--device cuda was requested but no CUDA device is available")
+
+
+def load_audit(
+    model: Path,
+    manifest: Path,
+    *,
+    images: Sequence[Path] = (),
+    slices: str | None = None,
+    protocol: str = "quick",
+    details: Sequence[Path] = (),
+    device: str = "cpu",
+) -> AuditInputs:
+    """Load an audit's network, test data (``slices`` of each volume or k-space file), protocol
+    (a built-in name or a YAML file) and custom structural details; :class:`RunInputError`
+    with the reason on bad input."""
+    _check_device(device)
+    try:
+        loaded_protocol = load_protocol(protocol)
+        selection = None if slices is None else Slices(slices)
+        loaded_images = [image for path in images for image in read_images(path, slices=selection)]
+        loaded_details = [(path.stem, read_image(path).array) for path in details]
+        loaded = load(model, manifest, device=device)
+    except SliceError as exc:
+        raise RunInputError(f"--slices: {exc}") from exc
+    except (ProtocolError, ImageReadError, ModelError, ExpansionError) as exc:
+        raise RunInputError(str(exc)) from exc
+    return AuditInputs(loaded, loaded_images, loaded_protocol, loaded_details)
+
+
+def inspect_model(model: Path, manifest: Path, device: str = "cpu") -> dict[str, Any]:
+    """Load, adapt and validate a network: its summary (format, sha256, gradient access,
+    parity error, inputs, fixed size); :class:`RunInputError` when it is refused."""
+    _check_device(device)
+    try:
+        summary: dict[str, Any] = load(model, manifest, device=device).summary()
+    except (ModelError, ExpansionError) as exc:
+        raise RunInputError(str(exc)) from exc
+    return summary
+
+
+def json_progress(stage: str, done: int, total: int) -> None:
+    """One JSON line per update on stderr (read by the service's worker)."""
+    line = json.dumps({"progress": {"stage": stage, "done": done, "total": total}})
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _audit(args: argparse.Namespace) -> None:
+    inputs = load_audit(
+        args.model,
+        args.manifest,
+        images=args.images,
+        slices=args.slices,
+        protocol=args.protocol,
+        device=args.device,
+    )
+    try:
+        result: SuiteResult = run_suite(
+            inputs.model,
+            inputs.images,
+            inputs.protocol,
+            device=args.device,
+            progress=json_progress,
+            details=inputs.details,
+            only=args.only or None,
+        )
+    except ValueError as exc:
+        raise RunInputError(str(exc)) from exc
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result.to_json(), indent=2))
+    write_figure_data(result.truth, result.tests, args.out)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    summary = inspect_model(args.model, args.manifest, args.device)
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reconstruction.run", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    audit = commands.add_parser("audit", help="run an audit: results.json and figure data")
+    inspect = commands.add_parser("inspect", help="validate a network and print its summary")
+    for command in (audit, inspect):
+        command.add_argument("model", type=Path)
+        command.add_argument("--manifest", type=Path, required=True)
+        command.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    audit.add_argument("--images", type=Path, action="append", default=[])
+    audit.add_argument("--slices", default=None)
+    audit.add_argument("--protocol", default="quick")
+    audit.add_argument("--only", action="append", choices=TESTS, default=[])
+    audit.add_argument("--out", type=Path, required=True)
+    audit.set_defaults(run=_audit)
+    inspect.set_defaults(run=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; 0 on success, 2 on bad input (``Error: <message>`` on stderr)."""
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except RunInputError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

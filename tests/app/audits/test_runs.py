@@ -1,0 +1,91 @@
+"""What the worker takes from a jailed run (one intake for whole audits and shards): a bounded
+results document and the figures' arrays (bounded, numeric, regular files), from which the
+worker draws the figures itself; and what an audit's stored ``error`` says: the jail's reduced
+message as it is, anything else as its type and a sanitised excerpt (no internal paths, no long
+tokens)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.audits import runs
+from app.audits.runs import intake, message
+from app.sandbox import SandboxUnavailable
+from reconstruction.figure_data import write_figure_data
+from reconstruction.instability.common import TestResult as Result
+
+
+def _out(tmp_path: Path) -> Path:
+    """A jailed run's outputs: the structural test ran (one panel), the others skipped."""
+    out = tmp_path / "out"
+    out.mkdir()
+    truth = np.linspace(0, 1, 2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16)
+    panel = {
+        "name": "spade",
+        "image": 0,
+        "window": [2, 2, 8, 8],
+        "truth": truth[0],
+        "network": truth[0],
+        "baseline": truth[0],
+    }
+    tests = {
+        "structural": Result("structural", "stable", "kept", {}, {"panels": [panel]}),
+        "sampling": Result("sampling", "skipped", "not run"),
+    }
+    write_figure_data(truth, tests, out)
+    document = {"tests": {name: test.as_dict() for name, test in tests.items()}}
+    (out / "results.json").write_text(json.dumps(document))
+    return out
+
+
+def test_the_intake_takes_the_results_and_the_figures_arrays(tmp_path: Path) -> None:
+    out = _out(tmp_path)
+    (out / "notes.txt").write_text("ignored")
+    taken = intake(out)
+    assert set(taken.results["tests"]) == {"structural", "sampling"}
+    assert taken.figure_data.truth.shape == (2, 16, 16)
+    panel = taken.figure_data.tests["structural"]["panels"][0]
+    assert panel["window"] == [2, 2, 8, 8]
+    np.testing.assert_array_equal(panel["network"], taken.figure_data.truth[0])
+
+
+def test_the_intake_refuses_links_and_what_is_not_a_results_document(tmp_path: Path) -> None:
+    out = _out(tmp_path)
+    (out / "results.json").rename(tmp_path / "elsewhere.json")
+    (out / "results.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(RuntimeError, match="regular file"):
+        intake(out)
+    (out / "results.json").unlink()
+    (out / "results.json").write_text("[1, 2]")
+    with pytest.raises(RuntimeError, match="not a results document"):
+        intake(out)
+
+
+def test_the_intake_refuses_oversized_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _out(tmp_path)
+    monkeypatch.setattr(runs, "MAX_RESULTS_BYTES", 10)
+    with pytest.raises(RuntimeError, match="over 10 bytes"):
+        intake(out)
+    monkeypatch.undo()
+    (out / "figure_data.npz").unlink()
+    with pytest.raises(RuntimeError, match="figure data was refused"):
+        intake(out)
+
+
+def test_failure_messages_carry_no_paths_or_secrets() -> None:
+    reduced = "the audit run failed: the memory limit was exceeded (MemoryError)"
+    assert message(RuntimeError(reduced)) == reduced
+    unavailable = SandboxUnavailable("untrusted models run only in a jail, and it is unavailable")
+    assert message(unavailable) == str(unavailable)
+    leaked = message(
+        FileNotFoundError(2, "No such file", "/data/store/tmp/audit-1/-----BEGIN PRIVATE KEY")
+    )
+    assert leaked.startswith("FileNotFoundError: [Errno 2] No such file")
+    assert "/data" not in leaked
+    assert "BEGIN" not in leaked

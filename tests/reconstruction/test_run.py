@@ -1,0 +1,59 @@
+"""``python -m reconstruction.run``: the science as the jail runs it. ``inspect`` prints a
+network's summary; ``audit`` writes results.json and the figures' arrays, nothing else; bad
+input exits 2 with ``Error: <message>``, as the ``recon-audit`` command line does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reconstruction.run import main
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "automap-mri"
+
+
+def test_inspect_prints_the_networks_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["inspect", str(EXAMPLE / "model.onnx"), "--manifest", str(EXAMPLE / "manifest.json")])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "onnx"
+
+
+def test_an_audit_writes_results_and_figure_data_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["audit", str(EXAMPLE / "model.onnx"), "--manifest", str(EXAMPLE / "manifest.json")]
+    assert main([*args, "--only", "sampling", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "figure_data.json",
+        "figure_data.npz",
+        "results.json",
+    ]
+    results = json.loads((out / "results.json").read_text())
+    assert results["verdicts"]["perturbation"] == "skipped"
+    progress = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert progress
+    assert all(set(line) == {"progress"} for line in progress)
+
+
+def test_bad_input_exits_2_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(EXAMPLE / "model.onnx", tmp_path / "model.onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps({"modality": "mri"}))
+    args = ["inspect", str(tmp_path / "model.onnx"), "--manifest", str(tmp_path / "manifest.json")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("Error: ")
+    audit = ["audit", str(EXAMPLE / "model.onnx"), "--manifest", str(EXAMPLE / "manifest.json")]
+    assert main([*audit, "--protocol", "nonesuch", "--out", str(tmp_path / "out")]) == 2
+    assert "Error: " in capsys.readouterr().err
+    missing = str(tmp_path / "missing.png")
+    assert main([*audit, "--images", missing, "--out", str(tmp_path / "out")]) == 2
+    assert "Error: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
