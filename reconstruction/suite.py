@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,7 @@ from reconstruction.data import (
     scale_to_range,
 )
 from reconstruction.instability.common import AuditData, Subject, TestResult
-from reconstruction.instability.more_samples import run_more_samples
-from reconstruction.instability.perturbation import run_perturbation
-from reconstruction.instability.structural import run_structural
+from reconstruction.instability.registry import REGISTRY, TESTS
 from reconstruction.models.manifest import ESPIRIT
 from reconstruction.operators import MultiCoilMRI
 from reconstruction.protocols import METRIC_CONVENTIONS, Protocol
@@ -53,7 +50,6 @@ __all__ = [
 RESULTS_SCHEMA = "recon-audit/results/v1"
 #: (stage, done, total) -> None
 Progress = Callable[[str, int, int], None]
-TESTS = ("perturbation", "structural", "sampling")
 #: the reason a test carries in a shard that does not run it
 SHARD_SKIP = "run in another shard of this audit"
 
@@ -320,26 +316,6 @@ def isolation() -> dict[str, Any]:
     }
 
 
-def _totals(protocol: Protocol, n_images: int) -> dict[str, int]:
-    totals = {}
-    p = protocol.perturbation
-    if p is not None:
-        # iterations of batched starts: the pass down the grid, the pass up, the window's search
-        passes = (2 if p.budget.both_ways else 1) * (2 if p.local.attack else 1)
-        steps = 2 * len(p.threat_models) * len(p.budget.eps) * p.budget.iterations * passes
-        if p.pnas is not None and "image" in p.threat_models:
-            steps += p.pnas.iterations * (2 if p.pnas.attack_baseline else 1)
-        totals["perturbation"] = steps
-    if protocol.structural is not None:
-        totals["structural"] = len(protocol.structural.heights_px) * len(
-            protocol.structural.contrasts
-        )
-    if protocol.sampling is not None:
-        totals["sampling"] = len(protocol.sampling.factors)
-    del n_images
-    return totals
-
-
 def run_suite(
     model: Subject,
     images: Sequence[LoadedImage] | None,
@@ -373,35 +349,29 @@ def run_suite(
     # subnormal floats (below 1e-38) flushed to zero: the unrolled baselines' backward passes
     # meet them under larger perturbations and run about ten times slower on them (x86 CPUs)
     torch.set_flush_denormal(True)
-    totals = _totals(protocol, len(chosen))
-    runners: dict[str, tuple[object, Callable[..., TestResult]]] = {
-        "perturbation": (protocol.perturbation, partial(run_perturbation, data=data)),
-        "structural": (protocol.structural, partial(run_structural, custom=details, data=data)),
-        "sampling": (protocol.sampling, partial(run_more_samples, data=data)),
-    }
     results: dict[str, TestResult] = {}
     timings: dict[str, float] = {}
-    for name in TESTS:
-        config, runner = runners[name]
-        if config is None:
+    for test in REGISTRY:
+        name = test.name
+        if test.config(protocol) is None:
             results[name] = TestResult(name, "skipped", "not part of this protocol")
             continue
         if only is not None and name not in only:
             results[name] = TestResult(name, "skipped", SHARD_SKIP)
             continue
-        done = 0
+        done, total = 0, test.steps(protocol)
 
-        def step(n: int, stage: str = name) -> None:
+        def step(n: int, stage: str = name, total: int = total) -> None:
             nonlocal done
             done += n
             if progress is not None:
-                progress(stage, min(done, totals[stage]), totals[stage])
+                progress(stage, min(done, total), total)
 
         start = time.perf_counter()
-        results[name] = runner(model, truth, protocol, progress=step)
+        results[name] = test.run(model, truth, protocol, data=data, details=details, progress=step)
         timings[name] = round(time.perf_counter() - start, 3)
         if progress is not None:
-            progress(name, totals[name], totals[name])
+            progress(name, total, total)
     return SuiteResult(
         protocol=protocol,
         model=model.summary(),

@@ -48,8 +48,9 @@ from app.orm import FINISHED, Audit, AuditResult, AuditShard, Network
 from app.report import write_documents
 from app.settings import get_settings
 from app.storage import Store
+from reconstruction.instability.registry import TESTS, enabled
 from reconstruction.protocols import parse_protocol
-from reconstruction.suite import TESTS, merge_results
+from reconstruction.suite import merge_results
 
 __all__ = ["Cancelled", "requeue_interrupted", "run_audit", "run_shard"]
 
@@ -65,13 +66,7 @@ class Cancelled(Exception):
 
 def tests_of(protocol_yaml: str) -> list[str]:
     """The tests a protocol runs, in the report's order."""
-    protocol = parse_protocol(protocol_yaml)
-    enabled = {
-        "perturbation": protocol.perturbation,
-        "structural": protocol.structural,
-        "sampling": protocol.sampling,
-    }
-    return [name for name in TESTS if enabled[name] is not None]
+    return [test.name for test in enabled(parse_protocol(protocol_yaml))]
 
 
 def _shards(session: Session, audit_id: str) -> list[AuditShard]:

@@ -16,7 +16,7 @@ from app.report.captions import figure_caption
 from app.report.titles import ROLES, TEST_QUESTIONS, TEST_TITLES, eps_label
 from reconstruction.instability.common import STABLE_WORDING
 
-__all__ = ["VERDICT_CLASSES", "certificate_view", "overall", "sections"]
+__all__ = ["TEST_VIEWS", "VERDICT_CLASSES", "certificate_view", "overall", "sections"]
 
 VERDICT_CLASSES = ("unstable", "inconclusive", "stable", "skipped")
 
@@ -217,7 +217,8 @@ def _structural_view(test: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_TEST_VIEWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+#: each test's view of its numbers, by the registry's names
+TEST_VIEWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "perturbation": _perturbation_view,
     "sampling": _sampling_view,
     "structural": _structural_view,
@@ -242,8 +243,8 @@ def sections(results: dict[str, Any], figures: dict[str, str]) -> list[dict[str,
             "reason": test.get("reason", ""),
             "numbers": test,
         }
-        if test.get("verdict") != "skipped" and name in _TEST_VIEWS:
-            view[name] = _TEST_VIEWS[name](test)
+        if test.get("verdict") != "skipped" and name in TEST_VIEWS:
+            view[name] = TEST_VIEWS[name](test)
         view["figures"] = [
             {"name": figure, "src": src, "caption": figure_caption(figure)}
             for figure, src in figures.items()

@@ -5,16 +5,17 @@ pyplot state; a fixed dpi; one intensity window for every image of a run), one m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from app.report.figures import perturbation, sampling, structural
-from app.report.figures.common import FIGURE_DPI, window
+from app.report.figures.common import FIGURE_DPI, Window, window
 from reconstruction.instability.common import TestResult
+from reconstruction.instability.registry import TESTS
 
-__all__ = ["FIGURE_DPI", "write_figures"]
+__all__ = ["FIGURES", "FIGURE_DPI", "write_figures"]
 
 
 def write_figures(
@@ -33,11 +34,20 @@ def write_figures(
     figures_dir.mkdir(parents=True, exist_ok=True)
     shown = window(tests, truth)
     out: dict[str, Path] = {}
-    ran = {name: test for name, test in tests.items() if test.verdict != "skipped"}
-    if "perturbation" in ran:
-        perturbation.write(ran["perturbation"], shown, figures_dir, out)
-    if "structural" in ran:
-        structural.write(ran["structural"], shown, figures_dir, out)
-    if "sampling" in ran:
-        sampling.write(ran["sampling"], np.asarray(truth), shown, figures_dir, out)
+    for name in TESTS:  # the report's order
+        test = tests.get(name)
+        if test is not None and test.verdict != "skipped":
+            FIGURES[name](test, np.asarray(truth), shown, figures_dir, out)
     return out
+
+
+#: each test's figures, by the registry's names: ``(test, truths, window, folder, written)``
+FIGURES: dict[str, Callable[[TestResult, np.ndarray, Window, Path, dict[str, Path]], None]] = {
+    "perturbation": lambda test, _truth, shown, folder, out: perturbation.write(
+        test, shown, folder, out
+    ),
+    "structural": lambda test, _truth, shown, folder, out: structural.write(
+        test, shown, folder, out
+    ),
+    "sampling": sampling.write,
+}

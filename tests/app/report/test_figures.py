@@ -10,7 +10,10 @@ from pathlib import Path
 from PIL import Image
 
 from app.report import ReportFiles, figure_caption, write_figures
+from app.report.figures import FIGURES
+from app.report.views import TEST_VIEWS
 from reconstruction.figure_data import read_figure_data, write_figure_data
+from reconstruction.instability.registry import TESTS
 from reconstruction.suite import SuiteResult
 
 FULL_FIGURES = {
@@ -74,3 +77,8 @@ def test_figures_drawn_from_a_jailed_runs_figure_data_are_the_same(
     assert set(drawn) == FULL_FIGURES
     for name, path in drawn.items():
         assert path.read_bytes() == report.figures[name].read_bytes(), name
+
+
+def test_every_registered_test_has_its_figures_and_its_view() -> None:
+    assert set(FIGURES) == set(TESTS)
+    assert set(TEST_VIEWS) == set(TESTS)

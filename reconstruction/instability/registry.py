@@ -1,0 +1,133 @@
+"""The three tests, each declared once: its name (the key in results.json, the protocol and
+``--only``), the title and question the certificate prints, the protocol section that
+configures it, its runner and how many progress steps it takes. The suite, the command lines,
+the worker's fan-out and the report iterate :data:`REGISTRY`; the report's figures and views
+are keyed by :data:`TESTS` (a test checks that every test has both)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from reconstruction.protocols import Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import Tensor
+
+    from reconstruction.instability.common import AuditData, Subject, TestResult
+
+__all__ = ["REGISTRY", "TESTS", "InstabilityTest", "Runner", "enabled"]
+
+
+class Runner:
+    """How the suite calls a test: ``(subject, truth, protocol, data=..., details=...,
+    progress=...)`` (``details``: the user's structural details, for the test that uses them).
+    ``target`` names the test's function (``module:function``), imported at the first call, so
+    that what only reads the registry's names and titles (the report) loads no test code."""
+
+    def __init__(self, target: str, *, takes_details: bool = False) -> None:
+        self.target, self.takes_details = target, takes_details
+
+    def __call__(
+        self,
+        subject: Subject,
+        truth: Tensor,
+        protocol: Protocol,
+        *,
+        data: AuditData | None,
+        details: Sequence[tuple[str, np.ndarray]],
+        progress: Callable[[int], None],
+    ) -> TestResult:
+        module, _, function = self.target.partition(":")
+        run: Callable[..., TestResult] = getattr(importlib.import_module(module), function)
+        extra: dict[str, Any] = {"custom": details} if self.takes_details else {}
+        return run(subject, truth, protocol, data=data, progress=progress, **extra)
+
+
+def _perturbation_steps(protocol: Protocol) -> int:
+    """Iterations of batched starts: the pass down the grid, the pass up, the window's search;
+    the paper's search (network and, where attacked, baseline)."""
+    p = protocol.perturbation
+    assert p is not None
+    passes = (2 if p.budget.both_ways else 1) * (2 if p.local.attack else 1)
+    steps = 2 * len(p.threat_models) * len(p.budget.eps) * p.budget.iterations * passes
+    if p.pnas is not None and "image" in p.threat_models:
+        steps += p.pnas.iterations * (2 if p.pnas.attack_baseline else 1)
+    return steps
+
+
+def _structural_steps(protocol: Protocol) -> int:
+    s = protocol.structural
+    assert s is not None
+    return len(s.heights_px) * len(s.contrasts)
+
+
+def _sampling_steps(protocol: Protocol) -> int:
+    assert protocol.sampling is not None
+    return len(protocol.sampling.factors)
+
+
+@dataclass(frozen=True)
+class InstabilityTest:
+    name: str
+    title: str
+    question: str
+    #: the protocol's section (an attribute of :class:`Protocol`); None there: not run
+    section: str
+    run: Runner
+    #: the progress steps it reports for a protocol that runs it
+    steps: Callable[[Protocol], int]
+
+    def config(self, protocol: Protocol) -> object | None:
+        """The protocol's settings for this test, or None when the protocol does not run it."""
+        config: object | None = getattr(protocol, self.section)
+        return config
+
+
+REGISTRY: tuple[InstabilityTest, ...] = (
+    InstabilityTest(
+        name="perturbation",
+        title="Tiny worst-case perturbations",
+        question=(
+            "Can a perturbation too small to notice, in the image or in the measurements, change "
+            "the network's reconstruction much more than it changes the baseline's under the "
+            "same attack?"
+        ),
+        section="perturbation",
+        run=Runner("reconstruction.instability.perturbation:run_perturbation"),
+        steps=_perturbation_steps,
+    ),
+    InstabilityTest(
+        name="structural",
+        title="Small structural changes",
+        question=(
+            "Does the network reconstruct small details (card suits, text) added to the image "
+            "that the compressed-sensing baseline shows?"
+        ),
+        section="structural",
+        run=Runner("reconstruction.instability.structural:run_structural", takes_details=True),
+        steps=_structural_steps,
+    ),
+    InstabilityTest(
+        name="sampling",
+        title="More samples",
+        question=(
+            "Does the network's reconstruction improve when it is given more measurements than "
+            "it was trained with, as the baseline's does?"
+        ),
+        section="sampling",
+        run=Runner("reconstruction.instability.more_samples:run_more_samples"),
+        steps=_sampling_steps,
+    ),
+)
+
+#: the tests' names, in the report's order
+TESTS: tuple[str, ...] = tuple(test.name for test in REGISTRY)
+
+
+def enabled(protocol: Protocol) -> list[InstabilityTest]:
+    """The tests ``protocol`` runs, in the report's order."""
+    return [test for test in REGISTRY if test.config(protocol) is not None]
