@@ -8,20 +8,20 @@ import hashlib
 import secrets
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import solve_dependencies
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app import events
 from app.db import sessions
 from app.errors import Conflict, Forbidden, Invalid, Unauthorized
-from app.orm import ROLES, User
+from app.orm import ROLES, Audit, ImageSet, Network, User
 
 __all__ = [
     "AuthFirst",
@@ -34,8 +34,11 @@ __all__ = [
     "sees_everything",
     "token_hash",
     "user_for_token",
+    "visible_to",
 ]
 
+#: the resources a user owns (``owner_id``), which :func:`visible_to` shows
+Owned = TypeVar("Owned", Network, ImageSet, Audit)
 TOKEN_PREFIX = "ra_"
 SessionDep = Annotated[Session, Depends(sessions)]
 _bearer = HTTPBearer(
@@ -112,6 +115,15 @@ def require_role(*roles: str) -> Callable[[User], User]:
 
 def sees_everything(user: User) -> bool:
     return user.role in ("auditor", "admin")
+
+
+def visible_to(user: User, kind: type[Owned]) -> Select[Owned]:
+    """``select(kind)`` narrowed to the rows ``user`` may see: every row for an auditor or an
+    admin, a submitter's own otherwise (the others' read as missing: 404, and are not listed).
+    The one visibility rule of the models, image sets and audits, for single reads and lists
+    alike (one query either way: the rule is a ``WHERE``, not a second read)."""
+    query = select(kind)
+    return query if sees_everything(user) else query.where(kind.owner_id == user.id)
 
 
 def _needs_caller(dependant: Dependant) -> bool:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select
 from sqlalchemy.orm import Session, defer
+from sqlalchemy.sql.base import ExecutableOption
 
-from app.auth import sees_everything
+from app.auth import visible_to
 from app.orm import Audit, AuditResult, User
 from app.pagination import Order
 
@@ -13,31 +14,26 @@ from app.pagination import Order
 ORDER: Order = ((Audit.created_at, True), (Audit.id, True))
 
 
-def visible(session: Session, user: User, audit_id: str) -> Audit | None:
-    audit = session.get(Audit, audit_id)
-    if audit is None or not (sees_everything(user) or audit.owner_id == user.id):
-        return None
-    return audit
+def visible(
+    session: Session, user: User, audit_id: str, *options: ExecutableOption, lock: bool = False
+) -> Audit | None:
+    """An audit ``user`` may see, by id (one indexed read; ``options``: e.g. deferred
+    columns); ``lock``: its row locked (``FOR UPDATE``), with the values read under the lock."""
+    query = visible_to(user, Audit).where(Audit.id == audit_id).options(*options)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).first()
 
 
 def status_of(session: Session, user: User, audit_id: str) -> Audit | None:
     """An audit for its status (one indexed read, without the protocol's text)."""
-    audit = session.scalars(
-        select(Audit).where(Audit.id == audit_id).options(defer(Audit.protocol_yaml))
-    ).first()
-    if audit is None or not (sees_everything(user) or audit.owner_id == user.id):
-        return None
-    return audit
+    return visible(session, user, audit_id, defer(Audit.protocol_yaml))
 
 
 def listing(user: User, status: str | None = None) -> Select[Audit]:
     """The audits ``user`` may see (optionally in one status), unordered."""
-    query = select(Audit).options(defer(Audit.protocol_yaml))
-    if not sees_everything(user):
-        query = query.where(Audit.owner_id == user.id)
-    if status:
-        query = query.where(Audit.status == status)
-    return query
+    query = visible_to(user, Audit).options(defer(Audit.protocol_yaml))
+    return query.where(Audit.status == status) if status else query
 
 
 def listed(session: Session, user: User, status: str | None = None) -> Sequence[Audit]:

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import events
+from app.audits import repository
 from app.audits.schemas import AuditCreate, AuditOut, Progress
-from app.auth import sees_everything
 from app.certificates.service import current_pdf
 from app.db import utcnow
 from app.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
@@ -99,8 +99,8 @@ def cancel_audit(session: Session, user: User, audit_id: str) -> Audit:
     """Cancel a queued or running audit (its owner, or an admin): it ends ``cancelled`` at once
     (an ``audit.cancelled`` event); a worker running it stops at its next progress check, and
     its queued tasks find it finished. 409 when it is finished already."""
-    audit = session.get(Audit, audit_id, with_for_update=True)
-    if audit is None or not (audit.owner_id == user.id or sees_everything(user)):
+    audit = repository.visible(session, user, audit_id, lock=True)
+    if audit is None:
         raise NotFound(f"no audit {audit_id}")
     if audit.owner_id != user.id and user.role != "admin":
         raise Forbidden("only the audit's owner or an admin may cancel it")

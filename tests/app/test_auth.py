@@ -1,7 +1,8 @@
 """Authentication comes before the body: an upload with a missing or bad token, or the wrong
 role, is refused with 401/403 before the body streams in. The app is driven through httpx's
 ASGI transport, which hands the body to the app chunk by chunk only when the app asks for it,
-so the chunks pulled are the bytes the server read."""
+so the chunks pulled are the bytes the server read. One visibility rule (``visible_to``) for
+the models, image sets and audits: a submitter sees its own, an auditor or an admin all."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
+from app.audits import repository as audits
+from app.images import repository as images
+from app.networks import repository as networks
+from app.orm import Audit, ImageSet
 from tests.app.conftest import bearer
+from tests.app.test_pagination import T0, _network, _user
 
 CHUNK = 2**20
 #: the body: one file part that never ends, its bytes in chunks of 1 MiB after this head
@@ -83,3 +90,48 @@ def test_an_authorised_upload_is_read(client: TestClient, tokens: dict[str, str]
     response, pulled = _post(client.app, "/api/v1/models", bearer(tokens["alice"]), 8)
     assert response.status_code in (400, 422), response.text
     assert pulled == 8
+
+
+def test_a_submitter_sees_its_own_models_image_sets_and_audits_an_auditor_all(
+    client: TestClient, db: Session, tokens: dict[str, str]
+) -> None:
+    alice, bob = _user(db, "alice"), _user(db, "bob")
+    network, bobs = _network(db, alice, "m", T0), _network(db, bob, "b", T0)
+    image_set = ImageSet(owner_id=alice.id, name="scans", images=[], created_at=T0)
+    audit = Audit(
+        owner_id=alice.id,
+        network_id=network.id,
+        protocol_name="quick",
+        protocol_version="1",
+        protocol_sha256="0" * 64,
+        protocol_yaml="name: quick\n",
+        image_set="builtin",
+        created_at=T0,
+    )
+    db.add_all([image_set, audit])
+    db.commit()
+    for who, sees in (("alice", True), ("bob", False), ("ada", True), ("root", True)):
+        user = _user(db, who)
+        found = {
+            "model": networks.visible(db, user, network.id),
+            "image set": images.visible(db, user, image_set.id),
+            "audit": audits.visible(db, user, audit.id),
+            "audit's status": audits.status_of(db, user, audit.id),
+        }
+        assert {what: row is not None for what, row in found.items()} == dict.fromkeys(found, sees)
+        # by name: among the caller's own sets only
+        assert (images.visible(db, user, "scans") is not None) is (who == "alice")
+        assert (network in networks.listed(db, user)) is sees
+        assert (bobs in networks.listed(db, user)) is (who != "alice")
+        headers = bearer(tokens[who])
+        for path, made in (
+            ("/api/v1/models", network.id),
+            ("/api/v1/images", image_set.id),
+            ("/api/v1/audits", audit.id),
+        ):
+            listed = [item["id"] for item in client.get(path, headers=headers).json()]
+            assert (made in listed) is sees, (who, path)
+            if path != "/api/v1/images":  # an image set has no GET of its own
+                assert client.get(f"{path}/{made}", headers=headers).status_code == (
+                    200 if sees else 404
+                )
