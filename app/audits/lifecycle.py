@@ -202,7 +202,8 @@ def _run_whole(store: Store, audit_id: str, stages: int) -> str:
     try:
         with _failing(audit_id, "the audit") as ended:
             outputs = run_jailed(store, audit_id, workdir, None, _Progress(audit_id, None, stages))
-            figures = outputs.draw(clean / "figures")
+            drawn = outputs.draw(clean / "figures")
+            figures = _figures(clean, [f"figures/{path.name}" for path in drawn.values()])
             files, signed = _certify(store, audit_id, outputs.results, figures, clean)
             _finish(audit_id, outputs.results, files, signed)
         return ended.word or "succeeded"
