@@ -2,16 +2,19 @@
 (served from this package, no CDN) only refreshes the live parts (status and progress).
 
 Sign-in stores the API token in an HttpOnly, SameSite=Strict cookie; every page checks it like
-the API checks a bearer token, with the same roles and visibility.
+the API checks a bearer token, with the same roles and visibility (one dependency,
+:data:`Viewer`: signed out, a page redirects to the sign-in page, a live part answers 401 or 404).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Cookie, Form, Request
+from fastapi import APIRouter, Cookie, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -27,7 +30,6 @@ from app.orm import Network, User
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
 STATIC = Path(__file__).resolve().parents[1] / "static"
 COOKIE = "recon_audit_token"
@@ -39,6 +41,53 @@ TokenCookie = Annotated[str | None, Cookie(alias=COOKIE)]
 
 def _login() -> RedirectResponse:
     return RedirectResponse("/ui/login", status_code=303)
+
+
+class _SignedOut(Exception):
+    """No signed-in user (no cookie, or an unknown, rotated or revoked token, or a disabled
+    user's): the route answers ``response``."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+class _DashboardRoute(APIRoute):
+    """A dashboard route: a request that :func:`_signed_in` refused gets that answer (the
+    sign-in page, 401 or 404), not the API's JSON error."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answered(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except _SignedOut as signed_out:
+                return signed_out.response
+
+        return answered
+
+
+def _signed_in(otherwise: Callable[[], Response]) -> Callable[[Session, str | None], User]:
+    """The dependency of the user the session cookie signs in; ``otherwise()`` answers a
+    request without one."""
+
+    def viewer(session: SessionDep, token: TokenCookie = None) -> User:
+        user = user_for_token(session, token)
+        if user is None:
+            raise _SignedOut(otherwise())
+        return user
+
+    return viewer
+
+
+#: the signed-in user of a page (signed out: redirected to the sign-in page)
+Viewer = Annotated[User, Depends(_signed_in(_login))]
+#: ... of the list's rows htmx polls (signed out: 401)
+ViewerOr401 = Annotated[User, Depends(_signed_in(lambda: Response(status_code=401)))]
+#: ... of an audit's status block or files (signed out: 404, as for an audit one may not see)
+ViewerOr404 = Annotated[User, Depends(_signed_in(lambda: Response(status_code=404)))]
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=_DashboardRoute)
 
 
 def _page(request: Request, name: str, user: User | None, **context: Any) -> HTMLResponse:
@@ -100,14 +149,11 @@ def _filtered(
 def audit_list(
     request: Request,
     session: SessionDep,
-    token: TokenCookie = None,
+    user: Viewer,
     status: str | None = None,
     verdict: str | None = None,
     model: str | None = None,
 ) -> Response:
-    user = user_for_token(session, token)
-    if user is None:
-        return _login()
     rows = _filtered(session, user, status, verdict, model)
     return _page(
         request,
@@ -126,15 +172,12 @@ def audit_list(
 def audit_rows(
     request: Request,
     session: SessionDep,
-    token: TokenCookie = None,
+    user: ViewerOr401,
     status: str | None = None,
     verdict: str | None = None,
     model: str | None = None,
 ) -> Response:
     """The list's rows alone (htmx polls this for live status and progress)."""
-    user = user_for_token(session, token)
-    if user is None:
-        return Response(status_code=401)
     rows = _filtered(session, user, status, verdict, model)
     return _page(request, "audit_rows.html.j2", user, rows=rows)
 
@@ -160,12 +203,7 @@ def _detail(session: Session, user: User, audit_id: str) -> dict[str, Any] | Non
 
 
 @router.get("/audits/{audit_id}")
-def audit_page(
-    request: Request, audit_id: str, session: SessionDep, token: TokenCookie = None
-) -> Response:
-    user = user_for_token(session, token)
-    if user is None:
-        return _login()
+def audit_page(request: Request, audit_id: str, session: SessionDep, user: Viewer) -> Response:
     detail = _detail(session, user, audit_id)
     if detail is None:
         return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")
@@ -179,14 +217,11 @@ def approve(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
+    user: Viewer,
     password: Annotated[str, Form(alias="token")],
     comment: Annotated[str, Form()] = "",
-    token: TokenCookie = None,
 ) -> Response:
     """The auditor's sign-off: re-enter the token (step-up) to add the "approved" signature."""
-    user = user_for_token(session, token)
-    if user is None:
-        return _login()
     message, error = None, None
     if user.role not in APPROVERS:
         error = "only auditors and admins approve audits"
@@ -212,11 +247,10 @@ def approve(
 
 @router.get("/audits/{audit_id}/status")
 def audit_status(
-    request: Request, audit_id: str, session: SessionDep, token: TokenCookie = None
+    request: Request, audit_id: str, session: SessionDep, user: ViewerOr404
 ) -> Response:
     """The status block alone (htmx polls this while the audit runs)."""
-    user = user_for_token(session, token)
-    audit = audits.visible(session, user, audit_id) if user else None
+    audit = audits.visible(session, user, audit_id)
     if audit is None:
         return Response(status_code=404)
     return _page(request, "audit_status.html.j2", user, audit=as_out(audit))
@@ -224,15 +258,14 @@ def audit_status(
 
 @router.get("/audits/{audit_id}/files/{name:path}")
 def audit_file(
-    audit_id: str, name: str, session: SessionDep, store: StoreDep, token: TokenCookie = None
+    audit_id: str, name: str, session: SessionDep, store: StoreDep, user: ViewerOr404
 ) -> Response:
     """A stored artefact (figure, certificate, results) of a finished audit, re-verified and
     resolved as the API does (the approved certificate once there is one); downloads of the
     certificate and the results are logged."""
-    user = user_for_token(session, token)
-    audit = audits.visible(session, user, audit_id) if user else None
+    audit = audits.visible(session, user, audit_id)
     result = audits.result_of(session, audit.id) if audit else None
-    if user is None or result is None or name not in result.files:
+    if result is None or name not in result.files:
         return Response(status_code=404)
     sha, path = artefact(session, store, result, name)
     if name in ("report.pdf", "results.json"):
@@ -243,15 +276,8 @@ def audit_file(
 
 @router.get("/compare")
 def compare(
-    request: Request,
-    session: SessionDep,
-    a: str = "",
-    b: str = "",
-    token: TokenCookie = None,
+    request: Request, session: SessionDep, user: Viewer, a: str = "", b: str = ""
 ) -> Response:
-    user = user_for_token(session, token)
-    if user is None:
-        return _login()
     left, right = _detail(session, user, a), _detail(session, user, b)
     choices = [as_out(x) for x in audits.listed(session, user, "succeeded")]
     return _page(
@@ -260,20 +286,12 @@ def compare(
 
 
 @router.get("/models")
-def model_list(request: Request, session: SessionDep, token: TokenCookie = None) -> Response:
-    user = user_for_token(session, token)
-    if user is None:
-        return _login()
+def model_list(request: Request, session: SessionDep, user: Viewer) -> Response:
     return _page(request, "models.html.j2", user, models=networks.listed(session, user))
 
 
 @router.get("/models/{model_id}")
-def model_page(
-    request: Request, model_id: str, session: SessionDep, token: TokenCookie = None
-) -> Response:
-    user = user_for_token(session, token)
-    if user is None:
-        return _login()
+def model_page(request: Request, model_id: str, session: SessionDep, user: Viewer) -> Response:
     network = networks.visible(session, user, model_id)
     if network is None:
         return _page(request, "missing.html.j2", user, what=f"model {model_id}")

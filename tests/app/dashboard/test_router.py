@@ -1,8 +1,10 @@
 """The dashboards over HTTP (no browser): a cancelled audit is listed and filtered by its
-status; a disabled user's cookie, and a rotated token, lead back to the sign-in page."""
+status; a disabled user's cookie, and a rotated token, lead back to the sign-in page; signed
+out, every page redirects there and the live parts answer 401 or 404."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.audits.test_router import model_id
@@ -39,3 +41,30 @@ def test_cancelled_audits_are_listed_and_disabled_users_signed_out(
     token = client.post("/api/v1/users/alice/rotate-token", headers=bearer(tokens["root"]))
     assert _sign_in(client, tokens["alice"]) == 200  # the sign-in page again, with its error
     assert _sign_in(client, token.json()["token"]) == 303
+
+
+@pytest.mark.parametrize("cookie", [None, "ra_unknown"])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/ui/audits", 303),
+        ("GET", "/ui/audits/rows", 401),
+        ("GET", "/ui/audits/a1", 303),
+        ("POST", "/ui/audits/a1/approve", 303),
+        ("GET", "/ui/audits/a1/status", 404),
+        ("GET", "/ui/audits/a1/files/report.pdf", 404),
+        ("GET", "/ui/compare", 303),
+        ("GET", "/ui/models", 303),
+        ("GET", "/ui/models/m1", 303),
+    ],
+)
+def test_signed_out_pages_redirect_to_the_sign_in_and_live_parts_refuse(
+    client: TestClient, tokens: dict[str, str], method: str, path: str, status: int, cookie: str
+) -> None:
+    if cookie:
+        client.cookies.set("recon_audit_token", cookie)
+    data = {"token": tokens["ada"]} if method == "POST" else None
+    response = client.request(method, path, data=data, follow_redirects=False)
+    assert response.status_code == status
+    assert response.content == b""
+    assert response.headers.get("location") == ("/ui/login" if status == 303 else None)
