@@ -26,6 +26,7 @@ __all__ = [
     "array_sha256",
     "builtin_images",
     "dicom_example",
+    "dicom_series_uid",
     "magnitude",
     "random_ellipses",
     "read_dicom_series",
@@ -275,6 +276,19 @@ def read_images(path: str | Path, *, slices: Slices | None = None) -> list[Loade
         meta = dict(metadata)
         out.append(_finished(p, _to_2d(p, array, index, -1, meta), meta, f"{p}#slice={index}"))
     return out
+
+
+def dicom_series_uid(path: str | Path) -> str | None:
+    """The ``SeriesInstanceUID`` of a ``.dcm`` file (its header only), or None when it has none
+    or is no readable DICOM file (reading it as an image then says why)."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        return None
+    uid = header.get("SeriesInstanceUID")
+    return str(uid) if uid else None
 
 
 def read_dicom_series(folder: str | Path, slices: Slices | None = None) -> list[LoadedImage]:

@@ -20,7 +20,7 @@ from app.settings import get_settings
 from app.storage import Store
 from reconstruction.figure_data import FigureData, FigureDataError, read_figure_data
 
-__all__ = ["MAX_RESULTS_BYTES", "Outputs", "intake", "message", "run_jailed"]
+__all__ = ["MAX_RESULTS_BYTES", "Outputs", "image_args", "intake", "message", "run_jailed"]
 
 #: the most a jailed run's results.json may weigh
 MAX_RESULTS_BYTES = 64 * 2**20
@@ -62,15 +62,7 @@ def run_jailed(
     args = ["audit", _inside(model, workdir), "--manifest", _inside(manifest, workdir)]
     args += ["--protocol", "protocol.yaml"]
     if image_set is not None:
-        (workdir / "images").mkdir()
-        for image in image_set.images:
-            target = workdir / "images" / safe_name(image["name"], "images")
-            store.copy_out(image["sha256"], target)
-            args += ["--images", _inside(target, workdir)]
-        # one selection for the whole set (recorded with each of its files)
-        selection = next((i["slices"] for i in image_set.images if "slices" in i), None)
-        if selection is not None:
-            args += ["--slices", selection]
+        args += image_args(store, image_set.images, workdir)
     args += ["--device", settings.device, "--out", "out"]
     args += ["--only", test] if test is not None else []
     result = run_science(
@@ -85,6 +77,26 @@ def run_jailed(
     if result.returncode != 0:
         raise RuntimeError(describe_failure(result, "the audit run failed"))
     return intake(workdir / "out")
+
+
+def image_args(store: Store, images: list[dict[str, Any]], workdir: Path) -> list[str]:
+    """Copy an image set's files out of the store into ``workdir/images`` (a DICOM series: its
+    files in a folder of its own, read as one volume) and return the run's ``--images`` and
+    ``--slices`` arguments, relative to ``workdir``."""
+    args = []
+    (workdir / "images").mkdir()
+    for image in images:
+        target = workdir / "images" / safe_name(image["name"], "images")
+        if "series" in image:
+            target.mkdir()
+            for member in image["series"]:
+                store.copy_out(member["sha256"], target / safe_name(member["name"], "images"))
+        else:
+            store.copy_out(image["sha256"], target)
+        args += ["--images", _inside(target, workdir)]
+    # one selection for the whole set (recorded with each of its entries)
+    selection = next((i["slices"] for i in images if "slices" in i), None)
+    return args if selection is None else [*args, "--slices", selection]
 
 
 def intake(out: Path) -> Outputs:

@@ -1,6 +1,7 @@
 """Small synthetic fastMRI-style HDF5 files (no download): ellipse phantoms measured through
 birdcage coils, with the readout oversampled, the reference RSS reconstruction at the
-reconstruction size, attributes and an ISMRMRD header, laid out as fastMRI's files."""
+reconstruction size, attributes and an ISMRMRD header, laid out as fastMRI's files; and DICOM
+series made from pydicom's bundled ``MR_small``."""
 
 from __future__ import annotations
 
@@ -72,3 +73,28 @@ def write_fastmri(
         f.attrs["norm"] = float(np.linalg.norm(reference))
         f.attrs["patient_id"] = "a-hash-in-fastmri"
     return path
+
+
+def write_dicom_series(
+    folder: Path, order: list[int], *, key: str = "InstanceNumber"
+) -> list[float]:
+    """A DICOM series from pydicom's MR_small, file names in another order than ``key``;
+    returns each written slice's mean pixel value, in ``key`` order."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir()
+    means = {}
+    for position, number in enumerate(order):
+        dataset = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
+        pixels = dataset.pixel_array.copy()
+        pixels[:] = 10 * (number + 1)
+        dataset.PixelData = pixels.tobytes()
+        if key == "InstanceNumber":
+            dataset.InstanceNumber = number
+        else:
+            del dataset.InstanceNumber
+            dataset.SliceLocation = 2.5 * number
+        dataset.save_as(folder / f"file{position}.dcm")
+        means[number] = float(10 * (number + 1))
+    return [means[n] for n in sorted(means)]

@@ -24,6 +24,7 @@ from reconstruction.data import (
     scale_to_range,
     shepp_logan,
 )
+from tests.reconstruction.measured_files import write_dicom_series
 
 
 def test_shepp_logan() -> None:
@@ -130,32 +131,9 @@ def test_nifti_volume_slices(tmp_path: Path) -> None:
     assert len(read_images(tmp_path / "flat.png", slices=Slices("3"))) == 1
 
 
-def _series(folder: Path, order: list[int], *, key: str = "InstanceNumber") -> list[float]:
-    """A DICOM series from pydicom's MR_small, file names in another order than ``key``;
-    returns each written slice's mean pixel value, in ``key`` order."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    folder.mkdir()
-    means = {}
-    for position, number in enumerate(order):
-        dataset = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
-        pixels = dataset.pixel_array.copy()
-        pixels[:] = 10 * (number + 1)
-        dataset.PixelData = pixels.tobytes()
-        if key == "InstanceNumber":
-            dataset.InstanceNumber = number
-        else:
-            del dataset.InstanceNumber
-            dataset.SliceLocation = 2.5 * number
-        dataset.save_as(folder / f"file{position}.dcm")
-        means[number] = float(10 * (number + 1))
-    return [means[n] for n in sorted(means)]
-
-
 @pytest.mark.parametrize("key", ["InstanceNumber", "SliceLocation"])
 def test_dicom_series_is_ordered(tmp_path: Path, key: str) -> None:
-    means = _series(tmp_path / "series", [2, 0, 3, 1], key=key)
+    means = write_dicom_series(tmp_path / "series", [2, 0, 3, 1], key=key)
     loaded = read_dicom_series(tmp_path / "series", Slices("all"))
     assert [float(i.array.mean()) for i in loaded] == means
     assert loaded[0].metadata["series_order"] == key
@@ -165,11 +143,11 @@ def test_dicom_series_is_ordered(tmp_path: Path, key: str) -> None:
         read_images(tmp_path / "series", slices=Slices("2:5"))
 
 
-def test_bad_dicom_series(tmp_path: Path) -> None:
+def test_bad_dicomwrite_dicom_series(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageReadError, match=r"holds no \.dcm file"):
         read_dicom_series(tmp_path / "empty")
-    _series(tmp_path / "same", [1, 1])
+    write_dicom_series(tmp_path / "same", [1, 1])
     with pytest.raises(ImageReadError, match="cannot be ordered"):
         read_dicom_series(tmp_path / "same")
 

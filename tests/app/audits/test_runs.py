@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from app.audits import runs
-from app.audits.runs import intake, message
+from app.audits.runs import image_args, intake, message
 from app.sandbox import SandboxUnavailable
 from reconstruction.figure_data import write_figure_data
 from reconstruction.instability.common import TestResult as Result
@@ -89,3 +90,33 @@ def test_failure_messages_carry_no_paths_or_secrets() -> None:
     assert leaked.startswith("FileNotFoundError: [Errno 2] No such file")
     assert "/data" not in leaked
     assert "BEGIN" not in leaked
+
+
+def test_a_series_is_handed_to_the_run_as_one_folder(tmp_path: Path) -> None:
+    from app.storage import Store
+    from reconstruction.data import read_images
+    from tests.reconstruction.measured_files import write_dicom_series
+
+    store = Store(tmp_path / "store")
+    means = write_dicom_series(tmp_path / "series", [1, 0, 2])
+    members = [
+        {"name": p.name, "sha256": store.add(p), "size": 0}
+        for p in sorted((tmp_path / "series").iterdir())
+    ]
+    (tmp_path / "x.npy").write_bytes(b"")
+    records: list[dict[str, Any]] = [
+        {"name": "series-1", "series": members, "slices": "all"},
+        {"name": "x.npy", "sha256": store.add(tmp_path / "x.npy"), "slices": "all"},
+    ]
+    job = tmp_path / "job"
+    job.mkdir()
+    args = image_args(store, records, job)
+    assert args == ["--images", "images/series-1", "--images", "images/x.npy", "--slices", "all"]
+    assert sorted(p.name for p in (job / "images" / "series-1").iterdir()) == [
+        "file0.dcm",
+        "file1.dcm",
+        "file2.dcm",
+    ]
+    volume = read_images(job / "images" / "series-1")
+    assert len(volume) == 1
+    assert float(volume[0].array.mean()) == means[1]  # the middle slice, in instance order

@@ -127,3 +127,52 @@ def test_bad_hdf5_uploads_name_the_field_and_store_nothing(
         s["name"] for s in client.get("/api/v1/images", headers=bearer(tokens["alice"])).json()
     ]
     assert data["name"] not in names
+
+
+def _dicom_files(tmp_path: Path, order: list[int]) -> list[tuple[str, tuple[str, bytes]]]:
+    from tests.reconstruction.measured_files import write_dicom_series
+
+    folder = tmp_path / "series"
+    write_dicom_series(folder, order)
+    return [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
+
+
+def test_a_dicom_series_is_one_entry_of_the_set(
+    client: TestClient, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """The .dcm files of one series are one volume (ordered by instance number, whatever the
+    file names say); a PNG beside them stays an image of its own."""
+    files = [("files", ("a.png", _png())), *_dicom_files(tmp_path, [2, 0, 3, 1])]
+    response = client.post(
+        "/api/v1/images",
+        headers=bearer(tokens["alice"]),
+        data={"name": "mr", "slices": "all"},
+        files=files,
+    )
+    assert response.status_code == 201, response.text
+    png, series = response.json()["images"]
+    assert png["name"] == "a.png"
+    assert series["name"] == "series-2"
+    assert series["format"] == "DICOM"
+    assert series["images"] == 4
+    assert [m["name"] for m in series["series"]] == [f"file{i}.dcm" for i in range(4)]
+    assert all(len(m["sha256"]) == 64 for m in series["series"])
+
+
+def test_a_series_that_cannot_be_ordered_is_refused_and_nothing_stored(
+    client: TestClient, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    response = client.post(
+        "/api/v1/images",
+        headers=bearer(tokens["alice"]),
+        data={"name": "unordered"},
+        files=_dicom_files(tmp_path, [1, 1]),
+    )
+    assert response.status_code == 422
+    assert response.json()["field"] == "files"
+    assert "cannot be ordered" in response.json()["detail"]
+    assert str(tmp_path) not in response.json()["detail"]
+    names = [
+        s["name"] for s in client.get("/api/v1/images", headers=bearer(tokens["alice"])).json()
+    ]
+    assert names == ["builtin"]
