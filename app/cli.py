@@ -30,6 +30,8 @@ from reconstruction.data import (
     scale_to_range,
     shepp_logan,
 )
+from reconstruction.instability.common import scores as audit_scores
+from reconstruction.models import magnitude as tensor_magnitude
 from reconstruction.models import manifest_json_schema, mask_sha256
 from reconstruction.operators import (
     LinearOperator,
@@ -78,10 +80,12 @@ def _png(path: Path, image: np.ndarray, lo: float, hi: float) -> None:
     Image.fromarray(np.round(scaled * 255).astype(np.uint8)).save(path)
 
 
-def _scores(image: torch.Tensor, truth: torch.Tensor) -> dict[str, Any]:
+def _scores(image: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """simulation.json's metrics of one image: the audits' scores (PSNR, SSIM), and the
+    relative l2 and l-infinity errors."""
+    one = {name: values[0] for name, values in audit_scores(image, truth).items()}
     return {
-        "psnr_db": float(metrics.psnr(image, truth)),
-        "ssim": float(metrics.ssim(image, truth)),
+        **one,
         "relative_l2": float(metrics.relative_l2(image, truth)),
         "linf": float(metrics.linf_error(image, truth)),
     }
@@ -200,7 +204,7 @@ def simulate(
         # Gaussian noise with ||e|| = noise * ||y|| (complex where y is), seeded
         y = y + gaussian(y, noise * norms(y), torch.Generator().manual_seed(seed))
     reconstruction_ = op.A_dagger(y)
-    shown = reconstruction_.abs() if reconstruction_.is_complex() else reconstruction_
+    shown = tensor_magnitude(reconstruction_)
     scores = _scores(shown, x)
     solved: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
     if with_baselines:
@@ -209,8 +213,8 @@ def simulate(
             ("total_variation", baselines.total_variation_solve),
         ):
             result, info = solve(y, op)
-            magnitude = result.abs() if result.is_complex() else result
-            solved[name] = (magnitude, {**_scores(magnitude, x), **dataclasses.asdict(info)})
+            real = tensor_magnitude(result)
+            solved[name] = (real, {**_scores(real, x), **dataclasses.asdict(info)})
     out_dir.mkdir(parents=True, exist_ok=True)
     recon = shown[0].cpu().numpy()
     _png(out_dir / "ground_truth.png", truth, 0.0, 1.0)
