@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from app.audits import repository as audits
 from app.images import repository as images
 from app.networks import repository as networks
-from app.orm import Audit, ImageSet
+from app.orm import ImageSet
 from tests.app.conftest import bearer
-from tests.app.test_pagination import T0, _network, _user
+from tests.app.test_pagination import T0, _audit, _network, _user
 
 CHUNK = 2**20
 #: the body: one file part that never ends, its bytes in chunks of 1 MiB after this head
@@ -98,17 +98,8 @@ def test_a_submitter_sees_its_own_models_image_sets_and_audits_an_auditor_all(
     alice, bob = _user(db, "alice"), _user(db, "bob")
     network, bobs = _network(db, alice, "m", T0), _network(db, bob, "b", T0)
     image_set = ImageSet(owner_id=alice.id, name="scans", images=[], created_at=T0)
-    audit = Audit(
-        owner_id=alice.id,
-        network_id=network.id,
-        protocol_name="quick",
-        protocol_version="1",
-        protocol_sha256="0" * 64,
-        protocol_yaml="name: quick\n",
-        image_set="builtin",
-        created_at=T0,
-    )
-    db.add_all([image_set, audit])
+    db.add(image_set)
+    audit = _audit(db, network, T0)
     db.commit()
     for who, sees in (("alice", True), ("bob", False), ("ada", True), ("root", True)):
         user = _user(db, who)

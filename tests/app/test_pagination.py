@@ -36,6 +36,22 @@ def _network(db: Session, owner: User, name: str, at: datetime) -> Network:
     return network
 
 
+def _audit(db: Session, network: Network, at: datetime) -> Audit:
+    """A queued audit of ``network`` by its owner."""
+    audit = Audit(
+        owner_id=network.owner_id,
+        network_id=network.id,
+        protocol_name="quick",
+        protocol_version="1",
+        protocol_sha256="0" * 64,
+        protocol_yaml="name: quick\n",
+        image_set="builtin",
+        created_at=at,
+    )
+    db.add(audit)
+    return audit
+
+
 def _user(db: Session, name: str) -> User:
     user = db.scalars(select(User).where(User.name == name)).one()
     return user
@@ -66,18 +82,7 @@ def test_audits_page_in_a_stable_order(
     # three audits share one created_at: the id breaks the tie
     times = [T0, T0, T0, T0.replace(minute=1), T0.replace(minute=2)]
     for at in times:
-        db.add(
-            Audit(
-                owner_id=alice.id,
-                network_id=network.id,
-                protocol_name="quick",
-                protocol_version="1",
-                protocol_sha256="0" * 64,
-                protocol_yaml="name: quick\n",
-                image_set="builtin",
-                created_at=at,
-            )
-        )
+        _audit(db, network, at)
     db.commit()
     expected = [
         a.id
