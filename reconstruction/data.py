@@ -279,11 +279,12 @@ def read_images(path: str | Path, *, slices: Slices | None = None) -> list[Loade
 
 
 def dicom_series_uid(path: str | Path) -> str | None:
-    """The ``SeriesInstanceUID`` of a ``.dcm`` file (its header only), or None when it has none
-    or is no readable DICOM file (reading it as an image then says why)."""
+    """The ``SeriesInstanceUID`` of a ``.dcm`` file (its header only), or None when it has none,
+    is deflated or is no readable DICOM file (reading it as an image then says why)."""
     import pydicom
 
     try:
+        _refuse_deflated(Path(path))
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:
         return None
@@ -305,7 +306,10 @@ def read_dicom_series(folder: str | Path, slices: Slices | None = None) -> list[
     keys: dict[str, list[float | None]] = {"InstanceNumber": [], "SliceLocation": []}
     for f in files:
         try:
+            _refuse_deflated(f)
             header = pydicom.dcmread(f, stop_before_pixels=True)
+        except ImageReadError:
+            raise
         except Exception as exc:
             raise ImageReadError(f, f"cannot read as .dcm: {exc}") from exc
         for key, values in keys.items():
@@ -446,7 +450,9 @@ def _read_npy(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return array, {"format": "NPY", "dtype": str(array.dtype)}
 
 
-def _read_dicom(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _refuse_deflated(p: Path) -> None:
+    """Deflated DICOM (the whole dataset one zlib stream) is refused before any dataset is read:
+    pydicom inflates it whole, headers too (a decompression bomb)."""
     import pydicom
 
     meta = pydicom.filereader.read_file_meta_info(p)
@@ -455,6 +461,12 @@ def _read_dicom(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
             p, "deflated DICOM (the whole dataset zlib-compressed) is not accepted; send it "
             "uncompressed or with compressed pixel data (JPEG, JPEG 2000, RLE)"
         )  # fmt: skip
+
+
+def _read_dicom(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    import pydicom
+
+    _refuse_deflated(p)
     dataset = pydicom.dcmread(p)
     if "PixelData" not in dataset:
         raise ImageReadError(p, "the DICOM file holds no pixel data")

@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from reconstruction.bounded import ARCHIVE_SLACK, ExpansionError, check_gzip, check_zip
-from reconstruction.data import ImageReadError, read_image
+from reconstruction.data import ImageReadError, dicom_series_uid, read_dicom_series, read_image
 
 
 def _zeros_zip(path: Path, expanded: int) -> Path:
@@ -68,3 +68,10 @@ def test_dicom_declared_pixels_and_deflated_datasets(tmp_path: Path) -> None:
     deflated.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
     with pytest.raises(ImageReadError, match="deflated DICOM"):
         read_image(tmp_path / "deflated.dcm")
+    # nor as a member of a series, nor when its series is looked up: no header is inflated
+    assert dicom_series_uid(tmp_path / "deflated.dcm") is None
+    series = tmp_path / "series"
+    series.mkdir()
+    (tmp_path / "deflated.dcm").rename(series / "deflated.dcm")
+    with pytest.raises(ImageReadError, match="deflated DICOM"):
+        read_dicom_series(series)
