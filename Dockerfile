@@ -72,8 +72,11 @@ RUN pip install --no-cache-dir ".${EXTRAS:+[${EXTRAS}]}" \
 # app/service_cli.py reads alembic.ini and migrations/ at Path(__file__).parents[1]. So the
 # project is installed *editable* from /srv/recon-audit: app/ stays at /srv/recon-audit/app and
 # those paths resolve to /srv/recon-audit/{templates,migrations,alembic.ini}. (PYTHONPATH would
-# not do: app/sandbox.py runs audits in `python -m app.cli` children with a cleaned environment
-# that drops PYTHONPATH, whereas the editable install's import hook lives in site-packages.)
+# not do: app/sandbox.py runs audits in `python -m reconstruction.run` children with a cleaned
+# environment that drops PYTHONPATH, whereas the editable install's import hook lives in
+# site-packages.) The editable install also keeps app/ out of the jail, which binds the
+# virtual environment and reconstruction/ only: a non-editable install would put app/ in
+# site-packages, inside the jail.
 COPY reconstruction/ reconstruction/
 COPY app/ app/
 COPY worker/ worker/

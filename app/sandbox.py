@@ -60,6 +60,7 @@ __all__ = [
     "describe_failure",
     "jail_problem",
     "run",
+    "run_limited",
     "run_science",
     "sanitise",
     "seccomp_filter",
@@ -293,6 +294,30 @@ def jail_problem(bwrap: str) -> str | None:
     if result.returncode != 0:
         return f"the jail cannot start: {sanitise(result.stderr)}"
     return None
+
+
+def run_limited(command: Sequence[str], *, timeout: float, limits: Limits) -> SandboxResult:
+    """A *trusted* command outside the jail (the service's own code on a jailed run's data)
+    under the jail's resource limits: CPU time, memory, file size, a wall-clock ``timeout``
+    (then SIGKILL to its process group), and it dies with its parent. Its output is kept to
+    the caps of :func:`run`."""
+    process = subprocess.Popen(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+        preexec_fn=_limits(limits),
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        return SandboxResult(-signal.SIGKILL, out[:STDOUT_CHARS], err[-STDOUT_CHARS:], True)
+    return SandboxResult(process.returncode, out[:STDOUT_CHARS], err[-STDOUT_CHARS:])
 
 
 def run(

@@ -5,7 +5,9 @@ Two files: ``figure_data.json`` holds each test's figure structure (dicts, lists
 strings) with every array replaced by ``{"$array": "<key>"}``, and ``figure_data.npz`` the
 arrays under those keys (``numpy.savez``: uncompressed, no pickles). Reading checks both
 files' sizes and the archive's declared expansion (:func:`reconstruction.bounded.check_zip`)
-before anything is parsed, loads with ``allow_pickle=False``, and accepts numeric arrays only.
+before anything is parsed, loads with ``allow_pickle=False``, and accepts numeric arrays only;
+the service reads them in a process of their own under the jail's limits
+(``python -m app.report.figures``), never in the worker.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from reconstruction.bounded import ExpansionError, check_zip
 from reconstruction.instability.common import TestResult
 
 __all__ = [
+    "ARRAYS",
     "FIGURE_DATA_SCHEMA",
     "MAX_FIGURE_DATA_BYTES",
+    "STRUCTURE",
     "FigureData",
     "FigureDataError",
     "read_figure_data",
@@ -34,8 +38,9 @@ __all__ = [
 FIGURE_DATA_SCHEMA = "recon-audit/figure-data/v1"
 STRUCTURE = "figure_data.json"
 ARRAYS = "figure_data.npz"
-#: the most the two files may weigh together (and the arrays expand to)
-MAX_FIGURE_DATA_BYTES = 512 * 2**20
+#: the most the two files may weigh together (and the arrays expand to): a large audit's
+#: (hundreds of images) fit; the worker reads them in a process under the jail's memory limit
+MAX_FIGURE_DATA_BYTES = 4 * 2**30
 _ARRAY = "$array"
 #: numeric kinds only: bool, signed and unsigned integers, floats, complex
 _KINDS = frozenset("biufc")
@@ -112,6 +117,8 @@ def read_figure_data(out: Path, max_bytes: int = MAX_FIGURE_DATA_BYTES) -> Figur
     if not isinstance(structure, dict) or structure.get("schema") != FIGURE_DATA_SCHEMA:
         raise FigureDataError(f"{STRUCTURE} is not {FIGURE_DATA_SCHEMA}")
     for key, array in arrays.items():
+        if not isinstance(array, np.ndarray):
+            raise FigureDataError(f"the figure archive's member {key} is not an array")
         if array.dtype.kind not in _KINDS:
             raise FigureDataError(f"the figure array {key} is not numeric ({array.dtype})")
 

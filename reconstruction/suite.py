@@ -1,7 +1,8 @@
 """``run_suite``: the three instability tests on a set of images under one protocol.
 
-Pure science: no web, database or templating imports. The CLI (``recon-audit audit``) and the
-service's worker both call :func:`run_suite` and render its :class:`SuiteResult`.
+Pure science: no web, database or templating imports. The CLI (``recon-audit audit``) calls
+:func:`run_suite` and renders its :class:`SuiteResult`; the service's jailed runs call it
+through ``python -m reconstruction.run audit``.
 """
 
 from __future__ import annotations

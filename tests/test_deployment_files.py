@@ -454,8 +454,9 @@ def test_image_keeps_the_source_layout_the_code_resolves_paths_with() -> None:
 def test_sandboxed_runs_import_the_code_without_pythonpath() -> None:
     from app.sandbox import PASSED
 
-    # audits run `python -m app.cli` in the jail with only these variables (and a PATH of the
-    # virtual environment's bin): the image must not rely on any other to make `app` importable
+    # audits run `python -m reconstruction.run` in the jail with only these variables (and a
+    # PATH of the virtual environment's bin): the image must not rely on any other to make
+    # `reconstruction` importable
     assert "PYTHONPATH" not in image_env()
     assert "PYTHONPATH" not in PASSED
     assert image_env()["PATH"].startswith(image_env()["VIRTUAL_ENV"] + "/bin")

@@ -162,9 +162,12 @@ def run_audit(audit_id: str) -> str:
             pending = [t for t in tests if known.get(t) is None or known[t].status != "succeeded"]
             if not pending:  # every shard ran; the worker that was to merge them was lost
                 return _merge_if_complete(store, audit_id, owner)
-            for test in pending:
-                queue.enqueue_shard(audit_id, test)
-            return "fanned out"
+            with _failing(
+                audit_id, "the audit", "sending its tests to the workers failed: "
+            ) as ended:
+                for test in pending:
+                    queue.enqueue_shard(audit_id, test)
+            return ended.word or "fanned out"
         return _run_whole(store, audit_id, len(tests))
 
 
@@ -193,23 +196,32 @@ def _failing(audit_id: str, what: str, prefix: str = "") -> Iterator[_Ended]:
         ended.word = "failed"
 
 
-def _run_whole(store: Store, audit_id: str, stages: int) -> str:
-    """The audit in one task: every test in one jailed run, then the certificate."""
-    workdir = store.workdir(f"audit-{audit_id}-")
-    # the certificate is written in a folder of the worker's own, never in one the sandboxed
-    # run could have prepared (links planted there would redirect the worker's writes)
-    clean = store.workdir(f"certificate-{audit_id}-")
+@contextlib.contextmanager
+def _folders(store: Store, *prefixes: str) -> Iterator[list[Path]]:
+    """Fresh scratch folders of the worker's own, one per prefix, removed afterwards (those made
+    before a failing one too)."""
+    made: list[Path] = []
     try:
-        with _failing(audit_id, "the audit") as ended:
-            outputs = run_jailed(store, audit_id, workdir, None, _Progress(audit_id, None, stages))
-            drawn = outputs.draw(clean / "figures")
-            figures = _figures(clean, [f"figures/{path.name}" for path in drawn.values()])
-            files, signed = _certify(store, audit_id, outputs.results, figures, clean)
-            _finish(audit_id, outputs.results, files, signed)
-        return ended.word or "succeeded"
+        for prefix in prefixes:
+            made.append(store.workdir(prefix))
+        yield made
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(clean, ignore_errors=True)
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_whole(store: Store, audit_id: str, stages: int) -> str:
+    """The audit in one task: every test in one jailed run, then the certificate. The
+    certificate is written in a folder of the worker's own, never in one the sandboxed run could
+    have prepared (links planted there would redirect the worker's writes)."""
+    folders = _folders(store, f"audit-{audit_id}-", f"certificate-{audit_id}-")
+    with _failing(audit_id, "the audit") as ended, folders as (workdir, clean):
+        outputs = run_jailed(store, audit_id, workdir, None, _Progress(audit_id, None, stages))
+        drawn = outputs.draw(clean / "figures")
+        figures = _figures(clean, [f"figures/{path.name}" for path in drawn.values()])
+        files, signed = _certify(store, audit_id, outputs.results, figures, clean)
+        _finish(audit_id, outputs.results, files, signed)
+    return ended.word or "succeeded"
 
 
 def run_shard(audit_id: str, test: str) -> str:
@@ -230,17 +242,18 @@ def run_shard(audit_id: str, test: str) -> str:
     store = Store(settings.store_dir)
     if owner is not None:
         with leases.holding(AuditShard, shard_id, owner):
-            workdir = store.workdir(f"shard-{audit_id}-{test}-")
-            clean = store.workdir(f"figures-{audit_id}-{test}-")  # the worker's own, as above
-            try:
-                with _failing(audit_id, f"the {test} test", f"{test}: ") as ended:
-                    progress = _Progress(audit_id, test, 1)
-                    outputs = run_jailed(store, audit_id, workdir, test, progress)
-                    drawn = outputs.draw(clean / "figures")
-                    figures = {f"figures/{p.name}": store.add(p) for p in drawn.values()}
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-                shutil.rmtree(clean, ignore_errors=True)
+            # the figures are drawn in a folder of the worker's own, as for a whole run
+            folders = _folders(store, f"shard-{audit_id}-{test}-", f"figures-{audit_id}-{test}-")
+            with (
+                _failing(audit_id, f"the {test} test", f"{test}: ") as ended,
+                folders as (
+                    workdir,
+                    clean,
+                ),
+            ):
+                outputs = run_jailed(store, audit_id, workdir, test, _Progress(audit_id, test, 1))
+                drawn = outputs.draw(clean / "figures")
+                figures = {f"figures/{p.name}": store.add(p) for p in drawn.values()}
             if ended.word:
                 return ended.word
             with session_factory()() as session:
@@ -278,19 +291,16 @@ def _merge(
     documents: list[dict[str, Any] | None],
     figure_files: dict[str, str],
 ) -> str:
-    workdir = store.workdir(f"merge-{audit_id}-")
-    try:
-        with _failing(audit_id, "merging the shards", "merging the shards failed: ") as ended:
-            merged = merge_results([d for d in documents if d is not None])
-            (workdir / "figures").mkdir()
-            for name in figure_files:
-                store.copy_out(figure_files[name], workdir / name)
-            figures = _figures(workdir, list(figure_files))
-            files, signed = _certify(store, audit_id, merged, figures, workdir)
-            _finish(audit_id, merged, files, signed)
-        return ended.word or "merged"
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    failing = _failing(audit_id, "merging the shards", "merging the shards failed: ")
+    with failing as ended, _folders(store, f"merge-{audit_id}-") as (workdir,):
+        merged = merge_results([d for d in documents if d is not None])
+        (workdir / "figures").mkdir()
+        for name in figure_files:
+            store.copy_out(figure_files[name], workdir / name)
+        figures = _figures(workdir, list(figure_files))
+        files, signed = _certify(store, audit_id, merged, figures, workdir)
+        _finish(audit_id, merged, files, signed)
+    return ended.word or "merged"
 
 
 def _figures(out: Path, names: list[str]) -> dict[str, Path]:

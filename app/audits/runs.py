@@ -1,11 +1,14 @@
 """One run of the science in the sandbox: the audit's verified inputs copied into a job folder,
-``recon-audit audit --no-pdf`` run in the jail (:func:`app.sandbox.run_science`), and one intake of
-what it wrote (:func:`intake`), for whole audits and shards alike: the worker trusts nothing of
-the job folder but a bounded ``results.json`` and bounded PNG figures, regular files all."""
+``python -m reconstruction.run audit`` run in the jail (:func:`app.sandbox.run_science`), and
+one intake of what it wrote (:func:`intake`), for whole audits and shards alike: the worker
+takes a bounded ``results.json`` and the figures' arrays (regular files), and draws the figures
+from those arrays in a process of its own under the jail's limits (:meth:`Outputs.draw`), so
+that nothing the run wrote is parsed beyond its results in the worker itself."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,29 +17,64 @@ from typing import Any
 from app.db import session_factory
 from app.networks.service import materialise, safe_name
 from app.orm import Audit, ImageSet, Network
-from app.report import write_figures
-from app.sandbox import SandboxUnavailable, describe_failure, run_science, sanitise
+from app.sandbox import (
+    SandboxUnavailable,
+    describe_failure,
+    run_limited,
+    run_science,
+    sanitise,
+)
 from app.settings import get_settings
 from app.storage import Store
-from reconstruction.figure_data import FigureData, FigureDataError, read_figure_data
+from reconstruction.figure_data import ARRAYS, STRUCTURE
 
-__all__ = ["MAX_RESULTS_BYTES", "Outputs", "image_args", "intake", "message", "run_jailed"]
+__all__ = [
+    "MAX_RESULTS_BYTES",
+    "Outputs",
+    "RunFailed",
+    "image_args",
+    "intake",
+    "message",
+    "run_jailed",
+]
 
 #: the most a jailed run's results.json may weigh
 MAX_RESULTS_BYTES = 64 * 2**20
 
 
+class RunFailed(Exception):
+    """A jailed run failed, or what it wrote was refused: the message is the service's own
+    words (a fixed vocabulary and sanitised excerpts), fit to store as the audit's error."""
+
+
 @dataclass(frozen=True)
 class Outputs:
-    """What the intake took from a jailed run: its results document and its figures' arrays."""
+    """What the intake took from a jailed run: its results document, and the folder holding
+    the figures' arrays (checked as files, read only by :meth:`draw`'s process)."""
 
     results: dict[str, Any]
-    figure_data: FigureData
+    out: Path
 
     def draw(self, figures_dir: Path) -> dict[str, Path]:
-        """Draw the run's figures (PNGs) into ``figures_dir``, a folder of the worker's own."""
-        tests = self.figure_data.test_results(self.results)
-        return write_figures(tests, self.figure_data.truth, figures_dir)
+        """Draw the run's figures (PNGs) into ``figures_dir``, a folder of the worker's own:
+        ``python -m app.report.figures`` under the jail's CPU, memory, file-size and time limits
+        (the arrays are the untrusted run's); name -> path, in the drawing's order."""
+        settings = get_settings()
+        command = [sys.executable, "-m", "app.report.figures", str(self.out), str(figures_dir)]
+        result = run_limited(
+            command, timeout=settings.audit_time_limit, limits=settings.sandbox_limits()
+        )
+        if result.returncode != 0:
+            raise RunFailed(describe_failure(result, "the figures could not be drawn"))
+        try:
+            drawn = json.loads(result.stdout)
+            paths = {str(name): figures_dir / Path(str(file)).name for name, file in drawn.items()}
+        except (ValueError, AttributeError) as exc:
+            raise RunFailed("the figures could not be drawn: no list of figures") from exc
+        for path in paths.values():
+            if path.is_symlink() or not path.is_file():
+                raise RunFailed(f"the figures could not be drawn: {path.name} is missing")
+        return paths
 
 
 def run_jailed(
@@ -47,7 +85,7 @@ def run_jailed(
     on_progress: Callable[[dict[str, Any]], None],
 ) -> Outputs:
     """Copy the verified inputs into ``workdir``, run the audit (``test``: that test only) in
-    the sandbox and take in its outputs. Raises ``RuntimeError`` with the jail's message when
+    the sandbox and take in its outputs. Raises :class:`RunFailed` with the jail's message when
     the run fails or wrote something the intake refuses."""
     settings = get_settings()
     with session_factory()() as session:
@@ -75,7 +113,7 @@ def run_jailed(
         on_progress=on_progress,
     )
     if result.returncode != 0:
-        raise RuntimeError(describe_failure(result, "the audit run failed"))
+        raise RunFailed(describe_failure(result, "the audit run failed"))
     return intake(workdir / "out")
 
 
@@ -101,21 +139,24 @@ def image_args(store: Store, images: list[dict[str, Any]], workdir: Path) -> lis
 
 def intake(out: Path) -> Outputs:
     """The outputs of a jailed run in ``out``: ``results.json`` (a regular file of bounded
-    size, a JSON object) and the figures' arrays (bounded, numeric, no pickles). Anything else
-    is ignored; a missing, oversized or malformed output raises ``RuntimeError``."""
+    size, a results document) and the figures' arrays (regular files; their content is read by
+    :meth:`Outputs.draw`'s process only). Anything else is ignored; a missing, oversized or
+    malformed output raises :class:`RunFailed`."""
     path = out / "results.json"
     if path.is_symlink() or not path.is_file():
-        raise RuntimeError("the audit run did not write results.json as a regular file")
+        raise RunFailed("the audit run did not write results.json as a regular file")
     if path.stat().st_size > MAX_RESULTS_BYTES:
-        raise RuntimeError(f"the audit run wrote a results.json over {MAX_RESULTS_BYTES} bytes")
-    results = json.loads(path.read_text())
-    if not isinstance(results, dict) or not isinstance(results.get("tests"), dict):
-        raise RuntimeError("the audit run wrote a results.json that is not a results document")
+        raise RunFailed(f"the audit run wrote a results.json over {MAX_RESULTS_BYTES} bytes")
     try:
-        figure_data = read_figure_data(out)
-    except FigureDataError as exc:
-        raise RuntimeError(f"the audit run's figure data was refused: {exc}") from exc
-    return Outputs(results, figure_data)
+        results = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RunFailed("the audit run wrote a results.json that is not JSON") from exc
+    if not isinstance(results, dict) or not isinstance(results.get("tests"), dict):
+        raise RunFailed("the audit run wrote a results.json that is not a results document")
+    for name in (STRUCTURE, ARRAYS):
+        if (out / name).is_symlink() or not (out / name).is_file():
+            raise RunFailed(f"the audit run did not write {name} as a regular file")
+    return Outputs(results, out)
 
 
 def _inside(path: Path, workdir: Path) -> str:
@@ -125,6 +166,6 @@ def _inside(path: Path, workdir: Path) -> str:
 def message(exc: Exception) -> str:
     """What an audit's failure says: the jail's own reduced message, else the exception's type
     and a sanitised excerpt (no paths, no long tokens)."""
-    if isinstance(exc, RuntimeError | SandboxUnavailable):
+    if isinstance(exc, RunFailed | SandboxUnavailable):
         return str(exc)
     return f"{type(exc).__name__}: {sanitise(str(exc))}"

@@ -4,6 +4,7 @@ structure and values, and nothing but numeric arrays, within bounds, from regula
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -83,4 +84,12 @@ def test_links_oversized_and_malformed_files_are_refused(tmp_path: Path) -> None
     structure["tests"] = {}
     (out / "figure_data.json").write_text(json.dumps(structure))
     with pytest.raises(FigureDataError, match="cannot be read"):
+        read_figure_data(out)
+
+
+def test_an_archive_member_that_is_no_array_is_refused(tmp_path: Path) -> None:
+    out = _written(tmp_path)
+    with zipfile.ZipFile(out / "figure_data.npz", "a") as archive:
+        archive.writestr("notes.txt", b"not an array")
+    with pytest.raises(FigureDataError, match=r"member notes\.txt is not an array"):
         read_figure_data(out)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from app.audits import runs
-from app.audits.runs import image_args, intake, message
+from app.audits.runs import RunFailed, image_args, intake, message
 from app.sandbox import SandboxUnavailable
 from reconstruction.figure_data import write_figure_data
 from reconstruction.instability.common import TestResult as Result
@@ -28,6 +28,7 @@ def _out(tmp_path: Path) -> Path:
     panel = {
         "name": "spade",
         "image": 0,
+        "contrast": 0.3,
         "window": [2, 2, 8, 8],
         "truth": truth[0],
         "network": truth[0],
@@ -43,26 +44,73 @@ def _out(tmp_path: Path) -> Path:
     return out
 
 
-def test_the_intake_takes_the_results_and_the_figures_arrays(tmp_path: Path) -> None:
+def test_the_intake_takes_the_results_and_checks_the_figure_files(tmp_path: Path) -> None:
     out = _out(tmp_path)
     (out / "notes.txt").write_text("ignored")
     taken = intake(out)
     assert set(taken.results["tests"]) == {"structural", "sampling"}
-    assert taken.figure_data.truth.shape == (2, 16, 16)
-    panel = taken.figure_data.tests["structural"]["panels"][0]
-    assert panel["window"] == [2, 2, 8, 8]
-    np.testing.assert_array_equal(panel["network"], taken.figure_data.truth[0])
+    assert taken.out == out
+    (out / "figure_data.npz").unlink()
+    (out / "figure_data.npz").symlink_to(tmp_path / "elsewhere.npz")
+    with pytest.raises(RunFailed, match=r"figure_data\.npz as a regular file"):
+        intake(out)
+
+
+def test_the_worker_draws_a_runs_figures_in_a_process_of_its_own(tmp_path: Path) -> None:
+    """The figures drawn from a run's arrays (in a process under the jail's limits) are the
+    ones drawn from the run itself."""
+    from app.report import write_figures
+    from tests.app.report.runs import PROTOCOL, suite
+
+    result = suite(PROTOCOL)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(result.to_json()))
+    write_figure_data(result.truth, result.tests, out)
+    drawn = intake(out).draw(tmp_path / "drawn")
+    direct = write_figures(result.tests, result.truth, tmp_path / "direct")
+    assert list(drawn) == list(direct)
+    for name, path in drawn.items():
+        assert path.read_bytes() == direct[name].read_bytes(), name
+
+
+def test_hostile_figure_data_fails_the_drawing_not_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's figure structure that expands to gigabytes when parsed (ten million panels):
+    the drawing process meets its memory limit and the audit fails with the service's words;
+    the worker never parses it."""
+    from app.settings import get_settings
+
+    out = _out(tmp_path)
+    (out / "figure_data.json").write_text(
+        '{"schema": "recon-audit/figure-data/v1", "truth": {"$array": "truth"}, '
+        '"tests": {"structural": {"panels": [' + ",".join(["{}"] * 10_000_000) + "]}}}"
+    )
+    monkeypatch.setenv("RECON_AUDIT_SANDBOX_MEMORY_BYTES", str(2 * 2**30))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(RunFailed, match=r"^the figures could not be drawn: ") as caught:
+            intake(out).draw(tmp_path / "drawn")
+    finally:
+        get_settings.cache_clear()
+    assert "memory" in str(caught.value)
+    assert str(tmp_path) not in str(caught.value)
+    assert not any((tmp_path / "drawn").glob("*.png"))
 
 
 def test_the_intake_refuses_links_and_what_is_not_a_results_document(tmp_path: Path) -> None:
     out = _out(tmp_path)
     (out / "results.json").rename(tmp_path / "elsewhere.json")
     (out / "results.json").symlink_to(tmp_path / "elsewhere.json")
-    with pytest.raises(RuntimeError, match="regular file"):
+    with pytest.raises(RunFailed, match="regular file"):
         intake(out)
     (out / "results.json").unlink()
     (out / "results.json").write_text("[1, 2]")
-    with pytest.raises(RuntimeError, match="not a results document"):
+    with pytest.raises(RunFailed, match="not a results document"):
+        intake(out)
+    (out / "results.json").write_text("{not json")
+    with pytest.raises(RunFailed, match="not JSON"):
         intake(out)
 
 
@@ -71,17 +119,19 @@ def test_the_intake_refuses_oversized_outputs(
 ) -> None:
     out = _out(tmp_path)
     monkeypatch.setattr(runs, "MAX_RESULTS_BYTES", 10)
-    with pytest.raises(RuntimeError, match="over 10 bytes"):
+    with pytest.raises(RunFailed, match="over 10 bytes"):
         intake(out)
     monkeypatch.undo()
     (out / "figure_data.npz").unlink()
-    with pytest.raises(RuntimeError, match="figure data was refused"):
+    with pytest.raises(RunFailed, match=r"did not write figure_data\.npz"):
         intake(out)
 
 
 def test_failure_messages_carry_no_paths_or_secrets() -> None:
     reduced = "the audit run failed: the memory limit was exceeded (MemoryError)"
-    assert message(RuntimeError(reduced)) == reduced
+    assert message(RunFailed(reduced)) == reduced
+    # anyone else's RuntimeError (a library's) is sanitised like any exception
+    assert message(RuntimeError("in /data/store/tmp/x")) == "RuntimeError: in"
     unavailable = SandboxUnavailable("untrusted models run only in a jail, and it is unavailable")
     assert message(unavailable) == str(unavailable)
     leaked = message(
