@@ -31,6 +31,7 @@ from reconstruction.data import (
     shepp_logan,
 )
 from reconstruction.instability.common import scores as audit_scores
+from reconstruction.instability.registry import TESTS
 from reconstruction.models import magnitude as tensor_magnitude
 from reconstruction.models import manifest_json_schema, mask_sha256
 from reconstruction.operators import (
@@ -389,7 +390,7 @@ class _Bars:
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["perturbation", "structural", "sampling"]),
+    type=click.Choice(TESTS),
     help="Run only these tests (a shard of an audit); the others are reported as skipped.",
 )
 @click.option(
