@@ -17,28 +17,33 @@ from app.audits.leases import LostMessages, Requeue, claim, interrupted, lost, u
 from app.orm import Audit, AuditEvent, AuditShard, Network, User
 
 
-def _audit(db: Session) -> Audit:
-    user = User(name="leaser", role="submitter", token_hash="0" * 64)
-    db.add(user)
-    db.flush()
-    network = Network(
-        owner_id=user.id,
-        name="n",
-        sha256="1" * 64,
-        format="onnx",
-        gradient_access="white-box",
-        size_bytes=1,
-        filename="model.onnx",
-        manifest={},
-        manifest_sha256="2" * 64,
-        files=[],
-        summary={},
-    )
-    db.add(network)
-    db.flush()
+def _audit(db: Session, of: Audit | None = None) -> Audit:
+    """A queued audit: of a new user's new network, or of the network ``of`` was on."""
+    if of is None:
+        user = User(name="leaser", role="submitter", token_hash="0" * 64)
+        db.add(user)
+        db.flush()
+        network = Network(
+            owner_id=user.id,
+            name="n",
+            sha256="1" * 64,
+            format="onnx",
+            gradient_access="white-box",
+            size_bytes=1,
+            filename="model.onnx",
+            manifest={},
+            manifest_sha256="2" * 64,
+            files=[],
+            summary={},
+        )
+        db.add(network)
+        db.flush()
+        owner_id, network_id = user.id, network.id
+    else:
+        owner_id, network_id = of.owner_id, of.network_id
     audit = Audit(
-        owner_id=user.id,
-        network_id=network.id,
+        owner_id=owner_id,
+        network_id=network_id,
         protocol_name="quick",
         protocol_version="2",
         protocol_sha256="3" * 64,
@@ -168,17 +173,7 @@ def test_a_message_is_lost_when_its_row_stays_unsent_for_two_sweeps(db: Session)
     """A worker claims what it took within moments: one sweep's unsent row may be in a live
     worker's hands; the next sweep's is lost, and sent again once (logged)."""
     first = _audit(db)
-    second = Audit(
-        owner_id=first.owner_id,
-        network_id=first.network_id,
-        protocol_name="quick",
-        protocol_version="2",
-        protocol_sha256="3" * 64,
-        protocol_yaml="name: quick",
-        image_set="builtin",
-    )
-    db.add(second)
-    db.commit()
+    second = _audit(db, of=first)
     messages = LostMessages()
     assert messages.sweep(db, set()) == []  # both unsent once: maybe just taken
     second.status = "running"  # a worker claimed the one it took
