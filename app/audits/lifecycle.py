@@ -124,8 +124,19 @@ def fail(audit_id: str, error: str) -> None:
 
 
 def run_audit(audit_id: str) -> str:
-    """Start an audit (claim it), then run it whole or fan it out; what happened, in a word."""
+    """Start an audit (claim it), then run it whole or fan it out; what happened, in a word.
+    An audit fanned out already (running, no worker holding it, its shards made) is left to its
+    shards, or merged when they all succeeded (the sweep's task for shards that no one merged):
+    a second message neither counts an attempt nor starts it again."""
     settings = get_settings()
+    with session_factory()() as session:
+        audit = session.get(Audit, audit_id)
+        fanned_out = audit is not None and audit.status == "running" and not audit.lease_owner
+        shards = _shards(session, audit_id) if fanned_out else []
+    if shards:
+        if any(s.status != "succeeded" for s in shards):
+            return "fanned out already"
+        return _merge_if_complete(Store(settings.store_dir), audit_id)
     with session_factory()() as session:
         audit = session.get(Audit, audit_id)
         if audit is None or audit.status in FINISHED:

@@ -1,0 +1,99 @@
+"""The audit's lifecycle on a real (embedded) database: a second ``run_audit`` for an audit
+fanned out already leaves it to its shards, or merges them when they all succeeded; it neither
+counts an attempt nor starts the audit again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.audits import lifecycle
+from app.db import get_engine, session_factory
+from app.orm import Audit, AuditEvent, AuditShard, Network, User
+from app.settings import get_settings
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from app.service_cli import upgrade_database
+
+    monkeypatch.setenv("RECON_AUDIT_DATA_DIR", str(tmp_path / "data"))
+    for key in ("DATABASE_URL", "RECON_AUDIT_DATABASE_URL", "BROKER_URL"):
+        monkeypatch.delenv(key, raising=False)
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+    upgrade_database()
+    yield
+    get_engine().dispose()
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+
+
+def _fanned_out(shard_status: str) -> str:
+    """A running audit no worker holds, its three shards made (one in ``shard_status``)."""
+    with session_factory()() as session:
+        user = User(name="u", role="submitter", token_hash="0" * 64)
+        session.add(user)
+        session.flush()
+        network = Network(
+            owner_id=user.id,
+            name="n",
+            sha256="1" * 64,
+            format="onnx",
+            gradient_access="white-box",
+            size_bytes=1,
+            filename="model.onnx",
+            manifest={},
+            manifest_sha256="2" * 64,
+            files=[],
+            summary={},
+        )
+        session.add(network)
+        session.flush()
+        audit = Audit(
+            owner_id=user.id,
+            network_id=network.id,
+            protocol_name="quick",
+            protocol_version="2",
+            protocol_sha256="3" * 64,
+            protocol_yaml="name: quick",
+            image_set="builtin",
+            status="running",
+            attempts=1,
+        )
+        session.add(audit)
+        session.flush()
+        for test, status in (("perturbation", shard_status), ("structural", "succeeded")):
+            session.add(AuditShard(audit_id=audit.id, test=test, status=status))
+        session.commit()
+        return audit.id
+
+
+def _attempts_and_starts(audit_id: str) -> tuple[int, int]:
+    with session_factory()() as session:
+        audit = session.get_one(Audit, audit_id)
+        starts = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "audit.started")
+        ).all()
+        return audit.attempts, len(starts)
+
+
+@pytest.mark.usefixtures("embedded")
+def test_a_second_run_audit_leaves_a_fanned_out_audit_to_its_shards() -> None:
+    audit_id = _fanned_out("queued")
+    assert lifecycle.run_audit(audit_id) == "fanned out already"
+    assert _attempts_and_starts(audit_id) == (1, 0)
+
+
+@pytest.mark.usefixtures("embedded")
+def test_a_second_run_audit_merges_shards_that_all_succeeded() -> None:
+    audit_id = _fanned_out("succeeded")  # their results are missing: the merge fails, visibly
+    assert lifecycle.run_audit(audit_id) == "failed"
+    assert _attempts_and_starts(audit_id) == (1, 0)
+    with session_factory()() as session:
+        audit = session.get_one(Audit, audit_id)
+        assert audit.status == "failed"
+        assert audit.error == "merging the shards failed: ValueError: no shard to merge"
