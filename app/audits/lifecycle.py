@@ -52,7 +52,7 @@ from reconstruction.instability.registry import TESTS, enabled
 from reconstruction.protocols import parse_protocol
 from reconstruction.suite import merge_results
 
-__all__ = ["Cancelled", "requeue_interrupted", "run_audit", "run_shard"]
+__all__ = ["Stopped", "requeue_interrupted", "run_audit", "run_shard"]
 
 logger = logging.getLogger(__name__)
 ACTOR = "worker"
@@ -60,8 +60,9 @@ ACTOR = "worker"
 PROGRESS_EVERY = 1.0
 
 
-class Cancelled(Exception):
-    """The audit was cancelled while it ran: its run stops at the next progress check."""
+class Stopped(Exception):
+    """The audit ended while this run went on (cancelled, or failed in another of its shards):
+    the run stops at its next progress check."""
 
 
 def tests_of(protocol_yaml: str) -> list[str]:
@@ -75,8 +76,8 @@ def _shards(session: Session, audit_id: str) -> list[AuditShard]:
 
 class _Progress:
     """Writes a run's progress (``stage``, ``done``/``total``) to the audit row, or to its
-    shard's row and the audit's mean, at most once per second; raises :class:`Cancelled` when
-    the audit was cancelled meanwhile."""
+    shard's row and the audit's mean, at most once per second; raises :class:`Stopped` when
+    the audit ended meanwhile (cancelled, or failed in another shard)."""
 
     def __init__(self, audit_id: str, test: str | None, stages: int) -> None:
         self.audit_id, self.test, self.stages = audit_id, test, stages
@@ -95,8 +96,8 @@ class _Progress:
         percent = round(min(99.0, 100 * (len(self.order) - 1 + done / total) / self.stages), 1)
         with session_factory()() as session:
             audit = session.get(Audit, self.audit_id)
-            if audit is not None and audit.status == "cancelled":
-                raise Cancelled(self.audit_id)
+            if audit is not None and audit.status in FINISHED:
+                raise Stopped(audit.status)
             if audit is None or audit.status != "running":
                 return
             if self.test is None:
@@ -183,22 +184,22 @@ def run_audit(audit_id: str) -> str:
 
 
 class _Ended:
-    """How a guarded step ended when it did not complete: ``word`` is ``cancelled`` or
-    ``failed`` (see :func:`_failing`), else empty."""
+    """How a guarded step ended when it did not complete: ``word`` says it stopped (the audit
+    ended meanwhile) or ``failed`` (see :func:`_failing`), else empty."""
 
     word = ""
 
 
 @contextlib.contextmanager
 def _failing(audit_id: str, what: str, prefix: str = "") -> Iterator[_Ended]:
-    """Run the block; a cancelled audit's run ends it ``cancelled``; past the soft time limit
+    """Run the block; a run of an audit that ended meanwhile stops; past the soft time limit
     the audit fails (``what`` exceeded its time limit), and on any other error too (the error's
     message after ``prefix``). Nothing is raised: the caller reads the word."""
     ended = _Ended()
     try:
         yield ended
-    except Cancelled:
-        ended.word = "cancelled"
+    except Stopped as stopped:
+        ended.word = f"stopped: the audit is {stopped}"
     except SoftTimeLimitExceeded:
         fail(audit_id, f"{what} exceeded its time limit")
         ended.word = "failed"

@@ -1,6 +1,6 @@
 """The audit's lifecycle on a real (embedded) database: a second ``run_audit`` for an audit
 fanned out already leaves it to its shards, or merges them when they all succeeded; it neither
-counts an attempt nor starts the audit again."""
+counts an attempt nor starts the audit again. A shard's run stops once its audit ended."""
 
 from __future__ import annotations
 
@@ -97,3 +97,26 @@ def test_a_second_run_audit_merges_shards_that_all_succeeded() -> None:
         audit = session.get_one(Audit, audit_id)
         assert audit.status == "failed"
         assert audit.error == "merging the shards failed: ValueError: no shard to merge"
+
+
+@pytest.mark.usefixtures("embedded")
+def test_a_shards_run_stops_once_its_audit_ended() -> None:
+    """A shard's run stops at its next progress check when its audit failed in another shard
+    (as when it was cancelled): no worker keeps computing for a finished audit."""
+    audit_id = _fanned_out("running")
+    lifecycle._Progress(audit_id, "perturbation", 1)(
+        {"stage": "perturbation", "done": 1, "total": 4}
+    )
+    with session_factory()() as session:
+        shard = session.scalars(
+            select(AuditShard).where(
+                AuditShard.audit_id == audit_id, AuditShard.test == "perturbation"
+            )
+        ).one()
+        assert shard.percent == 25.0
+        session.get_one(Audit, audit_id).status = "failed"
+        session.commit()
+    with pytest.raises(lifecycle.Stopped, match="failed"):
+        lifecycle._Progress(audit_id, "perturbation", 1)(
+            {"stage": "perturbation", "done": 2, "total": 4}
+        )
