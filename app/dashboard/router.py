@@ -19,14 +19,14 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.audits import repository as audits
-from app.audits.service import artefact, as_out, record_download
+from app.audits.service import artefact, as_out, cancel_audit, record_download
 from app.auth import SessionDep, user_for_token
 from app.certificates import service as certificates
 from app.certificates.schemas import ApprovalRequest
 from app.deps import SettingsDep, StoreDep
 from app.errors import AppError
 from app.networks import repository as networks
-from app.orm import Network, User
+from app.orm import ACTIVE, Network, User
 
 __all__ = ["router"]
 
@@ -199,6 +199,9 @@ def _detail(session: Session, user: User, audit_id: str) -> dict[str, Any] | Non
         "figures": figures,
         "approval": certificates.as_out(session, approval) if approval else None,
         "can_approve": user.role in APPROVERS and approval is None and result is not None,
+        # as the API's cancel: its owner or an admin, while it is queued or running
+        "can_cancel": audit.status in ACTIVE
+        and (audit.owner_id == user.id or user.role == "admin"),
     }
 
 
@@ -239,6 +242,23 @@ def approve(
         except AppError as exc:
             session.rollback()
             error = exc.message
+    detail = _detail(session, user, audit_id)
+    if detail is None:
+        return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")
+    return _page(request, "audit.html.j2", user, **detail, message=message, error=error)
+
+
+@router.post("/audits/{audit_id}/cancel")
+def cancel(request: Request, audit_id: str, session: SessionDep, user: Viewer) -> Response:
+    """Cancel a queued or running audit (its owner or an admin), as
+    ``POST /api/v1/audits/{id}/cancel`` does; the page again, with what happened."""
+    message, error = None, None
+    try:
+        cancel_audit(session, user, audit_id)
+        message = "cancelled: a worker running it stops at its next progress check"
+    except AppError as exc:
+        session.rollback()
+        error = exc.message
     detail = _detail(session, user, audit_id)
     if detail is None:
         return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")

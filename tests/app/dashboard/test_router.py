@@ -51,6 +51,7 @@ def test_cancelled_audits_are_listed_and_disabled_users_signed_out(
         ("GET", "/ui/audits/rows", 401),
         ("GET", "/ui/audits/a1", 303),
         ("POST", "/ui/audits/a1/approve", 303),
+        ("POST", "/ui/audits/a1/cancel", 303),
         ("GET", "/ui/audits/a1/status", 404),
         ("GET", "/ui/audits/a1/files/report.pdf", 404),
         ("GET", "/ui/compare", 303),
@@ -68,3 +69,34 @@ def test_signed_out_pages_redirect_to_the_sign_in_and_live_parts_refuse(
     assert response.status_code == status
     assert response.content == b""
     assert response.headers.get("location") == ("/ui/login" if status == 303 else None)
+
+
+def test_an_audit_is_cancelled_from_its_page_by_its_owner_or_an_admin(
+    client: TestClient, tokens: dict[str, str], model_id: str
+) -> None:
+    def queued() -> str:
+        created = client.post(
+            "/api/v1/audits", headers=bearer(tokens["alice"]), json={"model_id": model_id}
+        )
+        return str(created.json()["id"])
+
+    audit = queued()
+    assert _sign_in(client, tokens["ada"]) == 303  # an auditor: sees it, may not cancel it
+    page = client.get(f"/ui/audits/{audit}")
+    assert 'id="cancel-form"' not in page.text
+    refused = client.post(f"/ui/audits/{audit}/cancel")
+    assert "only the audit's owner or an admin may cancel it" in refused.text
+    assert 'id="audit-status">queued<' in refused.text
+    assert _sign_in(client, tokens["bob"]) == 303  # another submitter: no such audit
+    assert "audit " + audit in client.post(f"/ui/audits/{audit}/cancel").text
+    for canceller in ("alice", "root"):
+        audit = queued()
+        assert _sign_in(client, tokens[canceller]) == 303
+        assert 'id="cancel-form"' in client.get(f"/ui/audits/{audit}").text
+        done = client.post(f"/ui/audits/{audit}/cancel")
+        assert done.status_code == 200
+        assert 'id="audit-status">cancelled<' in done.text
+        assert 'id="cancel-form"' not in done.text
+        assert "cancelled: a worker running it stops" in done.text
+        again = client.post(f"/ui/audits/{audit}/cancel")
+        assert "is finished already" in again.text
