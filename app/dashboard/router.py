@@ -205,12 +205,24 @@ def _detail(session: Session, user: User, audit_id: str) -> dict[str, Any] | Non
     }
 
 
-@router.get("/audits/{audit_id}")
-def audit_page(request: Request, audit_id: str, session: SessionDep, user: Viewer) -> Response:
+def _audit_page(
+    request: Request,
+    session: Session,
+    user: User,
+    audit_id: str,
+    message: str | None = None,
+    error: str | None = None,
+) -> Response:
+    """An audit's page (with what an action did: ``message`` or ``error``), or "missing"."""
     detail = _detail(session, user, audit_id)
     if detail is None:
         return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")
-    return _page(request, "audit.html.j2", user, **detail, message=None, error=None)
+    return _page(request, "audit.html.j2", user, **detail, message=message, error=error)
+
+
+@router.get("/audits/{audit_id}")
+def audit_page(request: Request, audit_id: str, session: SessionDep, user: Viewer) -> Response:
+    return _audit_page(request, session, user, audit_id)
 
 
 @router.post("/audits/{audit_id}/approve")
@@ -242,10 +254,7 @@ def approve(
         except AppError as exc:
             session.rollback()
             error = exc.message
-    detail = _detail(session, user, audit_id)
-    if detail is None:
-        return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")
-    return _page(request, "audit.html.j2", user, **detail, message=message, error=error)
+    return _audit_page(request, session, user, audit_id, message, error)
 
 
 @router.post("/audits/{audit_id}/cancel")
@@ -259,10 +268,7 @@ def cancel(request: Request, audit_id: str, session: SessionDep, user: Viewer) -
     except AppError as exc:
         session.rollback()
         error = exc.message
-    detail = _detail(session, user, audit_id)
-    if detail is None:
-        return _page(request, "missing.html.j2", user, what=f"audit {audit_id}")
-    return _page(request, "audit.html.j2", user, **detail, message=message, error=error)
+    return _audit_page(request, session, user, audit_id, message, error)
 
 
 @router.get("/audits/{audit_id}/status")
