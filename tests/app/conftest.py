@@ -5,6 +5,7 @@ through savepoints); users with tokens; a TestClient on the real app."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import create_user
 from app.db import engine_for, get_engine, sessions
+from app.orm import Audit, Network, User
 from app.settings import get_settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -106,3 +108,42 @@ def tokens(db: Session) -> dict[str, str]:
         _, out[name] = create_user(db, name, role)
     db.commit()
     return out
+
+
+def audit_row(session: Session, of: Audit | None = None, **fields: object) -> Audit:
+    """A queued audit row (``fields`` override its columns), committed: of the network ``of`` is
+    on, or of a new submitter's new network."""
+    if of is None:
+        user = User(name=f"owner-{secrets.token_hex(4)}", role="submitter", token_hash="0" * 64)
+        session.add(user)
+        session.flush()
+        network = Network(
+            owner_id=user.id,
+            name="n",
+            sha256="1" * 64,
+            format="onnx",
+            gradient_access="white-box",
+            size_bytes=1,
+            filename="model.onnx",
+            manifest={},
+            manifest_sha256="2" * 64,
+            files=[],
+            summary={},
+        )
+        session.add(network)
+        session.flush()
+        owner_id, network_id = user.id, network.id
+    else:
+        owner_id, network_id = of.owner_id, of.network_id
+    columns: dict[str, object] = {
+        "protocol_name": "quick",
+        "protocol_version": "2",
+        "protocol_sha256": "3" * 64,
+        "protocol_yaml": "name: quick",
+        "image_set": "builtin",
+        **fields,
+    }
+    audit = Audit(owner_id=owner_id, network_id=network_id, **columns)
+    session.add(audit)
+    session.commit()
+    return audit

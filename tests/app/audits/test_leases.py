@@ -14,45 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audits.leases import LostMessages, Requeue, claim, interrupted, lost, unsent
-from app.orm import Audit, AuditEvent, AuditShard, Network, User
-
-
-def _audit(db: Session, of: Audit | None = None) -> Audit:
-    """A queued audit: of a new user's new network, or of the network ``of`` was on."""
-    if of is None:
-        user = User(name="leaser", role="submitter", token_hash="0" * 64)
-        db.add(user)
-        db.flush()
-        network = Network(
-            owner_id=user.id,
-            name="n",
-            sha256="1" * 64,
-            format="onnx",
-            gradient_access="white-box",
-            size_bytes=1,
-            filename="model.onnx",
-            manifest={},
-            manifest_sha256="2" * 64,
-            files=[],
-            summary={},
-        )
-        db.add(network)
-        db.flush()
-        owner_id, network_id = user.id, network.id
-    else:
-        owner_id, network_id = of.owner_id, of.network_id
-    audit = Audit(
-        owner_id=owner_id,
-        network_id=network_id,
-        protocol_name="quick",
-        protocol_version="2",
-        protocol_sha256="3" * 64,
-        protocol_yaml="name: quick",
-        image_set="builtin",
-    )
-    db.add(audit)
-    db.commit()
-    return audit
+from app.orm import Audit, AuditEvent, AuditShard
+from tests.app.conftest import audit_row
 
 
 def _lease(db: Session, row: Audit | AuditShard) -> tuple[str, str | None]:
@@ -79,7 +42,7 @@ def test_lost_leases() -> None:
 
 
 def test_a_claim_takes_a_queued_or_lost_row_and_never_a_held_one(db: Session) -> None:
-    audit = _audit(db)
+    audit = audit_row(db)
     owner = claim(db, audit)
     assert owner is not None
     assert (audit.status, audit.lease_owner, audit.attempts) == ("running", owner, 1)
@@ -99,7 +62,7 @@ def test_a_claim_takes_a_queued_or_lost_row_and_never_a_held_one(db: Session) ->
 
 
 def test_the_sweep_requeues_each_lost_row_once(db: Session) -> None:
-    audit = _audit(db)
+    audit = audit_row(db)
     audit.status = "running"
     dead = f"{socket.gethostname()}:{_dead_pid()}:ab"
     live = f"{socket.gethostname()}:{os.getpid()}:cd"
@@ -139,7 +102,7 @@ def test_the_sweep_requeues_each_lost_row_once(db: Session) -> None:
 def test_the_sweep_finds_what_no_message_carries(db: Session) -> None:
     """The embedded broker deletes a message when a worker takes it: a worker that died before
     it claimed the row leaves a queued audit, a queued shard, or shards that no one merges."""
-    audit = _audit(db)
+    audit = audit_row(db)
     assert unsent(db, set()) == {(audit.id, None)}
     assert unsent(db, {(audit.id, None)}) == set()  # its message waits in the queue
 
@@ -172,8 +135,8 @@ def test_the_sweep_finds_what_no_message_carries(db: Session) -> None:
 def test_a_message_is_lost_when_its_row_stays_unsent_for_two_sweeps(db: Session) -> None:
     """A worker claims what it took within moments: one sweep's unsent row may be in a live
     worker's hands; the next sweep's is lost, and sent again once (logged)."""
-    first = _audit(db)
-    second = _audit(db, of=first)
+    first = audit_row(db)
+    second = audit_row(db, of=first)
     messages = LostMessages()
     assert messages.sweep(db, set()) == []  # both unsent once: maybe just taken
     second.status = "running"  # a worker claimed the one it took

@@ -12,8 +12,9 @@ from sqlalchemy import select
 
 from app.audits import lifecycle
 from app.db import get_engine, session_factory
-from app.orm import Audit, AuditEvent, AuditShard, Network, User
+from app.orm import Audit, AuditEvent, AuditShard
 from app.settings import get_settings
+from tests.app.conftest import audit_row
 
 
 @pytest.fixture
@@ -33,39 +34,10 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _fanned_out(shard_status: str) -> str:
-    """A running audit no worker holds, its three shards made (one in ``shard_status``)."""
+    """A running audit no worker holds, fanned out: its perturbation shard in ``shard_status``,
+    its structural shard succeeded."""
     with session_factory()() as session:
-        user = User(name="u", role="submitter", token_hash="0" * 64)
-        session.add(user)
-        session.flush()
-        network = Network(
-            owner_id=user.id,
-            name="n",
-            sha256="1" * 64,
-            format="onnx",
-            gradient_access="white-box",
-            size_bytes=1,
-            filename="model.onnx",
-            manifest={},
-            manifest_sha256="2" * 64,
-            files=[],
-            summary={},
-        )
-        session.add(network)
-        session.flush()
-        audit = Audit(
-            owner_id=user.id,
-            network_id=network.id,
-            protocol_name="quick",
-            protocol_version="2",
-            protocol_sha256="3" * 64,
-            protocol_yaml="name: quick",
-            image_set="builtin",
-            status="running",
-            attempts=1,
-        )
-        session.add(audit)
-        session.flush()
+        audit = audit_row(session, status="running", attempts=1)
         for test, status in (("perturbation", shard_status), ("structural", "succeeded")):
             session.add(AuditShard(audit_id=audit.id, test=test, status=status))
         session.commit()
