@@ -34,6 +34,7 @@ from reconstruction.instability.registry import REGISTRY, TESTS
 from reconstruction.models.manifest import ESPIRIT
 from reconstruction.operators import MultiCoilMRI
 from reconstruction.protocols import METRIC_CONVENTIONS, Protocol
+from reconstruction.results import RESULTS_SCHEMA, checked
 
 __all__ = [
     "RESULTS_SCHEMA",
@@ -48,7 +49,6 @@ __all__ = [
     "run_suite",
 ]
 
-RESULTS_SCHEMA = "recon-audit/results/v1"
 #: (stage, done, total) -> None
 Progress = Callable[[str, int, int], None]
 #: the reason a test carries in a shard that does not run it
@@ -72,27 +72,31 @@ class SuiteResult:
     sensitivities: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": RESULTS_SCHEMA,
-            "created": self.created,
-            "protocol": self.protocol.identity(),
-            "protocol_document": self.protocol.model_dump(mode="json"),
-            "model": self.model,
-            "images": self.images,
-            "custom_details": self.details,
-            "measurements": "measured"
-            if any(i.get("measured") for i in self.images)
-            else "simulated",
-            "sensitivities": self.sensitivities,
-            "metric_convention": {
-                "name": self.protocol.metrics.convention,
-                "description": METRIC_CONVENTIONS[self.protocol.metrics.convention],
-            },
-            "tests": {name: result.as_dict() for name, result in self.tests.items()},
-            "verdicts": {name: result.verdict for name, result in self.tests.items()},
-            "environment": self.environment,
-            "timings_seconds": self.timings,
-        }
+        """The results document (:class:`reconstruction.results.Results`), checked against
+        the schema."""
+        return checked(
+            {
+                "schema": RESULTS_SCHEMA,
+                "created": self.created,
+                "protocol": self.protocol.identity(),
+                "protocol_document": self.protocol.model_dump(mode="json"),
+                "model": self.model,
+                "images": self.images,
+                "custom_details": self.details,
+                "measurements": "measured"
+                if any(i.get("measured") for i in self.images)
+                else "simulated",
+                "sensitivities": self.sensitivities,
+                "metric_convention": {
+                    "name": self.protocol.metrics.convention,
+                    "description": METRIC_CONVENTIONS[self.protocol.metrics.convention],
+                },
+                "tests": {name: result.as_dict() for name, result in self.tests.items()},
+                "verdicts": {name: result.verdict for name, result in self.tests.items()},
+                "environment": self.environment,
+                "timings_seconds": self.timings,
+            }
+        )
 
 
 def _image_record(image: LoadedImage, array: np.ndarray) -> dict[str, Any]:
@@ -138,7 +142,7 @@ def merge_results(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
     missing = [n for n, t in merged["tests"].items() if t.get("reason") == SHARD_SKIP]
     if missing:
         raise ValueError(f"no shard ran {', '.join(missing)}")
-    return merged
+    return checked(merged)
 
 
 def prepare_images(

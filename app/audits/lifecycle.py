@@ -34,17 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from app import checkpoints, events, queue
-from app.audits import leases
+from app.audits import leases, repository
 from app.audits.runs import message, run_jailed
 from app.certificates.identity import Certificate
 from app.certificates.service import SignedReport, sign_report
 from app.db import session_factory, utcnow
-from app.orm import FINISHED, Audit, AuditResult, AuditShard, Network
+from app.orm import FINISHED, Audit, AuditShard, Network
 from app.report import write_documents
 from app.settings import get_settings
 from app.storage import Store
@@ -68,10 +65,6 @@ class Stopped(Exception):
 def tests_of(protocol_yaml: str) -> list[str]:
     """The tests a protocol runs, in the report's order."""
     return [test.name for test in enabled(parse_protocol(protocol_yaml))]
-
-
-def _shards(session: Session, audit_id: str) -> list[AuditShard]:
-    return list(session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)))
 
 
 class _Progress:
@@ -103,7 +96,7 @@ class _Progress:
             if self.test is None:
                 audit.stage, audit.percent = stage, percent
             else:
-                shards = _shards(session, self.audit_id)
+                shards = repository.shards(session, self.audit_id)
                 for shard in shards:
                     if shard.test == self.test:
                         shard.percent = percent
@@ -133,7 +126,7 @@ def run_audit(audit_id: str) -> str:
     with session_factory()() as session:
         audit = session.get(Audit, audit_id)
         fanned_out = audit is not None and audit.status == "running" and not audit.lease_owner
-        shards = _shards(session, audit_id) if fanned_out else []
+        shards = repository.shards(session, audit_id) if fanned_out else []
     if shards:
         if any(s.status != "succeeded" for s in shards):
             return "fanned out already"
@@ -142,7 +135,7 @@ def run_audit(audit_id: str) -> str:
         audit = session.get(Audit, audit_id)
         if audit is None or audit.status in FINISHED:
             return "nothing to do"
-        if session.get(AuditResult, audit_id) is not None:  # stored, status not yet written
+        if repository.result_of(session, audit_id) is not None:  # stored, status not yet written
             audit.status, audit.percent, audit.finished_at = "succeeded", 100.0, utcnow()
             audit.lease_owner = audit.lease_expires = None
             session.commit()
@@ -163,7 +156,7 @@ def run_audit(audit_id: str) -> str:
             {"attempt": audit.attempts, "shards": tests if fan_out else None},
         )
         if fan_out:
-            known = {s.test: s for s in _shards(session, audit_id)}
+            known = {s.test: s for s in repository.shards(session, audit_id)}
             for test in tests:
                 if test not in known:
                     session.add(AuditShard(audit_id=audit_id, test=test))
@@ -242,9 +235,7 @@ def run_shard(audit_id: str, test: str) -> str:
     settings = get_settings()
     with session_factory()() as session:
         audit = session.get(Audit, audit_id)
-        shard = session.scalars(
-            select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.test == test)
-        ).first()
+        shard = repository.shard(session, audit_id, test)
         if audit is None or shard is None or audit.status in FINISHED:
             return "nothing to do"
         owner = None if shard.status == "succeeded" else leases.claim(session, shard)
@@ -283,7 +274,7 @@ def _merge_if_complete(store: Store, audit_id: str, owner: str | None = None) ->
         audit = session.get(Audit, audit_id)
         if audit is None or audit.status in FINISHED:
             return "nothing to do"
-        shards = _shards(session, audit_id)
+        shards = repository.shards(session, audit_id)
         if any(s.status != "succeeded" for s in shards):
             return "shard stored"
         documents = [s.results for s in sorted(shards, key=lambda s: TESTS.index(s.test))]
@@ -362,20 +353,7 @@ def _finish(
         audit = session.get(Audit, audit_id, with_for_update=True)
         if audit is None or audit.status == "cancelled":
             return
-        stored = True
-        try:
-            session.add(
-                AuditResult(
-                    audit_id=audit_id,
-                    results=results,
-                    results_sha256=files["results.json"],
-                    files=files,
-                )
-            )
-            session.flush()
-        except IntegrityError:  # another delivery stored them first
-            session.rollback()
-            stored = False
+        stored = repository.store_result(session, audit_id, results, files)
         audit = session.get_one(Audit, audit_id)
         if audit.status in FINISHED:
             session.commit()

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Select
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.sql.base import ExecutableOption
 
 from app.auth import visible_to
-from app.orm import Audit, AuditResult, User
+from app.orm import Audit, AuditResult, AuditShard, User
 from app.pagination import Order
 
 #: the lists' order: newest first, the id breaking ties
@@ -43,3 +45,35 @@ def listed(session: Session, user: User, status: str | None = None) -> Sequence[
 
 def result_of(session: Session, audit_id: str) -> AuditResult | None:
     return session.get(AuditResult, audit_id)
+
+
+def shards(session: Session, audit_id: str) -> list[AuditShard]:
+    """A fanned-out audit's shards (one per test)."""
+    return list(session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)))
+
+
+def shard(session: Session, audit_id: str, test: str) -> AuditShard | None:
+    """The shard of ``audit_id`` that runs ``test``."""
+    query = select(AuditShard).where(AuditShard.audit_id == audit_id, AuditShard.test == test)
+    return session.scalars(query).first()
+
+
+def store_result(
+    session: Session, audit_id: str, results: dict[str, Any], files: dict[str, str]
+) -> bool:
+    """Store an audit's results once (the table refuses a second row): whether this call
+    stored them (False: another delivery did first, and the session is rolled back)."""
+    try:
+        session.add(
+            AuditResult(
+                audit_id=audit_id,
+                results=results,
+                results_sha256=files["results.json"],
+                files=files,
+            )
+        )
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True

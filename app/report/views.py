@@ -15,6 +15,18 @@ from app.certificates.identity import Certificate
 from app.report.captions import figure_caption
 from app.report.titles import ROLES, TEST_QUESTIONS, TEST_TITLES, eps_label
 from reconstruction.instability.common import STABLE_WORDING
+from reconstruction.instability.numbers import (
+    Amplification,
+    LocalRecord,
+    Outcome,
+    Perturbation,
+    Record,
+    RoleRecord,
+    Sampling,
+    Structural,
+    ThreatBlock,
+)
+from reconstruction.instability.registry import BY_NAME
 
 __all__ = ["TEST_VIEWS", "VERDICT_CLASSES", "certificate_view", "overall", "sections"]
 
@@ -43,129 +55,131 @@ def _verdict_class(verdict: Any) -> str:
 # perturbation
 
 
-def _search_diagnostics(rec: dict[str, Any]) -> dict[str, Any]:
+def _search_diagnostics(rec: RoleRecord | LocalRecord) -> dict[str, Any]:
     """How strong the search behind one row was (results written before the search recorded
     its convergence show the restarts' spread only)."""
     # restart_changes: [starts][images]
-    starts = np.asarray(rec.get("restart_changes") or [], dtype=float)
+    restart_changes = rec.restart_changes if isinstance(rec, RoleRecord) else []
+    starts = np.asarray(restart_changes, dtype=float)
     n_starts = int(starts.shape[0]) if starts.ndim == 2 else 0
-    search = rec.get("search")
+    search = rec.search
     if search is None:
+        assert isinstance(rec, RoleRecord)
         several = n_starts > 1
         return {
             "restarts": n_starts,
-            "iterations": len(rec["loss_curves"][0]) if rec.get("loss_curves") else 0,
+            "iterations": len(rec.loss_curves[0]) if rec.loss_curves else 0,
             "plateaued": None,
             "spread": _max(1.0 - starts.min(axis=0) / np.maximum(starts.max(axis=0), 1e-12))
             if several
             else None,
             "passes": None,
         }
-    spreads = [v for v in search["restart_spread"] if v is not None]
-    done = sum(bool(v) for v in search["plateaued"])
+    spreads = [v for v in search.restart_spread if v is not None]
+    done = sum(bool(v) for v in search.plateaued)
     return {
         "restarts": n_starts,
-        "iterations": max(search["iterations"], default=0),
-        "plateaued": f"{done} of {len(search['plateaued'])}",
+        "iterations": max(search.iterations, default=0),
+        "plateaued": f"{done} of {len(search.plateaued)}",
         "spread": _max(spreads) if spreads else None,
-        "passes": search["passes"],
+        "passes": search.passes,
     }
 
 
-def _threat_view(threat: str, block: dict[str, Any]) -> dict[str, Any]:
+def _threat_view(threat: str, block: ThreatBlock) -> dict[str, Any]:
     """One threat model's tables: a row per eps and role, the searches' diagnostics and the
     localized searches."""
     rows, diagnostics, local = [], [], []
-    for row in block["results"]:
-        net_change = np.asarray(row["network"]["output_change"], float)
-        base_change = np.asarray(row["baseline"]["output_change"], float)
+    for row in block.results:
+        net_change = np.asarray(row.network.output_change, float)
+        base_change = np.asarray(row.baseline.output_change, float)
         ratio = _mean(net_change / np.maximum(base_change, 1e-12))
         for role in ROLES:
-            rec = row[role]
+            rec = row.role(role)
             rows.append(
                 {
-                    "eps": row["eps"],
+                    "eps": row.eps,
                     "role": role,
-                    "size": _mean(rec["size"]),
-                    "change": _mean(rec["output_change"]),
-                    "change_max": _max(rec["output_change"]),
+                    "size": _mean(rec.size),
+                    "change": _mean(rec.output_change),
+                    "change_max": _max(rec.output_change),
                     "ratio": ratio if role == "network" else None,
-                    "noise": _mean(rec["noise_control_change"]),
-                    "psnr_clean": _mean(rec["psnr_clean_db"]),
-                    "psnr_perturbed": _mean(rec["psnr_perturbed_db"]),
-                    "local": _max(rec.get("local_error_increase_db", [])),
-                    "persistence": _mean(rec["persistence"]),
-                    "lipschitz": _mean(rec["local_lipschitz"]),
+                    "noise": _mean(rec.noise_control_change),
+                    "psnr_clean": _mean(rec.psnr_clean_db),
+                    "psnr_perturbed": _mean(rec.psnr_perturbed_db),
+                    "local": _max(rec.local_error_increase_db or []),
+                    "persistence": _mean(rec.persistence),
+                    "lipschitz": _mean(rec.local_lipschitz),
                 }
             )
             diagnostics.append(
                 {
-                    "eps": row["eps"],
+                    "eps": row.eps,
                     "role": role,
-                    "best": _max(rec["output_change"]),
-                    "queries": rec.get("queries"),
+                    "best": _max(rec.output_change),
+                    "queries": rec.queries,
                     **_search_diagnostics(rec),
                 }
             )
-            targeted = row.get(f"local_{role}")
+            targeted = row.local(role)
             if targeted is not None:
                 local.append(
                     {
-                        "eps": row["eps"],
+                        "eps": row.eps,
                         "role": role,
-                        "change": _max(targeted["window_change"]),
-                        "local": _max(targeted["local_error_increase_db"]),
+                        "change": _max(targeted.window_change),
+                        "local": _max(targeted.local_error_increase_db or []),
                         "psnr_drop": _max(
-                            np.asarray(targeted["psnr_clean_db"], float)
-                            - np.asarray(targeted["psnr_perturbed_db"], float)
+                            np.asarray(targeted.psnr_clean_db, float)
+                            - np.asarray(targeted.psnr_perturbed_db, float)
                         ),
-                        "targeted": targeted.get("targeted", True),
+                        "targeted": targeted.targeted,
                         **_search_diagnostics(targeted),
                     }
                 )
-    amplification = block.get("amplification") or {}
+    amplification = block.amplification or Amplification()
     return {
         "name": threat,
-        "normalisation": block.get("normalisation", eps_label(threat)),
+        "normalisation": block.normalisation or eps_label(threat),
         "rows": rows,
         "diagnostics": diagnostics,
         "local": local,
         "amplification": {
-            role: _mean(amplification[role]) if amplification.get(role) else None for role in ROLES
+            "network": _mean(amplification.network) if amplification.network else None,
+            "baseline": _mean(amplification.baseline) if amplification.baseline else None,
         },
-        "amplification_method": amplification.get("method"),
+        "amplification_method": amplification.method,
     }
 
 
-def _perturbation_view(test: dict[str, Any]) -> dict[str, Any]:
-    threats = [
-        _threat_view(threat, block) for threat, block in test.get("threat_models", {}).items()
-    ]
+def _perturbation_view(test: Outcome) -> dict[str, Any]:
+    assert isinstance(test, Perturbation)
+    threats = [_threat_view(threat, block) for threat, block in test.threat_models.items()]
     pnas = []
     for role in ROLES:
-        block = test.get("pnas", {}).get(role)
+        block = None if test.pnas is None else test.pnas.role(role)
         if block is None:
             continue
         checkpoints = [
             {
                 "k": k + 1,
-                "size": _mean(block["sizes"][k]),
-                "change": _mean(block["output_change"][k]),
-                "psnr": _mean(block["psnr_db"][k]),
-                "iterations": ", ".join(str(i) for i in block["iterations"][k]),
+                "size": _mean(block.sizes[k]),
+                "change": _mean(block.output_change[k]),
+                "psnr": _mean(block.psnr_db[k]),
+                "iterations": ", ".join(str(i) for i in block.iterations[k]),
             }
-            for k in range(len(block["sizes"]))
+            for k in range(len(block.sizes))
         ]
-        pnas.append({"role": role, "checkpoints": checkpoints, "stop": block["stop_reason"]})
+        pnas.append({"role": role, "checkpoints": checkpoints, "stop": block.stop_reason})
     return {
         "threats": threats,
-        "convergence": test.get("convergence"),
+        "convergence": _plain(test.convergence),
         "pnas": pnas,
-        "pnas_settings": test.get("pnas", {}).get("settings"),
-        "evidence": test.get("evidence", [])[:5],
-        "borderline": test.get("borderline", [])[:5],
-        "evidence_total": len(test.get("evidence", [])),
-        "borderline_total": len(test.get("borderline", [])),
+        "pnas_settings": None if test.pnas is None else test.pnas.settings.model_dump(),
+        "evidence": [_plain(e) for e in test.evidence[:5]],
+        "borderline": [_plain(e) for e in test.borderline[:5]],
+        "evidence_total": len(test.evidence),
+        "borderline_total": len(test.borderline),
     }
 
 
@@ -173,52 +187,52 @@ def _perturbation_view(test: dict[str, Any]) -> dict[str, Any]:
 # sampling and structural
 
 
-def _sampling_view(test: dict[str, Any]) -> dict[str, Any]:
+def _sampling_view(test: Outcome) -> dict[str, Any]:
+    assert isinstance(test, Sampling)
     rows = []
-    for row in test.get("ladder", []):
-        entry: dict[str, Any] = {
-            "factor": row["factor"],
-            "ratio": row["ratio"],
-            "training": row["training"],
-        }
+    for row in test.ladder:
+        entry: dict[str, Any] = {"factor": row.factor, "ratio": row.ratio, "training": row.training}
         for role in ROLES:
+            scores = row.role(role)
             entry[role] = {
-                "psnr": row[role]["psnr"],
-                "ssim": row[role]["ssim_ci"],
-                "per_image": row[role]["psnr_db"],
+                "psnr": _plain(scores.psnr),
+                "ssim": _plain(scores.ssim_ci),
+                "per_image": scores.psnr_db,
             }
         rows.append(entry)
-    largest = test.get("largest_decline") or {}
+    largest = test.largest_decline
     return {
         "rows": rows,
         "images": range(len(rows[0]["network"]["per_image"])) if rows else range(0),
         "declines": [
-            {"label": label, **largest[metric]}
+            {"label": label, **_plain(comparison)}
             for metric, label in (("psnr_db", "PSNR (dB)"), ("ssim", "SSIM"))
-            if largest.get(metric)
+            if (comparison := largest.get(metric)) is not None
         ],
     }
 
 
-def _structural_view(test: dict[str, Any]) -> dict[str, Any]:
-    smallest = test.get("smallest_recovered_px") or {}
-    contrasts = sorted(smallest.get("network", {}), key=float)
+def _structural_view(test: Outcome) -> dict[str, Any]:
+    assert isinstance(test, Structural)
+    smallest = test.smallest_recovered_px
+    network, baseline = smallest.get("network", {}), smallest.get("baseline", {})
     return {
-        "classes": test.get("classes", []),
-        "paired": test.get("paired"),
+        "classes": [_plain(c) for c in test.classes],
+        "paired": _plain(test.paired),
         "smallest": [
-            {
-                "contrast": c,
-                "network": smallest["network"].get(c),
-                "baseline": smallest.get("baseline", {}).get(c),
-            }
-            for c in contrasts
+            {"contrast": c, "network": network.get(c), "baseline": baseline.get(c)}
+            for c in sorted(network, key=float)
         ],
     }
+
+
+def _plain(record: Record | None) -> Any:
+    """A record as the template reads it (its JSON fields, as written)."""
+    return None if record is None else record.model_dump(exclude_unset=True)
 
 
 #: each test's view of its numbers, by the registry's names
-TEST_VIEWS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+TEST_VIEWS: dict[str, Callable[[Outcome], dict[str, Any]]] = {
     "perturbation": _perturbation_view,
     "sampling": _sampling_view,
     "structural": _structural_view,
@@ -244,7 +258,7 @@ def sections(results: dict[str, Any], figures: dict[str, str]) -> list[dict[str,
             "numbers": test,
         }
         if test.get("verdict") != "skipped" and name in TEST_VIEWS:
-            view[name] = TEST_VIEWS[name](test)
+            view[name] = TEST_VIEWS[name](BY_NAME[name].block.validate_python(test))
         view["figures"] = [
             {"name": figure, "src": src, "caption": figure_caption(figure)}
             for figure, src in figures.items()

@@ -1,6 +1,7 @@
 """The three tests, each declared once: its name (the key in results.json, the protocol and
 ``--only``), the title and question the certificate prints, the protocol section that
-configures it, its runner and how many progress steps it takes. The suite, the command lines,
+configures it, its runner, how many progress steps it takes, and the model of its numbers (its
+block of results.json, :mod:`reconstruction.instability.numbers`). The suite, the command lines,
 the worker's fan-out and the report iterate :data:`REGISTRY`; the report's figures and views
 are keyed by :data:`TESTS` (a test checks that every test has both)."""
 
@@ -9,8 +10,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import Field, TypeAdapter
+
+from reconstruction.instability.numbers import Outcome, Perturbation, Sampling, Skipped, Structural
 from reconstruction.protocols import Protocol
 
 if TYPE_CHECKING:
@@ -19,7 +24,7 @@ if TYPE_CHECKING:
 
     from reconstruction.instability.common import AuditData, Subject, TestResult
 
-__all__ = ["REGISTRY", "TESTS", "InstabilityTest", "Runner", "enabled"]
+__all__ = ["BY_NAME", "REGISTRY", "TESTS", "InstabilityTest", "Runner", "enabled"]
 
 
 class Runner:
@@ -80,6 +85,18 @@ class InstabilityTest:
     run: Runner
     #: the progress steps it reports for a protocol that runs it
     steps: Callable[[Protocol], int]
+    #: its block of results.json when it ran (when it did not: :class:`Skipped`)
+    numbers: type[Outcome]
+
+    @cached_property
+    def block(self) -> TypeAdapter[Outcome]:
+        """Reads the test's block of results.json: its numbers model, or
+        :class:`Skipped` (by ``verdict``)."""
+        union: Any = self.numbers | Skipped
+        adapter: TypeAdapter[Outcome] = TypeAdapter(
+            Annotated[union, Field(discriminator="verdict")]
+        )
+        return adapter
 
     def config(self, protocol: Protocol) -> object | None:
         """The protocol's settings for this test, or None when the protocol does not run it."""
@@ -99,6 +116,7 @@ REGISTRY: tuple[InstabilityTest, ...] = (
         section="perturbation",
         run=Runner("reconstruction.instability.perturbation:run_perturbation"),
         steps=_perturbation_steps,
+        numbers=Perturbation,
     ),
     InstabilityTest(
         name="structural",
@@ -110,6 +128,7 @@ REGISTRY: tuple[InstabilityTest, ...] = (
         section="structural",
         run=Runner("reconstruction.instability.structural:run_structural", takes_details=True),
         steps=_structural_steps,
+        numbers=Structural,
     ),
     InstabilityTest(
         name="sampling",
@@ -121,11 +140,14 @@ REGISTRY: tuple[InstabilityTest, ...] = (
         section="sampling",
         run=Runner("reconstruction.instability.more_samples:run_more_samples"),
         steps=_sampling_steps,
+        numbers=Sampling,
     ),
 )
 
 #: the tests' names, in the report's order
 TESTS: tuple[str, ...] = tuple(test.name for test in REGISTRY)
+#: the tests by name
+BY_NAME: dict[str, InstabilityTest] = {test.name: test for test in REGISTRY}
 
 
 def enabled(protocol: Protocol) -> list[InstabilityTest]:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from app.report.figures import perturbation, sampling, structural
 from app.report.figures.common import FIGURE_DPI, Window, window
 from reconstruction.instability.common import TestResult
-from reconstruction.instability.registry import TESTS
+from reconstruction.instability.numbers import Outcome
+from reconstruction.instability.registry import REGISTRY
 
 __all__ = ["FIGURES", "FIGURE_DPI", "write_figures"]
 
@@ -34,20 +36,20 @@ def write_figures(
     figures_dir.mkdir(parents=True, exist_ok=True)
     shown = window(tests, truth)
     out: dict[str, Path] = {}
-    for name in TESTS:  # the report's order
-        test = tests.get(name)
+    for entry in REGISTRY:  # the report's order
+        test = tests.get(entry.name)
         if test is not None and test.verdict != "skipped":
-            FIGURES[name](test, np.asarray(truth), shown, figures_dir, out)
+            numbers = entry.block.validate_python(test.as_dict())
+            FIGURES[entry.name](numbers, test.figures, np.asarray(truth), shown, figures_dir, out)
     return out
 
 
-#: each test's figures, by the registry's names: ``(test, truths, window, folder, written)``
-FIGURES: dict[str, Callable[[TestResult, np.ndarray, Window, Path, dict[str, Path]], None]] = {
-    "perturbation": lambda test, _truth, shown, folder, out: perturbation.write(
-        test, shown, folder, out
-    ),
-    "structural": lambda test, _truth, shown, folder, out: structural.write(
-        test, shown, folder, out
-    ),
+#: what draws a test's figures: ``(numbers, figure arrays, truths, window, folder, written)``;
+#: ``numbers``: the test's block of results.json as its registry model
+Draw = Callable[[Outcome, dict[str, Any], np.ndarray, Window, Path, dict[str, Path]], None]
+#: each test's figures, by the registry's names
+FIGURES: dict[str, Draw] = {
+    "perturbation": perturbation.write,
+    "structural": structural.write,
     "sampling": sampling.write,
 }

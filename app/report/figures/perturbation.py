@@ -25,7 +25,7 @@ from app.report.figures.common import (
 )
 from app.report.titles import ROLES, eps_label
 from reconstruction.data import magnitude
-from reconstruction.instability.common import TestResult
+from reconstruction.instability.numbers import Outcome, Perturbation, PnasNumbers, ThreatBlock
 
 __all__ = ["write"]
 
@@ -35,15 +35,8 @@ WORST_WINDOW_COLOUR = "#ffbf00"
 ZOOM_COLOUR = "#ffd54f"
 
 # --------------------------------------------------------------------------------------------
-# what the figures read: the test's numbers (its block of results.json) and its figure arrays
-
-
-def _threat(numbers: dict[str, Any], threat: str) -> dict[str, Any]:
-    """One threat model's numbers: ``eps`` and one row of ``results`` per eps (each with a
-    record per role: ``output_change``, ``noise_control_change``, ``psnr_clean_db``,
-    ``psnr_perturbed_db``, ``loss_curves``, per image)."""
-    block: dict[str, Any] = numbers["threat_models"][threat]
-    return block
+# what the figures read: the test's numbers (:class:`Perturbation`: per threat model a
+# :class:`ThreatBlock`, a row per eps with a record per role) and its figure arrays
 
 
 def _role_key(role: str, state: str) -> str:
@@ -61,15 +54,14 @@ def _role_image(arrays: dict[str, Any], role: str, state: str, index: int) -> np
 # the figures
 
 
-def _curves(numbers: dict[str, Any], threat: str) -> Figure:
-    block = _threat(numbers, threat)
-    eps = np.asarray(block["eps"], dtype=float)
+def _curves(block: ThreatBlock, threat: str) -> Figure:
+    eps = np.asarray(block.eps, dtype=float)
     fig = new_figure(6.4, 3.3)
     ax = fig.add_subplot()
     for role in ROLES:
         colour = ROLE_COLOURS[role]
-        change = np.asarray([row[role]["output_change"] for row in block["results"]], float)
-        noise = np.asarray([row[role]["noise_control_change"] for row in block["results"]], float)
+        change = np.asarray([row.role(role).output_change for row in block.results], float)
+        noise = np.asarray([row.role(role).noise_control_change for row in block.results], float)
         ax.plot(eps, change.mean(axis=1), "o-", color=colour, label=f"{role}: worst case found")
         ax.fill_between(
             eps, change.min(axis=1), change.max(axis=1), color=colour, alpha=0.18, linewidth=0
@@ -95,9 +87,9 @@ def _curves(numbers: dict[str, Any], threat: str) -> Figure:
     return fig
 
 
-def _images(numbers: dict[str, Any], figs: dict[str, Any], threat: str, window: Window) -> Figure:
+def _images(block: ThreatBlock, figs: dict[str, Any], threat: str, window: Window) -> Figure:
     data = figs[threat]
-    last = _threat(numbers, threat)["results"][-1]
+    last = block.results[-1]
     worst = int(np.argmax(np.asarray(data["network_change"][-1], dtype=float)))
     eps = float(data["eps"][-1])
     truth = np.asarray(figs["truth"])[worst]
@@ -123,18 +115,18 @@ def _images(numbers: dict[str, Any], figs: dict[str, Any], threat: str, window: 
     shown_diff: AxesImage | None = None
     for row, role in enumerate(ROLES):
         clean, perturbed, diff = diffs[role]
-        rec = last[role]
-        show(axes[row, 1], clean, f"{role}, clean\nPSNR {db(rec['psnr_clean_db'][worst])}", window)
+        rec = last.role(role)
+        show(axes[row, 1], clean, f"{role}, clean\nPSNR {db(rec.psnr_clean_db[worst])}", window)
         show(
             axes[row, 2],
             perturbed,
-            f"{role}, perturbed\nPSNR {db(rec['psnr_perturbed_db'][worst])}",
+            f"{role}, perturbed\nPSNR {db(rec.psnr_perturbed_db[worst])}",
             window,
         )
         shown_diff = show(
             axes[row, 3],
             diff,
-            f"|f(y+e) - f(y)|, rel. change\n{rec['output_change'][worst]:.3g}",
+            f"|f(y+e) - f(y)|, rel. change\n{rec.output_change[worst]:.3g}",
             (0.0, top),
             DIFF_CMAP,
         )
@@ -152,21 +144,20 @@ def _images(numbers: dict[str, Any], figs: dict[str, Any], threat: str, window: 
     return fig
 
 
-def _loss(numbers: dict[str, Any], threat: str) -> Figure:
-    block = _threat(numbers, threat)
+def _loss(block: ThreatBlock, threat: str) -> Figure:
     fig = new_figure(6.4, 2.8)
     axes = fig.subplots(1, 2, sharey=False)
-    colours = _ramp(len(block["results"]))
+    colours = _ramp(len(block.results))
     for ax, role in zip(axes, ROLES, strict=True):
-        for colour, row in zip(colours, block["results"], strict=True):
-            for k, curve in enumerate(row[role]["loss_curves"]):
+        for colour, row in zip(colours, block.results, strict=True):
+            for k, curve in enumerate(row.role(role).loss_curves):
                 ax.plot(
                     np.arange(1, len(curve) + 1),
                     curve,
                     color=colour,
                     linewidth=1,
                     alpha=1.0 if k == 0 else 0.5,
-                    label=f"eps = {row['eps']:.3g}" if k == 0 else None,
+                    label=f"eps = {row.eps:.3g}" if k == 0 else None,
                 )
         ax.set_title(f"{role} attack ({threat} domain)", fontsize=8)
         ax.set_xlabel("iteration", fontsize=7)
@@ -199,14 +190,14 @@ def _zoom_box(diff: np.ndarray) -> tuple[int, int, int]:
     return r0, c0, size
 
 
-def _pnas(numbers: dict[str, Any], figs: dict[str, Any], window: Window) -> tuple[Figure, Figure]:
-    """The paper's search: ``numbers["pnas"][role]`` (``output_change``, ``sizes`` per
-    checkpoint and image) and ``figs["pnas"][role]`` (``reconstructions``, ``perturbations``
+def _pnas(pnas: PnasNumbers, figs: dict[str, Any], window: Window) -> tuple[Figure, Figure]:
+    """The paper's search: ``pnas`` (per role ``output_change`` and ``sizes`` per checkpoint
+    and image) and ``figs["pnas"][role]`` (``reconstructions``, ``perturbations``
     ``[checkpoints, images, H, W]``); the clean reconstructions come from the image-domain
     threat model's arrays when it ran."""
-    pnas_numbers, pnas_figs = numbers["pnas"], figs["pnas"]
-    roles = [role for role in ROLES if role in pnas_figs]
-    final = np.asarray(pnas_numbers["network"]["output_change"], dtype=float)[-1]
+    pnas_figs = figs["pnas"]
+    roles = [role for role in ROLES if role in pnas_figs and pnas.role(role) is not None]
+    final = np.asarray(pnas.network.output_change, dtype=float)[-1]
     worst = int(np.argmax(final))
     clean_source = figs.get("image", {})
     truth = np.asarray(figs["truth"])[worst]
@@ -235,7 +226,9 @@ def _pnas(numbers: dict[str, Any], figs: dict[str, Any], window: Window) -> tupl
     for row, role in enumerate(roles):
         show(axes[row, 0], cleans[role], f"{role}\nclean f(y)", window)
         outline(axes[row, 0], (r0, c0, r0 + size, c0 + size), ZOOM_COLOUR)
-        sizes = pnas_numbers[role]["sizes"]
+        record = pnas.role(role)
+        assert record is not None
+        sizes = record.sizes
         for k in range(n_check):
             norm = float(sizes[k][worst])
             show(
@@ -279,21 +272,29 @@ def _pnas(numbers: dict[str, Any], figs: dict[str, Any], window: Window) -> tupl
     return main, zoom
 
 
-def write(test: TestResult, window: Window, figures_dir: Path, out: dict[str, Path]) -> None:
+def write(
+    numbers: Outcome,
+    figs: dict[str, Any],
+    _truth: np.ndarray,
+    window: Window,
+    figures_dir: Path,
+    out: dict[str, Path],
+) -> None:
     """``perturbation_{threat}_curves``, ``_images`` and ``_loss`` per threat model run, then
-    ``perturbation_pnas`` and ``perturbation_pnas_zoom`` when the paper's search ran."""
-    numbers, figs = test.numbers, test.figures
-    for threat in numbers.get("threat_models", {}):
-        save(_curves(numbers, threat), figures_dir, f"perturbation_{threat}_curves", out)
+    ``perturbation_pnas`` and ``perturbation_pnas_zoom`` when the paper's search ran
+    (``figs``: the test's figure arrays, which hold the truths)."""
+    assert isinstance(numbers, Perturbation)
+    for threat, block in numbers.threat_models.items():
+        save(_curves(block, threat), figures_dir, f"perturbation_{threat}_curves", out)
         if threat in figs and "truth" in figs:
             save(
-                _images(numbers, figs, threat, window),
+                _images(block, figs, threat, window),
                 figures_dir,
                 f"perturbation_{threat}_images",
                 out,
             )
-        save(_loss(numbers, threat), figures_dir, f"perturbation_{threat}_loss", out)
-    if "pnas" in figs and "pnas" in numbers and "network" in figs["pnas"]:
-        main, zoom = _pnas(numbers, figs, window)
+        save(_loss(block, threat), figures_dir, f"perturbation_{threat}_loss", out)
+    if "pnas" in figs and numbers.pnas is not None and "network" in figs["pnas"]:
+        main, zoom = _pnas(numbers.pnas, figs, window)
         save(main, figures_dir, "perturbation_pnas", out)
         save(zoom, figures_dir, "perturbation_pnas_zoom", out)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from app.report.figures.common import Window, new_figure, outline, save, show
 from app.report.titles import ROLES
-from reconstruction.instability.common import TestResult
+from reconstruction.instability.numbers import DetailRow, Outcome, Structural
 
 __all__ = ["write"]
 
@@ -24,8 +24,9 @@ DETAIL_BOX_COLOUR = "#ffd54f"
 
 # --------------------------------------------------------------------------------------------
 # what the figure reads: a panel per detail from the test's figure arrays (``image``, ``name``,
-# ``contrast``, ``box`` and a crop per role and of the ``truth``), and the detail's row of the
-# test's ``details`` numbers (``missed``, and per role ``contrast_recovery`` and ``visible``)
+# ``contrast``, ``box`` and a crop per role and of the ``truth``), and the detail's
+# :class:`DetailRow` in the test's numbers (``missed``, and per role ``contrast_recovery`` and
+# ``visible``)
 
 
 def _image(panel: dict[str, Any]) -> int:
@@ -33,17 +34,15 @@ def _image(panel: dict[str, Any]) -> int:
     return image
 
 
-def _detail_row(numbers: dict[str, Any], panel: dict[str, Any]) -> dict[str, Any] | None:
-    """The panel's detail in ``numbers["details"]`` (same image, name and contrast: the class
-    contrast when the row has one)."""
-    for row in numbers.get("details", []):
+def _detail_row(numbers: Structural, panel: dict[str, Any]) -> DetailRow | None:
+    """The panel's detail in the numbers (same image, name and placed contrast)."""
+    for row in numbers.details:
         if (
-            row["image"] == _image(panel)
-            and row["name"] == panel["name"]
-            and row.get("class_contrast", row["contrast"]) == panel["contrast"]
+            row.image == _image(panel)
+            and row.name == panel["name"]
+            and row.placed_contrast == panel["contrast"]
         ):
-            found: dict[str, Any] = row
-            return found
+            return row
     return None
 
 
@@ -58,7 +57,7 @@ def _boxed(ax: Axes, panel: dict[str, Any]) -> None:
         outline(ax, box, DETAIL_BOX_COLOUR, linewidth=0.8)
 
 
-def _details(numbers: dict[str, Any], panels: Sequence[dict[str, Any]], window: Window) -> Figure:
+def _details(numbers: Structural, panels: Sequence[dict[str, Any]], window: Window) -> Figure:
     """Rows = details, columns = truth / network / baseline crops, the detail boxed on each;
     more than four details are laid out in two groups side by side (so twelve still fit a
     page). Missed details come first."""
@@ -71,7 +70,7 @@ def _details(numbers: dict[str, Any], panels: Sequence[dict[str, Any]], window: 
     for index, panel in enumerate(panels):
         i, c0 = index % rows, 3 * (index // rows)
         row = _detail_row(numbers, panel)
-        missed = " (MISSED)" if row is not None and row.get("missed") else ""
+        missed = " (MISSED)" if row is not None and row.missed else ""
         label = (
             f"image {_image(panel)}: {panel['name']}{missed}\ncontrast {float(panel['contrast']):g}"
         )
@@ -82,9 +81,9 @@ def _details(numbers: dict[str, Any], panels: Sequence[dict[str, Any]], window: 
             if row is None:
                 title = role
             else:
-                score = row[role]
-                seen = "visible" if score["visible"] else "not visible"
-                title = f"{role}: recovery {score['contrast_recovery']:.2f}\n({seen})"
+                score = row.role(role)
+                seen = "visible" if score.visible else "not visible"
+                title = f"{role}: recovery {score.contrast_recovery:.2f}\n({seen})"
             axes[i, c0 + j].set_axis_on()
             show(axes[i, c0 + j], panel[role], title, window)
             _boxed(axes[i, c0 + j], panel)
@@ -92,8 +91,16 @@ def _details(numbers: dict[str, Any], panels: Sequence[dict[str, Any]], window: 
     return fig
 
 
-def write(test: TestResult, window: Window, figures_dir: Path, out: dict[str, Path]) -> None:
-    """``structural_details``, when the test has detail panels."""
-    panels = test.figures.get("panels") or []
+def write(
+    numbers: Outcome,
+    figs: dict[str, Any],
+    _truth: np.ndarray,
+    window: Window,
+    figures_dir: Path,
+    out: dict[str, Path],
+) -> None:
+    """``structural_details``, when the test has detail panels (``figs["panels"]``)."""
+    assert isinstance(numbers, Structural)
+    panels = figs.get("panels") or []
     if panels:
-        save(_details(test.numbers, panels, window), figures_dir, "structural_details", out)
+        save(_details(numbers, panels, window), figures_dir, "structural_details", out)
