@@ -27,6 +27,7 @@ from app.sandbox import (
 from app.settings import get_settings
 from app.storage import Store
 from reconstruction.figure_data import ARRAYS, STRUCTURE
+from reconstruction.results import RESULTS_SCHEMA, ResultsError, checked
 
 __all__ = [
     "MAX_RESULTS_BYTES",
@@ -139,7 +140,8 @@ def image_args(store: Store, images: list[dict[str, Any]], workdir: Path) -> lis
 
 def intake(out: Path) -> Outputs:
     """The outputs of a jailed run in ``out``: ``results.json`` (a regular file of bounded
-    size, a results document) and the figures' arrays (regular files; their content is read by
+    size, a results document that follows the schema, :func:`reconstruction.results.checked`)
+    and the figures' arrays (regular files; their content is read by
     :meth:`Outputs.draw`'s process only). Anything else is ignored; a missing, oversized or
     malformed output raises :class:`RunFailed`."""
     path = out / "results.json"
@@ -151,8 +153,12 @@ def intake(out: Path) -> Outputs:
         results = json.loads(path.read_text())
     except ValueError as exc:
         raise RunFailed("the audit run wrote a results.json that is not JSON") from exc
-    if not isinstance(results, dict) or not isinstance(results.get("tests"), dict):
-        raise RunFailed("the audit run wrote a results.json that is not a results document")
+    try:
+        checked(results)
+    except ResultsError as exc:
+        raise RunFailed(
+            f"the audit run wrote a results.json that is not a results document ({RESULTS_SCHEMA})"
+        ) from exc
     for name in (STRUCTURE, ARRAYS):
         if (out / name).is_symlink() or not (out / name).is_file():
             raise RunFailed(f"the audit run did not write {name} as a regular file")

@@ -10,45 +10,39 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from app.audits import runs
 from app.audits.runs import RunFailed, image_args, intake, message
 from app.sandbox import SandboxUnavailable
 from reconstruction.figure_data import write_figure_data
-from reconstruction.instability.common import TestResult as Result
+from reconstruction.suite import SuiteResult
+from tests.app.report.runs import PROTOCOL_SKIPPING, suite
 
 
-def _out(tmp_path: Path) -> Path:
-    """A jailed run's outputs: the structural test ran (one panel), the others skipped."""
-    out = tmp_path / "out"
-    out.mkdir()
-    truth = np.linspace(0, 1, 2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16)
-    panel = {
-        "name": "spade",
-        "image": 0,
-        "contrast": 0.3,
-        "window": [2, 2, 8, 8],
-        "truth": truth[0],
-        "network": truth[0],
-        "baseline": truth[0],
-    }
-    tests = {
-        "structural": Result("structural", "stable", "kept", {}, {"panels": [panel]}),
-        "sampling": Result("sampling", "skipped", "not run"),
-    }
-    write_figure_data(truth, tests, out)
-    document = {"tests": {name: test.as_dict() for name, test in tests.items()}}
-    (out / "results.json").write_text(json.dumps(document))
-    return out
+@pytest.fixture(scope="module")
+def run() -> SuiteResult:
+    """A small run: the structural test ran (one detail), the others skipped."""
+    return suite(PROTOCOL_SKIPPING)
 
 
-def test_the_intake_takes_the_results_and_checks_the_figure_files(tmp_path: Path) -> None:
-    out = _out(tmp_path)
+@pytest.fixture
+def out(tmp_path: Path, run: SuiteResult) -> Path:
+    """A jailed run's outputs: results.json and the figures' arrays."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    write_figure_data(run.truth, run.tests, folder)
+    (folder / "results.json").write_text(json.dumps(run.to_json()))
+    return folder
+
+
+def test_the_intake_takes_the_results_and_checks_the_figure_files(
+    tmp_path: Path, out: Path
+) -> None:
     (out / "notes.txt").write_text("ignored")
     taken = intake(out)
-    assert set(taken.results["tests"]) == {"structural", "sampling"}
+    assert taken.results == json.loads((out / "results.json").read_text())
+    assert taken.results["tests"]["structural"]["verdict"] != "skipped"
     assert taken.out == out
     (out / "figure_data.npz").unlink()
     (out / "figure_data.npz").symlink_to(tmp_path / "elsewhere.npz")
@@ -60,7 +54,7 @@ def test_the_worker_draws_a_runs_figures_in_a_process_of_its_own(tmp_path: Path)
     """The figures drawn from a run's arrays (in a process under the jail's limits) are the
     ones drawn from the run itself."""
     from app.report import write_figures
-    from tests.app.report.runs import PROTOCOL, suite
+    from tests.app.report.runs import PROTOCOL
 
     result = suite(PROTOCOL)
     out = tmp_path / "out"
@@ -75,14 +69,13 @@ def test_the_worker_draws_a_runs_figures_in_a_process_of_its_own(tmp_path: Path)
 
 
 def test_hostile_figure_data_fails_the_drawing_not_the_worker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run's figure structure that expands to gigabytes when parsed (ten million panels):
     the drawing process meets its memory limit and the audit fails with the service's words;
     the worker never parses it."""
     from app.settings import get_settings
 
-    out = _out(tmp_path)
     (out / "figure_data.json").write_text(
         '{"schema": "recon-audit/figure-data/v1", "truth": {"$array": "truth"}, '
         '"tests": {"structural": {"panels": [' + ",".join(["{}"] * 10_000_000) + "]}}}"
@@ -99,8 +92,10 @@ def test_hostile_figure_data_fails_the_drawing_not_the_worker(
     assert not any((tmp_path / "drawn").glob("*.png"))
 
 
-def test_the_intake_refuses_links_and_what_is_not_a_results_document(tmp_path: Path) -> None:
-    out = _out(tmp_path)
+def test_the_intake_refuses_links_and_what_is_not_a_results_document(
+    tmp_path: Path, out: Path
+) -> None:
+    document = json.loads((out / "results.json").read_text())
     (out / "results.json").rename(tmp_path / "elsewhere.json")
     (out / "results.json").symlink_to(tmp_path / "elsewhere.json")
     with pytest.raises(RunFailed, match="regular file"):
@@ -109,15 +104,22 @@ def test_the_intake_refuses_links_and_what_is_not_a_results_document(tmp_path: P
     (out / "results.json").write_text("[1, 2]")
     with pytest.raises(RunFailed, match="not a results document"):
         intake(out)
+    # what our writer cannot have written: a number as text, a field the schema lacks
+    document["tests"]["structural"]["counts"]["details"] = "1"
+    (out / "results.json").write_text(json.dumps(document))
+    with pytest.raises(RunFailed, match=r"not a results document \(recon-audit/results/v1\)"):
+        intake(out)
+    document["tests"]["structural"]["counts"]["details"] = 1
+    document["tests"]["structural"]["counts"]["hidden"] = 1
+    (out / "results.json").write_text(json.dumps(document))
+    with pytest.raises(RunFailed, match="not a results document"):
+        intake(out)
     (out / "results.json").write_text("{not json")
     with pytest.raises(RunFailed, match="not JSON"):
         intake(out)
 
 
-def test_the_intake_refuses_oversized_outputs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = _out(tmp_path)
+def test_the_intake_refuses_oversized_outputs(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runs, "MAX_RESULTS_BYTES", 10)
     with pytest.raises(RunFailed, match="over 10 bytes"):
         intake(out)
