@@ -35,7 +35,7 @@ __all__ = [
     "write_figure_data",
 ]
 
-FIGURE_DATA_SCHEMA = "recon-audit/figure-data/v1"
+FIGURE_DATA_SCHEMA = "recon-audit/figure-data/v2"
 STRUCTURE = "figure_data.json"
 ARRAYS = "figure_data.npz"
 #: the most the two files may weigh together (and the arrays expand to): a large audit's

@@ -442,17 +442,14 @@ def run_perturbation(
         }
         problems += _convergence(rows, threat, th.max_restart_spread)
         worst = runs["network"][-1]
+        # the arrays behind the worst case's figure (the numbers are in ``per_threat``): at the
+        # largest eps, the network's perturbation, each role's clean and perturbed
+        # reconstructions, and the network's worst window per image
         figures[threat] = {
-            "eps": list(cfg.budget.eps),
-            "network_change": [r.change.tolist() for r in runs["network"]],
-            "baseline_change": [r.change.tolist() for r in runs["baseline"]],
             "perturbation": to_numpy(worst.perturbation),
-            "network_clean": to_numpy(clean["network"]),
-            "network_perturbed": to_numpy(worst.reconstruction),
-            "baseline_clean": to_numpy(clean["baseline"]),
-            "baseline_perturbed": to_numpy(runs["baseline"][-1].reconstruction),
+            "clean": {role: to_numpy(clean[role]) for role in ROLES},
+            "perturbed": {role: to_numpy(runs[role][-1].reconstruction) for role in ROLES},
             "window": target.tolist(),
-            "loss_curves": worst.loss_curves,
         }
 
     numbers: dict[str, Any] = {

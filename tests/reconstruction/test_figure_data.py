@@ -19,7 +19,7 @@ TRUTH = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
 
 def _written(tmp_path: Path) -> Path:
     figures = {
-        "threat_models": {"image": {"network_clean": np.ones((2, 4, 4), np.complex64)}},
+        "threat_models": {"image": {"clean": {"network": np.ones((2, 4, 4), np.complex64)}}},
         "curve": (0.5, np.float32(0.25), 3),
         "mask": torch.ones(4, dtype=torch.bool),
         "note": "text",
@@ -37,7 +37,7 @@ def test_written_and_read_back_it_is_the_same(tmp_path: Path) -> None:
     data = read_figure_data(_written(tmp_path))
     np.testing.assert_array_equal(data.truth, TRUTH)
     figures = data.tests["perturbation"]
-    clean = figures["threat_models"]["image"]["network_clean"]
+    clean = figures["threat_models"]["image"]["clean"]["network"]
     assert clean.dtype == np.complex64
     np.testing.assert_array_equal(clean, np.ones((2, 4, 4), np.complex64))
     assert figures["curve"] == [0.5, 0.25, 3]
@@ -73,7 +73,7 @@ def test_links_oversized_and_malformed_files_are_refused(tmp_path: Path) -> None
     with pytest.raises(FigureDataError, match="no figure array 'a99'"):
         read_figure_data(out)
     (out / "figure_data.json").write_text(json.dumps({"schema": "other", "tests": {}}))
-    with pytest.raises(FigureDataError, match="is not recon-audit/figure-data/v1"):
+    with pytest.raises(FigureDataError, match="is not recon-audit/figure-data/v2"):
         read_figure_data(out)
     (out / "figure_data.json").unlink()
     (out / "figure_data.json").symlink_to(tmp_path / "elsewhere.json")

@@ -36,18 +36,15 @@ ZOOM_COLOUR = "#ffd54f"
 
 # --------------------------------------------------------------------------------------------
 # what the figures read: the test's numbers (:class:`Perturbation`: per threat model a
-# :class:`ThreatBlock`, a row per eps with a record per role) and its figure arrays
+# :class:`ThreatBlock`, a row per eps with a record per role) and its figure arrays: ``truth``,
+# per threat model the worst case at the largest eps (``perturbation``, per role its ``clean``
+# and ``perturbed`` reconstructions ``[images, H, W]``, the network's worst ``window``), and
+# ``pnas`` per role
 
 
-def _role_key(role: str, state: str) -> str:
-    """The key of a role's reconstructions, ``clean`` or ``perturbed``, in a threat model's
-    figure arrays (``[images, H, W]``)."""
-    return f"{role}_{state}"
-
-
-def _role_image(arrays: dict[str, Any], role: str, state: str, index: int) -> np.ndarray:
-    """Image ``index`` of a role's reconstructions (:func:`_role_key`), as magnitudes."""
-    return magnitude(np.asarray(arrays[_role_key(role, state)])[index])
+def _role_image(arrays: dict[str, Any], state: str, role: str, index: int) -> np.ndarray:
+    """Image ``index`` of a role's ``clean`` or ``perturbed`` reconstructions, as magnitudes."""
+    return magnitude(np.asarray(arrays[state][role])[index])
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,8 +87,8 @@ def _curves(block: ThreatBlock, threat: str) -> Figure:
 def _images(block: ThreatBlock, figs: dict[str, Any], threat: str, window: Window) -> Figure:
     data = figs[threat]
     last = block.results[-1]
-    worst = int(np.argmax(np.asarray(data["network_change"][-1], dtype=float)))
-    eps = float(data["eps"][-1])
+    worst = int(np.argmax(np.asarray(last.network.output_change, dtype=float)))
+    eps = float(block.eps[-1])
     truth = np.asarray(figs["truth"])[worst]
     fig = new_figure(7.2, 3.9)
     axes = fig.subplots(2, 4)
@@ -107,8 +104,8 @@ def _images(block: ThreatBlock, figs: dict[str, Any], threat: str, window: Windo
         )
     diffs = {}
     for role in ROLES:
-        clean = _role_image(data, role, "clean", worst)
-        perturbed = _role_image(data, role, "perturbed", worst)
+        clean = _role_image(data, "clean", role, worst)
+        perturbed = _role_image(data, "perturbed", role, worst)
         diffs[role] = (clean, perturbed, np.abs(perturbed - clean))
     top = max(float(d[2].max()) for d in diffs.values()) or 1.0
     boxes = data.get("window")
@@ -206,8 +203,8 @@ def _pnas(pnas: PnasNumbers, figs: dict[str, Any], window: Window) -> tuple[Figu
     }
     perts = {role: np.abs(np.asarray(pnas_figs[role]["perturbations"])[:, worst]) for role in roles}
     cleans = {
-        role: _role_image(clean_source, role, "clean", worst)
-        if _role_key(role, "clean") in clean_source
+        role: _role_image(clean_source, "clean", role, worst)
+        if role in clean_source.get("clean", {})
         else recons[role][0]
         for role in roles
     }

@@ -15,7 +15,7 @@ import pytest
 from app.audits import runs
 from app.audits.runs import RunFailed, image_args, intake, message
 from app.sandbox import SandboxUnavailable
-from reconstruction.figure_data import write_figure_data
+from reconstruction.figure_data import FIGURE_DATA_SCHEMA, write_figure_data
 from reconstruction.suite import SuiteResult
 from tests.app.report.runs import PROTOCOL_SKIPPING, suite
 
@@ -77,7 +77,7 @@ def test_hostile_figure_data_fails_the_drawing_not_the_worker(
     from app.settings import get_settings
 
     (out / "figure_data.json").write_text(
-        '{"schema": "recon-audit/figure-data/v1", "truth": {"$array": "truth"}, '
+        f'{{"schema": "{FIGURE_DATA_SCHEMA}", "truth": {{"$array": "truth"}}, '
         '"tests": {"structural": {"panels": [' + ",".join(["{}"] * 10_000_000) + "]}}}"
     )
     monkeypatch.setenv("RECON_AUDIT_SANDBOX_MEMORY_BYTES", str(2 * 2**30))
