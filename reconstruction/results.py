@@ -42,7 +42,7 @@ class ResultsError(ValueError):
 
 class Open(Record):
     """A record whose further fields are described elsewhere (the model's summary by
-    ``inspect``, the maps' estimation by :mod:`reconstruction.coils`): writers may add them."""
+    ``inspect``, the maps' estimation by :mod:`reconstruction.coils`)."""
 
     open_ended: ClassVar[bool] = True
 
@@ -164,24 +164,10 @@ def _written(document: dict[str, Any]) -> Results:
         raise ResultsError(f"not a {RESULTS_SCHEMA} document: {exc}") from exc
 
 
-def _undeclared(results: Results) -> list[str]:
-    def walk(value: object, where: str) -> list[str]:
-        if isinstance(value, Record) and getattr(value, "open_ended", False):
-            return []
-        if isinstance(value, Record):
-            found = [f"{where}.{key}".lstrip(".") for key in value.model_extra or {}]
-            for name in type(value).model_fields:
-                found += walk(getattr(value, name), f"{where}.{name}")
-            return found
-        return undeclared(value, where)
-
-    return walk(results, "")
-
-
 def checked(document: dict[str, Any]) -> dict[str, Any]:
     """``document``, once it is shown to follow the schema with nothing undeclared (what a
     writer checks before results.json is written); :class:`ResultsError` otherwise."""
-    extra = _undeclared(_written(document))
+    extra = undeclared(_written(document))
     if extra:
         raise ResultsError(
             f"the results hold fields the schema does not declare: {', '.join(extra[:10])}"

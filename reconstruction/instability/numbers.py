@@ -11,7 +11,7 @@ every v1 document stays readable. Writers add nothing the models do not declare
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,9 +49,11 @@ Judged = Literal["stable", "unstable", "inconclusive"]
 
 
 class Record(BaseModel):
-    """A block of results.json: known fields typed, unknown ones kept (schema v1 is additive)."""
+    """A block of results.json: known fields typed, unknown ones kept (schema v1 is additive).
+    ``open_ended``: its further fields are described elsewhere, and a writer may add them."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+    open_ended: ClassVar[bool] = False
 
 
 class Outcome(Record):
@@ -404,6 +406,8 @@ class Sampling(Outcome):
 def undeclared(value: object, where: str = "") -> list[str]:
     """Where ``value`` (a validated model, or lists and dicts of them) holds fields its models
     do not declare: what a writer must not add without extending the schema."""
+    if isinstance(value, Record) and value.open_ended:
+        return []
     if isinstance(value, BaseModel):
         found = [f"{where}.{key}".lstrip(".") for key in value.model_extra or {}]
         for name in type(value).model_fields:
