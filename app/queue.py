@@ -28,18 +28,27 @@ __all__ = [
     "celery_app",
     "enqueue_audit",
     "enqueue_shard",
+    "priority",
     "waiting",
 ]
 
 RUN_AUDIT = "worker.tasks.run_audit"
 RUN_SHARD = "worker.tasks.run_shard"
+#: the priority levels of Redis's queue (0 first); the embedded broker has none
+PRIORITIES = 10
 
 
 @lru_cache
 def celery_app() -> Celery:
     settings = get_settings()
     celery = Celery("recon_audit", broker=settings.broker, include=["worker.tasks"])
-    options: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout}
+    options: dict[str, object] = {
+        "visibility_timeout": settings.broker_visibility_timeout,
+        # ten priority levels (0 first), each its own Redis list, taken in priority order
+        "priority_steps": list(range(PRIORITIES)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    }
     if settings.embedded_broker:
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):
@@ -71,9 +80,21 @@ def enqueue_audit(audit_id: str) -> None:
     celery_app().send_task(RUN_AUDIT, args=[audit_id])
 
 
-def enqueue_shard(audit_id: str, test: str) -> None:
-    """Send one test of a fanned-out audit to the workers."""
-    celery_app().send_task(RUN_SHARD, args=[audit_id, test])
+def enqueue_shard(audit_id: str, test: str, position: int = 0, backlog: int = 0) -> None:
+    """Send one shard of a fanned-out audit to the workers (``test``: the shard's name, a test or
+    a unit of its images). Its priority (:func:`priority`) interleaves the shards of many
+    audits."""
+    celery_app().send_task(RUN_SHARD, args=[audit_id, test], priority=priority(position, backlog))
+
+
+def priority(position: int, backlog: int = 0) -> int:
+    """A shard's priority on Redis (0 first): its ``position`` among its audit's shards (the
+    longest tests first), plus its owner's ``backlog`` (their other audits running), at most
+    the last level. So the first shards of every audit go before the later shards of any
+    other, a small audit (``quick``: three shards) overtakes a large one (``standard``: one
+    per test and image) that started before it, and one user's many audits wait behind
+    another user's one. Messages sent again (a lost worker's) go first."""
+    return min(PRIORITIES - 1, max(0, position) + max(0, backlog))
 
 
 def broker_problem() -> str | None:

@@ -19,6 +19,7 @@ import numpy as np
 from reconstruction.bounded import MAX_DECODED_BYTES, ExpansionError, check_gzip
 
 __all__ = [
+    "BUILTIN_IMAGES",
     "ImageReadError",
     "LoadedImage",
     "SliceError",
@@ -207,6 +208,10 @@ def dicom_example(name: str = "CT_small") -> LoadedImage:
     if not isinstance(path, str):  # pragma: no cover - pydicom always ships these two
         raise ImageReadError(f"{name}.dcm", "not found in pydicom's bundled test files")
     return read_image(path)
+
+
+#: how many images the built-in test set holds (its default: two ellipse phantoms)
+BUILTIN_IMAGES = 5
 
 
 def builtin_images(size: int = 128, *, ellipses: int = 2, seed: int = 0) -> list[LoadedImage]:

@@ -98,11 +98,24 @@ class MetricConvention(Record):
 
 
 class Shard(Record):
-    """One shard of a fanned-out audit: the tests it ran, when, and where."""
+    """One shard of a fanned-out audit: the tests it ran (``unit``: on that unit of the
+    images), when, and where."""
 
     tests: list[str]
+    unit: int | None = None
     created: str
     environment: dict[str, Any]
+
+
+class UnitRecord(Record):
+    """The part of the audit's images a shard ran its test on: unit ``index`` of ``of``
+    (:attr:`reconstruction.protocols.Images.per_unit`), the images ``start:stop`` (empty: a
+    unit beyond the audit's images)."""
+
+    index: int
+    of: int
+    start: int
+    stop: int
 
 
 class Results(Record):
@@ -124,6 +137,8 @@ class Results(Record):
     environment: dict[str, Any]
     timings_seconds: dict[str, float]
     shards: list[Shard] | None = None
+    #: a shard's document only: the unit of the images it ran its test on
+    unit: UnitRecord | None = None
 
     @field_validator("tests", mode="before")
     @classmethod

@@ -123,6 +123,7 @@ def _audit(args: argparse.Namespace) -> None:
             progress=json_progress,
             details=inputs.details,
             only=args.only or None,
+            unit=args.unit,
         )
     except ValueError as exc:
         raise RunInputError(str(exc)) from exc
@@ -149,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--slices", default=None)
     audit.add_argument("--protocol", default="quick")
     audit.add_argument("--only", action="append", choices=TESTS, default=[])
+    audit.add_argument(
+        "--unit", type=int, default=None, help="run that unit of the images (with one --only)"
+    )
     audit.add_argument("--out", type=Path, required=True)
     audit.set_defaults(run=_audit)
     inspect.set_defaults(run=_inspect)

@@ -8,6 +8,7 @@ through ``python -m reconstruction.run audit``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import time
@@ -29,30 +30,36 @@ from reconstruction.data import (
     resize_image,
     scale_to_range,
 )
-from reconstruction.instability.common import AuditData, Subject, TestResult
-from reconstruction.instability.registry import REGISTRY, TESTS
+from reconstruction.instability.common import AuditData, Subject, TestResult, Unit, units
+from reconstruction.instability.registry import BY_NAME, REGISTRY, TESTS, InstabilityTest
 from reconstruction.models.manifest import ESPIRIT
 from reconstruction.operators import MultiCoilMRI
 from reconstruction.protocols import METRIC_CONVENTIONS, Protocol
 from reconstruction.results import RESULTS_SCHEMA, checked
 
 __all__ = [
+    "EMPTY_UNIT",
     "RESULTS_SCHEMA",
     "SHARD_SKIP",
     "TESTS",
     "PreparedData",
     "SuiteResult",
     "isolation",
+    "merge_figures",
     "merge_results",
+    "parse_shard",
     "prepare_data",
     "prepare_images",
     "run_suite",
+    "shard_names",
 ]
 
 #: (stage, done, total) -> None
 Progress = Callable[[str, int, int], None]
 #: the reason a test carries in a shard that does not run it
 SHARD_SKIP = "run in another shard of this audit"
+#: the reason a shard's test carries when its unit lies beyond the audit's images
+EMPTY_UNIT = "no image in this unit of the audit"
 
 
 @dataclass
@@ -70,6 +77,8 @@ class SuiteResult:
     truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     #: multi-coil MRI: the coil maps in use (``source``: shipped, espirit, birdcage)
     sensitivities: dict[str, Any] | None = None
+    #: a shard's run of one unit: ``index``, ``of``, ``start``, ``stop``
+    unit: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The results document (:class:`reconstruction.results.Results`), checked against
@@ -95,6 +104,7 @@ class SuiteResult:
                 "verdicts": {name: result.verdict for name, result in self.tests.items()},
                 "environment": self.environment,
                 "timings_seconds": self.timings,
+                **({} if self.unit is None else {"unit": self.unit}),
             }
         )
 
@@ -118,31 +128,112 @@ def _identity(document: dict[str, Any], key: str) -> object:
 
 
 def merge_results(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One results document from the shards of an audit (each ran some tests with
-    ``run_suite(only=...)``): every test is taken from the shard that ran it. The shards must
-    share the protocol, the model and the images."""
+    """One results document from the shards of an audit (each ran one test, or one unit of
+    its images, with ``run_suite(only=..., unit=...)``): a test run whole is taken from its
+    shard; a test run in units is merged from all of them by its registry entry, as
+    :func:`run_suite` merges them in one process. The shards must share the protocol, the
+    model and the images."""
     if not documents:
         raise ValueError("no shard to merge")
     merged = copy.deepcopy(dict(documents[0]))
+    merged.pop("unit", None)
     for key in ("protocol", "model", "images"):
         if any(_identity(doc, key) != _identity(merged, key) for doc in documents):
             raise ValueError(f"the shards differ in {key!r}: they are not one audit")
     merged["timings_seconds"] = {}
     merged["shards"] = []
     for doc in documents:
-        ran = [name for name, test in doc["tests"].items() if test.get("reason") != SHARD_SKIP]
-        for name in ran:
-            merged["tests"][name] = doc["tests"][name]
-            merged["verdicts"][name] = doc["verdicts"][name]
-            if name in doc["timings_seconds"]:
-                merged["timings_seconds"][name] = doc["timings_seconds"][name]
+        names = [name for name, test in doc["tests"].items() if test.get("reason") != SHARD_SKIP]
+        shard: dict[str, Any] = {"tests": names}
+        if "unit" in doc:
+            shard["unit"] = doc["unit"]["index"]
         merged["shards"].append(
-            {"tests": ran, "created": doc["created"], "environment": doc["environment"]}
+            {**shard, "created": doc["created"], "environment": doc["environment"]}
         )
-    missing = [n for n, t in merged["tests"].items() if t.get("reason") == SHARD_SKIP]
+    for name, found in _ran(documents).items():
+        docs = [documents[k] for k in found]
+        block = _merged_test(name, docs).as_dict()
+        merged["tests"][name] = block
+        merged["verdicts"][name] = block["verdict"]
+        timings = [d["timings_seconds"][name] for d in docs if name in d["timings_seconds"]]
+        if timings:
+            merged["timings_seconds"][name] = round(sum(timings), 3)
+    missing = [n for n, t in merged["tests"].items() if t.get("reason") in (SHARD_SKIP, EMPTY_UNIT)]
     if missing:
         raise ValueError(f"no shard ran {', '.join(missing)}")
     return checked(merged)
+
+
+def _ran(documents: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    """Per test, the shards (indices into ``documents``) that ran it on some images: the one
+    that ran it whole, or its units by index."""
+    ran: dict[str, list[int]] = {}
+    for k, doc in enumerate(documents):
+        for name, test in doc["tests"].items():
+            if test.get("reason") not in (SHARD_SKIP, EMPTY_UNIT):
+                ran.setdefault(name, []).append(k)
+    return {
+        name: sorted(found, key=lambda k: int(documents[k].get("unit", {}).get("index", 0)))
+        for name, found in ran.items()
+    }
+
+
+def _merged_test(
+    name: str, docs: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
+) -> TestResult:
+    """Test ``name`` from the shards that ran it (:func:`_ran`'s order): the one that ran it
+    whole, or every unit of it, merged (``figures``: their figure arrays, merged too)."""
+    if any("unit" not in doc for doc in docs):
+        if len(docs) > 1:
+            raise ValueError(f"{name} was run by {len(docs)} shards, not once")
+        block = docs[0]["tests"][name]
+        numbers = {k: v for k, v in block.items() if k not in ("verdict", "reason")}
+        arrays = {} if figures is None else figures[0]
+        return TestResult(name, block["verdict"], block["reason"], numbers, arrays)
+    indices = [int(d["unit"]["index"]) for d in docs]
+    of = {int(d["unit"]["of"]) for d in docs}
+    if len(of) != 1 or indices != list(range(of.pop())):
+        raise ValueError(f"the units of {name} are not each run once: {indices}")
+    return BY_NAME[name].merge([d["tests"][name] for d in docs], figures)
+
+
+def merge_figures(
+    documents: Sequence[dict[str, Any]], figures: Sequence[dict[str, dict[str, Any]]]
+) -> dict[str, TestResult]:
+    """The tests of a fanned-out audit with their figure arrays: ``documents``, the shards'
+    results, and ``figures``, each shard's figure arrays by test
+    (:attr:`reconstruction.figure_data.FigureData.tests`); a test run in units is merged as
+    :func:`merge_results` merges its numbers."""
+    return {
+        name: _merged_test(
+            name, [documents[k] for k in found], [figures[k].get(name, {}) for k in found]
+        )
+        for name, found in _ran(documents).items()
+    }
+
+
+def shard_names(protocol: Protocol, n_images: int) -> list[str]:
+    """The shards an audit of ``n_images`` images fans out to, in the report's order: per test
+    of the protocol its name, or, for a protocol decomposed in units of the images
+    (``images.per_unit``), one ``test/unit`` per unit (:func:`parse_shard`)."""
+    count = len(units(protocol, n_images))
+    names = []
+    for test in REGISTRY:
+        if test.config(protocol) is not None:
+            if protocol.images.per_unit is None:
+                names.append(test.name)
+            else:
+                names += [f"{test.name}/{k}" for k in range(count)]
+    return names
+
+
+def parse_shard(name: str) -> tuple[str, int | None]:
+    """A shard's test and unit (None: the test on every image): ``perturbation/3`` is unit 3 of
+    the perturbation test; ValueError for anything else."""
+    test, _, unit = name.partition("/")
+    if test not in TESTS or (unit and not unit.isdigit()):
+        raise ValueError(f"not a shard: {name!r}")
+    return test, int(unit) if unit else None
 
 
 def prepare_images(
@@ -330,13 +421,17 @@ def run_suite(
     progress: Progress | None = None,
     details: Sequence[tuple[str, np.ndarray]] = (),
     only: Collection[str] | None = None,
+    unit: int | None = None,
 ) -> SuiteResult:
     """Run the protocol's tests on ``model`` (a :class:`reconstruction.models.LoadedModel` or
     any :class:`~reconstruction.instability.common.Subject`) and the given images (default: the
     built-in set), at most ``protocol.images.max_images`` of them, in order. ``details``:
     user-supplied structural details ``(name, image or mask)`` added to the standard ones.
     ``only``: run just these tests (a shard of an audit that fans out across workers); the
-    others are reported as skipped, to be merged from their own shards."""
+    others are reported as skipped, to be merged from their own shards. ``unit``: run only
+    that unit of the images (:func:`reconstruction.instability.common.units`) of the one test
+    ``only`` names (a shard of an audit fanned out per unit); without it, every unit is run
+    and the units merged (the same numbers, however the audit is run)."""
     unknown = set(only or ()) - set(TESTS)
     if unknown:
         raise ValueError(f"unknown test(s) {sorted(unknown)}: choose from {', '.join(TESTS)}")
@@ -354,6 +449,10 @@ def run_suite(
     # subnormal floats (below 1e-38) flushed to zero: the unrolled baselines' backward passes
     # meet them under larger perturbations and run about ten times slower on them (x86 CPUs)
     torch.set_flush_denormal(True)
+    parts = units(protocol, len(truth_np))
+    if unit is not None and (only is None or len(only) != 1):
+        raise ValueError("a unit of the images is run for one test: give it with only")
+    running = parts if unit is None else [u for u in parts if u.index == unit]
     results: dict[str, TestResult] = {}
     timings: dict[str, float] = {}
     for test in REGISTRY:
@@ -364,7 +463,10 @@ def run_suite(
         if only is not None and name not in only:
             results[name] = TestResult(name, "skipped", SHARD_SKIP)
             continue
-        done, total = 0, test.steps(protocol)
+        if not running:
+            results[name] = TestResult(name, "skipped", EMPTY_UNIT)
+            continue
+        done, total = 0, test.steps(protocol) * len(running)
 
         def step(n: int, stage: str = name, total: int = total) -> None:
             nonlocal done
@@ -373,7 +475,13 @@ def run_suite(
                 progress(stage, min(done, total), total)
 
         start = time.perf_counter()
-        results[name] = test.run(model, truth, protocol, data=data, details=details, progress=step)
+        pieces = [_run_unit(test, model, truth, data, protocol, details, u, step) for u in running]
+        if len(pieces) == 1:
+            results[name] = pieces[0]
+        else:
+            # through JSON, as a fanned-out audit's shards hand their blocks to the merge
+            blocks = [json.loads(json.dumps(piece.as_dict())) for piece in pieces]
+            results[name] = test.merge(blocks, [piece.figures for piece in pieces])
         timings[name] = round(time.perf_counter() - start, 3)
         if progress is not None:
             progress(name, total, total)
@@ -388,4 +496,38 @@ def run_suite(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         truth=truth_np,
         sensitivities=maps_record,
+        unit=None
+        if unit is None
+        else {
+            "index": unit,
+            "of": len(parts),
+            "start": running[0].start if running else len(truth_np),
+            "stop": running[0].stop if running else len(truth_np),
+        },
+    )
+
+
+def _run_unit(
+    test: InstabilityTest,
+    model: Subject,
+    truth: torch.Tensor,
+    data: AuditData,
+    protocol: Protocol,
+    details: Sequence[tuple[str, np.ndarray]],
+    unit: Unit,
+    step: Callable[[int], None],
+) -> TestResult:
+    """``test`` on the unit's images (and their measured k-space and data ranges)."""
+    part = slice(unit.start, unit.stop)
+    whole = unit.start == 0 and unit.stop == truth.shape[0]
+    unit_data = (
+        data
+        if whole
+        else AuditData(
+            kspace=None if data.kspace is None else data.kspace[part],
+            volume_max=None if data.volume_max is None else data.volume_max[part],
+        )
+    )
+    return test.run(
+        model, truth[part], protocol, data=unit_data, details=details, unit=unit, progress=step
     )

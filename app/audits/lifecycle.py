@@ -26,6 +26,7 @@ refuses updates).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -34,20 +35,23 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
 
 from app import checkpoints, events, queue
 from app.audits import leases, repository
-from app.audits.runs import message, run_jailed
+from app.audits.runs import draw, message, run_jailed
 from app.certificates.identity import Certificate
 from app.certificates.service import SignedReport, sign_report
 from app.db import session_factory, utcnow
-from app.orm import FINISHED, Audit, AuditShard, Network
+from app.orm import FINISHED, Audit, AuditShard, ImageSet, Network
 from app.report import write_documents
 from app.settings import get_settings
 from app.storage import Store
-from reconstruction.instability.registry import TESTS, enabled
+from reconstruction.data import BUILTIN_IMAGES
+from reconstruction.figure_data import ARRAYS, STRUCTURE
+from reconstruction.instability.registry import TESTS
 from reconstruction.protocols import parse_protocol
-from reconstruction.suite import merge_results
+from reconstruction.suite import merge_results, parse_shard, shard_names
 
 __all__ = ["Stopped", "requeue_interrupted", "run_audit", "run_shard"]
 
@@ -62,18 +66,33 @@ class Stopped(Exception):
     the run stops at its next progress check."""
 
 
-def tests_of(protocol_yaml: str) -> list[str]:
-    """The tests a protocol runs, in the report's order."""
-    return [test.name for test in enabled(parse_protocol(protocol_yaml))]
+def shards_of(session: Session, audit: Audit) -> list[str]:
+    """The shards the audit fans out to (:func:`reconstruction.suite.shard_names`): per test,
+    or per test and unit of its images, as many units as its images fill (an image set whose
+    count is not recorded: as many as the protocol allows, those beyond its images empty)."""
+    protocol = parse_protocol(audit.protocol_yaml)
+    most = protocol.images.max_images
+    return shard_names(protocol, min(most, _images_in(session, audit) or most))
+
+
+def _images_in(session: Session, audit: Audit) -> int | None:
+    """How many images the audit's set holds (None: not recorded, an early upload's)."""
+    if audit.image_set == "builtin":
+        return BUILTIN_IMAGES
+    image_set = session.get_one(ImageSet, audit.image_set)
+    counts = [entry.get("images") for entry in image_set.images]
+    if all(isinstance(count, int) for count in counts):
+        return sum(int(count) for count in counts if count is not None)
+    return None
 
 
 class _Progress:
     """Writes a run's progress (``stage``, ``done``/``total``) to the audit row, or to its
-    shard's row and the audit's mean, at most once per second; raises :class:`Stopped` when
-    the audit ended meanwhile (cancelled, or failed in another shard)."""
+    shard's row (``shard``: its name) and the audit's mean, at most once per second; raises
+    :class:`Stopped` when the audit ended meanwhile (cancelled, or failed in another shard)."""
 
-    def __init__(self, audit_id: str, test: str | None, stages: int) -> None:
-        self.audit_id, self.test, self.stages = audit_id, test, stages
+    def __init__(self, audit_id: str, shard: str | None, stages: int) -> None:
+        self.audit_id, self.shard, self.stages = audit_id, shard, stages
         self.order: list[str] = []
         self.last = 0.0
 
@@ -93,15 +112,16 @@ class _Progress:
                 raise Stopped(audit.status)
             if audit is None or audit.status != "running":
                 return
-            if self.test is None:
+            if self.shard is None:
                 audit.stage, audit.percent = stage, percent
             else:
                 shards = repository.shards(session, self.audit_id)
                 for shard in shards:
-                    if shard.test == self.test:
+                    if shard.test == self.shard:
                         shard.percent = percent
                 audit.percent = round(min(99.0, sum(s.percent for s in shards) / len(shards)), 1)
-                audit.stage = ", ".join(s.test for s in shards if s.status == "running") or stage
+                running = [parse_shard(s.test)[0] for s in shards if s.status == "running"]
+                audit.stage = ", ".join(dict.fromkeys(running)) or stage
             session.commit()
 
 
@@ -143,7 +163,7 @@ def run_audit(audit_id: str) -> str:
         owner = leases.claim(session, audit)
         if owner is None:
             return "held by another worker"
-        tests = tests_of(audit.protocol_yaml)
+        tests = shards_of(session, audit)
         audit.stage, audit.percent = "starting", 0.0
         audit.started_at = utcnow()
         fan_out = settings.fan_out and len(tests) > 1
@@ -155,6 +175,7 @@ def run_audit(audit_id: str) -> str:
             f"audit:{audit_id}",
             {"attempt": audit.attempts, "shards": tests if fan_out else None},
         )
+        backlog = repository.running_audits(session, audit.owner_id) - 1
         if fan_out:
             known = {s.test: s for s in repository.shards(session, audit_id)}
             for test in tests:
@@ -171,9 +192,9 @@ def run_audit(audit_id: str) -> str:
                 audit_id, "the audit", "sending its tests to the workers failed: "
             ) as ended:
                 for test in pending:
-                    queue.enqueue_shard(audit_id, test)
+                    queue.enqueue_shard(audit_id, test, tests.index(test), backlog)
             return ended.word or "fanned out"
-        return _run_whole(store, audit_id, len(tests))
+        return _run_whole(store, audit_id, len({parse_shard(t)[0] for t in tests}))
 
 
 class _Ended:
@@ -230,8 +251,9 @@ def _run_whole(store: Store, audit_id: str, stages: int) -> str:
 
 
 def run_shard(audit_id: str, test: str) -> str:
-    """Run one test of a fanned-out audit (claim its shard), store its results and figures, and
-    merge the audit when it was the last; what happened, in a word."""
+    """Run one shard of a fanned-out audit (claim it; ``test``: its name, a test or a unit of
+    a test's images, :func:`reconstruction.suite.parse_shard`), store its results and figure
+    arrays, and merge the audit when it was the last; what happened, in a word."""
     settings = get_settings()
     with session_factory()() as session:
         audit = session.get(Audit, audit_id)
@@ -245,26 +267,26 @@ def run_shard(audit_id: str, test: str) -> str:
     store = Store(settings.store_dir)
     if owner is not None:
         with leases.holding(AuditShard, shard_id, owner):
-            # the figures are drawn in a folder of the worker's own, as for a whole run
-            folders = _folders(store, f"shard-{audit_id}-{test}-", f"figures-{audit_id}-{test}-")
-            with (
-                _failing(audit_id, f"the {test} test", f"{test}: ") as ended,
-                folders as (
-                    workdir,
-                    clean,
-                ),
-            ):
+            label = test.replace("/", "-")
+            folders = _folders(store, f"shard-{audit_id}-{label}-")
+            what = f"the {_shard_title(test)}"
+            with _failing(audit_id, what, f"{test}: ") as ended, folders as (workdir,):
                 outputs = run_jailed(store, audit_id, workdir, test, _Progress(audit_id, test, 1))
-                drawn = outputs.draw(clean / "figures")
-                figures = {f"figures/{p.name}": store.add(p) for p in drawn.values()}
+                # the arrays are drawn once, when the shards are merged (in a process of its own)
+                arrays = {name: store.add(outputs.out / name) for name in (STRUCTURE, ARRAYS)}
             if ended.word:
                 return ended.word
             with session_factory()() as session:
                 shard = session.get_one(AuditShard, shard_id)
                 shard.status, shard.percent = "succeeded", 100.0
-                shard.results, shard.files = outputs.results, figures
+                shard.results, shard.files = outputs.results, arrays
                 session.commit()
     return _merge_if_complete(store, audit_id)
+
+
+def _shard_title(name: str) -> str:
+    test, unit = parse_shard(name)
+    return f"{test} test" if unit is None else f"{test} test (unit {unit} of the images)"
 
 
 def _merge_if_complete(store: Store, audit_id: str, owner: str | None = None) -> str:
@@ -277,30 +299,41 @@ def _merge_if_complete(store: Store, audit_id: str, owner: str | None = None) ->
         shards = repository.shards(session, audit_id)
         if any(s.status != "succeeded" for s in shards):
             return "shard stored"
-        documents = [s.results for s in sorted(shards, key=lambda s: TESTS.index(s.test))]
-        figure_files = {k: v for s in shards for k, v in (s.files or {}).items()}
+        parts = [(s.results, s.files or {}) for s in sorted(shards, key=_shard_order)]
         claimed = None if owner is not None else leases.claim(session, audit, count=False)
         if owner is None and claimed is None:
             return "merged by another worker"
     if claimed is None:
-        return _merge(store, audit_id, documents, figure_files)
+        return _merge(store, audit_id, parts)
     with leases.holding(Audit, audit_id, claimed):
-        return _merge(store, audit_id, documents, figure_files)
+        return _merge(store, audit_id, parts)
+
+
+def _shard_order(shard: AuditShard) -> tuple[int, int]:
+    """Shards in the report's order: by test, then by unit."""
+    test, unit = parse_shard(shard.test)
+    return TESTS.index(test), -1 if unit is None else unit
 
 
 def _merge(
-    store: Store,
-    audit_id: str,
-    documents: list[dict[str, Any] | None],
-    figure_files: dict[str, str],
+    store: Store, audit_id: str, parts: list[tuple[dict[str, Any] | None, dict[str, str]]]
 ) -> str:
+    """Merge the shards' results (:func:`reconstruction.suite.merge_results`), draw the
+    figures from all their arrays at once (:func:`app.audits.runs.draw`) and certify."""
     failing = _failing(audit_id, "merging the shards", "merging the shards failed: ")
-    with failing as ended, _folders(store, f"merge-{audit_id}-") as (workdir,):
-        merged = merge_results([d for d in documents if d is not None])
-        (workdir / "figures").mkdir()
-        for name in figure_files:
-            store.copy_out(figure_files[name], workdir / name)
-        figures = _figures(workdir, list(figure_files))
+    folders = _folders(store, f"merge-{audit_id}-", f"parts-{audit_id}-")
+    with failing as ended, folders as (workdir, scratch):
+        merged = merge_results([results for results, _ in parts if results is not None])
+        runs = []
+        for k, (results, files) in enumerate(parts):
+            run = scratch / f"shard-{k}"
+            run.mkdir()
+            (run / "results.json").write_text(json.dumps(results))
+            for name in (STRUCTURE, ARRAYS):
+                store.copy_out(files[name], run / name)
+            runs.append(run)
+        drawn = draw(runs, workdir / "figures")
+        figures = _figures(workdir, [f"figures/{path.name}" for path in drawn.values()])
         files, signed = _certify(store, audit_id, merged, figures, workdir)
         _finish(audit_id, merged, files, signed)
     return ended.word or "merged"

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.sql.base import ExecutableOption
@@ -48,7 +48,7 @@ def result_of(session: Session, audit_id: str) -> AuditResult | None:
 
 
 def shards(session: Session, audit_id: str) -> list[AuditShard]:
-    """A fanned-out audit's shards (one per test)."""
+    """A fanned-out audit's shards (one per test, or per test and unit of its images)."""
     return list(session.scalars(select(AuditShard).where(AuditShard.audit_id == audit_id)))
 
 
@@ -77,3 +77,9 @@ def store_result(
         session.rollback()
         return False
     return True
+
+
+def running_audits(session: Session, owner_id: str) -> int:
+    """How many of a user's audits are running."""
+    query = select(func.count()).where(Audit.owner_id == owner_id, Audit.status == "running")
+    return int(session.scalar(query) or 0)

@@ -28,11 +28,13 @@ from app.settings import get_settings
 from app.storage import Store
 from reconstruction.figure_data import ARRAYS, STRUCTURE
 from reconstruction.results import RESULTS_SCHEMA, ResultsError, checked
+from reconstruction.suite import parse_shard
 
 __all__ = [
     "MAX_RESULTS_BYTES",
     "Outputs",
     "RunFailed",
+    "draw",
     "image_args",
     "intake",
     "message",
@@ -57,36 +59,44 @@ class Outputs:
     out: Path
 
     def draw(self, figures_dir: Path) -> dict[str, Path]:
-        """Draw the run's figures (PNGs) into ``figures_dir``, a folder of the worker's own:
-        ``python -m app.report.figures`` under the jail's CPU, memory, file-size and time limits
-        (the arrays are the untrusted run's); name -> path, in the drawing's order."""
-        settings = get_settings()
-        command = [sys.executable, "-m", "app.report.figures", str(self.out), str(figures_dir)]
-        result = run_limited(
-            command, timeout=settings.audit_time_limit, limits=settings.sandbox_limits()
-        )
-        if result.returncode != 0:
-            raise RunFailed(describe_failure(result, "the figures could not be drawn"))
-        try:
-            drawn = json.loads(result.stdout)
-            paths = {str(name): figures_dir / Path(str(file)).name for name, file in drawn.items()}
-        except (ValueError, AttributeError) as exc:
-            raise RunFailed("the figures could not be drawn: no list of figures") from exc
-        for path in paths.values():
-            if path.is_symlink() or not path.is_file():
-                raise RunFailed(f"the figures could not be drawn: {path.name} is missing")
-        return paths
+        """Draw the run's figures (PNGs) into ``figures_dir`` (:func:`draw`)."""
+        return draw([self.out], figures_dir)
+
+
+def draw(runs: list[Path], figures_dir: Path) -> dict[str, Path]:
+    """Draw an audit's figures (PNGs) from its runs' outputs (one whole run, or a fanned-out
+    audit's shards, each folder holding its results.json and figure arrays) into
+    ``figures_dir``, a folder of the worker's own: ``python -m app.report.figures`` under the
+    jail's CPU, memory, file-size and time limits (the arrays are the untrusted runs'); name ->
+    path, in the drawing's order."""
+    settings = get_settings()
+    command = [sys.executable, "-m", "app.report.figures", str(figures_dir), *map(str, runs)]
+    result = run_limited(
+        command, timeout=settings.audit_time_limit, limits=settings.sandbox_limits()
+    )
+    if result.returncode != 0:
+        raise RunFailed(describe_failure(result, "the figures could not be drawn"))
+    try:
+        drawn = json.loads(result.stdout)
+        paths = {str(name): figures_dir / Path(str(file)).name for name, file in drawn.items()}
+    except (ValueError, AttributeError) as exc:
+        raise RunFailed("the figures could not be drawn: no list of figures") from exc
+    for path in paths.values():
+        if path.is_symlink() or not path.is_file():
+            raise RunFailed(f"the figures could not be drawn: {path.name} is missing")
+    return paths
 
 
 def run_jailed(
     store: Store,
     audit_id: str,
     workdir: Path,
-    test: str | None,
+    shard: str | None,
     on_progress: Callable[[dict[str, Any]], None],
 ) -> Outputs:
-    """Copy the verified inputs into ``workdir``, run the audit (``test``: that test only) in
-    the sandbox and take in its outputs. Raises :class:`RunFailed` with the jail's message when
+    """Copy the verified inputs into ``workdir``, run the audit (``shard``: that shard only, a
+    test or a unit of its images, :func:`reconstruction.suite.parse_shard`) in the sandbox and
+    take in its outputs. Raises :class:`RunFailed` with the jail's message when
     the run fails or wrote something the intake refuses."""
     settings = get_settings()
     with session_factory()() as session:
@@ -103,7 +113,9 @@ def run_jailed(
     if image_set is not None:
         args += image_args(store, image_set.images, workdir)
     args += ["--device", settings.device, "--out", "out"]
-    args += ["--only", test] if test is not None else []
+    if shard is not None:
+        test, unit = parse_shard(shard)
+        args += ["--only", test] + ([] if unit is None else ["--unit", str(unit)])
     result = run_science(
         args,
         workdir=workdir,

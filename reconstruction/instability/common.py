@@ -25,6 +25,7 @@ __all__ = [
     "Scoring",
     "Subject",
     "TestResult",
+    "Unit",
     "Verdict",
     "baseline_reconstructor",
     "mean_ci",
@@ -33,6 +34,7 @@ __all__ = [
     "scores",
     "seeded",
     "to_numpy",
+    "units",
 ]
 
 Verdict = Literal["stable", "unstable", "inconclusive", "skipped"]
@@ -197,6 +199,36 @@ def to_numpy(t: Tensor) -> np.ndarray:
 def seeded(seed: int, *salt: int) -> int:
     """A child seed derived from the protocol's seed (stable across runs and machines)."""
     return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One part of an audit's decomposition (:attr:`reconstruction.protocols.Images.per_unit`):
+    a test run on the consecutive images ``start:stop``, its random choices seeded by ``seed``
+    (the protocol's seed for the one unit of an undivided audit; else derived from the
+    protocol's seed and ``index``). A test's units are merged by its registry entry."""
+
+    index: int
+    start: int
+    stop: int
+    seed: int
+
+    @property
+    def images(self) -> range:
+        return range(self.start, self.stop)
+
+
+def units(protocol: protocols.Protocol, n_images: int) -> list[Unit]:
+    """The protocol's decomposition of ``n_images`` images: fixed by the protocol alone, never
+    by how many workers run it."""
+    size = protocol.images.per_unit
+    if size is None:
+        return [Unit(0, 0, n_images, protocol.seed)]
+    starts = range(0, n_images, size)
+    return [
+        Unit(k, s, min(s + size, n_images), seeded(protocol.seed, 60, k))
+        for k, s in enumerate(starts)
+    ]
 
 
 @dataclass

@@ -55,7 +55,12 @@ from reconstruction.instability.common import (
 from reconstruction.operators import LinearOperator, MultiCoilMRI, ParallelBeamCT, SingleCoilMRI
 from reconstruction.protocols import Protocol, SamplingThresholds
 
-__all__ = ["judge_ladder", "run_more_samples", "sampling_ladder"]
+__all__ = [
+    "judge_ladder",
+    "merge_more_samples",
+    "run_more_samples",
+    "sampling_ladder",
+]
 
 #: the scores compared between ratios (keys of :func:`reconstruction.instability.common.scores`)
 METRICS = ("psnr_db", "ssim")
@@ -133,23 +138,8 @@ def run_more_samples(
                 f"the network cannot take {ratio:g} sampling (factor {factor:g}): "
                 f"{type(exc).__name__}: {exc}"[:400],
             )
-        s_net, s_base = score(net, truth), score(base, truth)
         rows.append(
-            {
-                "factor": factor,
-                "ratio": ratio,
-                "training": factor == 1.0,
-                "network": {
-                    **s_net,
-                    "psnr": mean_ci(s_net["psnr_db"], cfg.thresholds.confidence),
-                    "ssim_ci": mean_ci(s_net["ssim"], cfg.thresholds.confidence),
-                },
-                "baseline": {
-                    **s_base,
-                    "psnr": mean_ci(s_base["psnr_db"], cfg.thresholds.confidence),
-                    "ssim_ci": mean_ci(s_base["ssim"], cfg.thresholds.confidence),
-                },
-            }
+            _row(factor, ratio, score(net, truth), score(base, truth), cfg.thresholds.confidence)
         )
         figures["ratios"].append(ratio)
         figures["network"].append(to_numpy(net[0]))
@@ -157,15 +147,83 @@ def run_more_samples(
         if progress is not None:
             progress(1)
     unit = "angles" if isinstance(subject.operator, ParallelBeamCT) else "fraction of k-space"
-    verdict, reason, judged = judge_ladder(rows, cfg.thresholds, unit=unit)
+    return _judged(rows, cfg.thresholds, unit, figures)
+
+
+def _row(
+    factor: float,
+    ratio: float,
+    s_net: dict[str, list[float]],
+    s_base: dict[str, list[float]],
+    confidence: float,
+) -> dict[str, Any]:
+    """One ratio of the ladder: per role the per-image scores and their means' intervals."""
+    return {
+        "factor": factor,
+        "ratio": ratio,
+        "training": factor == 1.0,
+        "network": {
+            **s_net,
+            "psnr": mean_ci(s_net["psnr_db"], confidence),
+            "ssim_ci": mean_ci(s_net["ssim"], confidence),
+        },
+        "baseline": {
+            **s_base,
+            "psnr": mean_ci(s_base["psnr_db"], confidence),
+            "ssim_ci": mean_ci(s_base["ssim"], confidence),
+        },
+    }
+
+
+def _judged(
+    rows: list[dict[str, Any]], th: SamplingThresholds, unit: str, figures: dict[str, Any]
+) -> TestResult:
+    verdict, reason, judged = judge_ladder(rows, th, unit=unit)
     numbers: dict[str, Any] = {
         "unit": unit,
         "training_ratio": next(r["ratio"] for r in rows if r["training"]),
         "ladder": rows,
-        "thresholds": cfg.thresholds.model_dump(),
+        "thresholds": th.model_dump(),
         **judged,
     }
     return TestResult("sampling", verdict, reason, numbers, figures)
+
+
+def merge_more_samples(
+    blocks: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
+) -> TestResult:
+    """Test 3 over an audit's units (its blocks of results.json, in image order): per ratio
+    the per-image scores joined and their intervals, then every paired comparison and the
+    verdict drawn from them, as for one run over every image. A unit skipped (the network
+    cannot take a ratio) skips the test. ``figures``: the ladder's figure (the first image at
+    every ratio) is the first unit's."""
+    skipped = next((b for b in blocks if b["verdict"] == "skipped"), None)
+    if skipped is not None:
+        return TestResult("sampling", "skipped", skipped["reason"])
+    th = SamplingThresholds.model_validate(blocks[0]["thresholds"])
+    ladders = [b["ladder"] for b in blocks]
+
+    def steps(ladder: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        return [(r["factor"], r["ratio"]) for r in ladder]
+
+    if any(steps(ladder) != steps(ladders[0]) for ladder in ladders) or any(
+        b["thresholds"] != blocks[0]["thresholds"] for b in blocks
+    ):
+        raise ValueError("the units differ in the ladder or the thresholds: they are not one audit")
+    rows = []
+    for k, row in enumerate(ladders[0]):
+        joined = {
+            role: {
+                metric: [v for ladder in ladders for v in ladder[k][role][metric]]
+                for metric in ("psnr_db", "ssim", "nmse")
+                if metric in row[role]
+            }
+            for role in ROLES
+        }
+        rows.append(
+            _row(row["factor"], row["ratio"], joined["network"], joined["baseline"], th.confidence)
+        )
+    return _judged(rows, th, blocks[0]["unit"], {} if figures is None else figures[0])
 
 
 def judge_ladder(

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,6 +50,7 @@ from reconstruction.instability.common import (
     Scoring,
     Subject,
     TestResult,
+    Unit,
     Verdict,
     baseline_reconstructor,
     measure,
@@ -59,7 +61,7 @@ from reconstruction.instability.common import (
 from reconstruction.instability.local import local_damage, window_change, window_masks
 from reconstruction.protocols import PerturbationThresholds, Protocol
 
-__all__ = ["run_perturbation"]
+__all__ = ["merge_perturbation", "run_perturbation"]
 
 Progress = Callable[[int], None]
 ROLES = ("network", "baseline")
@@ -227,11 +229,14 @@ def run_perturbation(
     *,
     progress: Progress | None = None,
     data: AuditData | None = None,
+    unit: Unit | None = None,
 ) -> TestResult:
     """Run test 1 on the images ``truth`` ``[B, H, W]`` (scaled to the intensity range);
-    ``data``: their measured k-space and data ranges (:class:`AuditData`)."""
+    ``data``: their measured k-space and data ranges (:class:`AuditData`); ``unit``: the part
+    of the audit these images are (its seed; default: the whole audit)."""
     cfg = protocol.perturbation
     assert cfg is not None
+    seed = protocol.seed if unit is None else unit.seed
     op = subject.operator
     white = subject.gradient_access == "white-box"
     f_net = network_reconstructor(subject, differentiable=white)
@@ -261,9 +266,6 @@ def run_perturbation(
     )
     window = cfg.local.window
     per_threat: dict[str, Any] = {}
-    evidence: list[dict[str, Any]] = []
-    borderline: list[dict[str, Any]] = []
-    problems: list[str] = []
     figures: dict[str, Any] = {"truth": to_numpy(truth)}
     for t_index, threat in enumerate(cfg.threat_models):
         threat_model: ThreatModel = threat
@@ -278,7 +280,7 @@ def run_perturbation(
                 threat_model=threat_model,
                 eps=cfg.budget.eps,
                 settings=role_settings[role],
-                seed=seeded(protocol.seed, 1, t_index, r_index),
+                seed=seeded(seed, 1, t_index, r_index),
                 roi=roi,
                 objective=cfg.budget.objective,
                 gradients=white or role == "baseline",
@@ -327,7 +329,7 @@ def run_perturbation(
                         threat_model=threat_model,
                         eps=[cfg.budget.eps[k] for k in ks],
                         settings=local_settings,
-                        seed=seeded(protocol.seed, 5, t_index, r_index),
+                        seed=seeded(seed, 5, t_index, r_index),
                         roi=masks,
                         gradients=white or role == "baseline",
                         initial=[starts[k] for k in ks],
@@ -350,7 +352,7 @@ def run_perturbation(
                         clean[role],
                         result.measurement_perturbation,
                         cfg.controls.noise_draws,
-                        seeded(protocol.seed, 2, t_index, k),
+                        seeded(seed, 2, t_index, k),
                         roi,
                     )
                 )
@@ -361,7 +363,7 @@ def run_perturbation(
                         clean[role],
                         result,
                         cfg.controls.persistence_noise,
-                        seeded(protocol.seed, 3, t_index, k),
+                        seeded(seed, 3, t_index, k),
                     )
                 )
                 if role == "network" and result.queries is not None:
@@ -380,52 +382,6 @@ def run_perturbation(
                         "search": _search_record(local),
                     }
             rows.append(row)
-            for i in range(truth.shape[0]):
-                net, base = row["network"], row["baseline"]
-                candidates = [
-                    (
-                        _finding(
-                            "whole image",
-                            net,
-                            net["output_change"][i],
-                            base["output_change"][i],
-                            i,
-                        ),
-                        base["search"]["plateaued"][i],
-                    )
-                ]
-                if local_runs:
-                    ln, lb = row["local_network"], row["local_baseline"]
-                    candidates.append(
-                        (
-                            _finding(
-                                "window", ln, ln["window_change"][i], lb["window_change"][i], i
-                            ),
-                            lb["search"]["plateaued"][i],
-                        )
-                    )
-                for c, baseline_done in candidates:
-                    if c.ratio < th.margin:
-                        continue
-                    finding = {
-                        "threat_model": threat,
-                        "eps": eps,
-                        "image": i,
-                        "objective": c.kind,
-                        "network_change": c.network_change,
-                        "baseline_change": c.baseline_change,
-                        "change_ratio": c.ratio,
-                        "network_psnr_drop_db": c.psnr_drop,
-                        "network_ssim_drop": c.ssim_drop,
-                        "network_local_error_increase_db": c.local_increase,
-                        "baseline_psnr_drop_db": base["psnr_clean_db"][i]
-                        - base["psnr_perturbed_db"][i],
-                        "baseline_search_plateaued": baseline_done,
-                    }
-                    # a baseline search still improving may have understated the baseline's
-                    # change, and so overstated the ratio: not evidence on its own
-                    strong = c.material(th) and baseline_done
-                    (evidence if strong else borderline).append(finding)
         amplification = {
             role: None if s.amplification is None else _floats(s.amplification)
             for role, s in searches.items()
@@ -440,7 +396,6 @@ def run_perturbation(
             },
             "passes": {role: s.passes for role, s in searches.items()},
         }
-        problems += _convergence(rows, threat, th.max_restart_spread)
         worst = runs["network"][-1]
         # the arrays behind the worst case's figure (the numbers are in ``per_threat``): at the
         # largest eps, the network's perturbation, each role's clean and perturbed
@@ -467,19 +422,85 @@ def run_perturbation(
         "threat_models": per_threat,
         "thresholds": th.model_dump(),
         "local": cfg.local.model_dump(),
-        "convergence": {"converged": not problems, "problems": problems[:20]},
     }
     if cfg.pnas is not None and "image" in cfg.threat_models and white:
         numbers["pnas"], figures["pnas"] = _run_pnas(
-            subject, f_net, f_base, truth, y, protocol, roi, progress, score
+            subject, f_net, f_base, truth, y, protocol, roi, progress, score, seed
         )
+    return _judged(numbers, figures)
+
+
+def _judged(numbers: dict[str, Any], figures: dict[str, Any]) -> TestResult:
+    """The verdict on the numbers of the searches (``threat_models``): the findings, the
+    searches' convergence, and the reason; set into ``numbers``."""
+    th = PerturbationThresholds.model_validate(numbers["thresholds"])
+    evidence, borderline, problems = _findings(numbers["threat_models"], th)
     evidence.sort(key=lambda e: (e["eps"], -e["change_ratio"]))
+    numbers["convergence"] = {"converged": not problems, "problems": problems[:20]}
     numbers["evidence"] = evidence[:20]
     numbers["borderline"] = borderline[:20]
     verdict, reason = _verdict(evidence, borderline, problems, th)
-    if not white:
+    if numbers["gradient_access"] != "white-box":
         reason += " (black-box search: weaker evidence)"
     return TestResult("perturbation", verdict, reason, numbers, figures)
+
+
+def _findings(
+    per_threat: dict[str, Any], th: PerturbationThresholds
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Every case against the network (per threat model, eps, image and objective: the ratio
+    reaches the margin), split into evidence (material damage, the baseline's search
+    plateaued) and borderline cases; and why the network's searches do not support
+    ``stable``."""
+    evidence: list[dict[str, Any]] = []
+    borderline: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for threat, block in per_threat.items():
+        for row in block["results"]:
+            net, base = row["network"], row["baseline"]
+            for i in range(len(net["output_change"])):
+                candidates = [
+                    (
+                        _finding(
+                            "whole image", net, net["output_change"][i], base["output_change"][i], i
+                        ),
+                        base["search"]["plateaued"][i],
+                    )
+                ]
+                if "local_network" in row:
+                    ln, lb = row["local_network"], row["local_baseline"]
+                    candidates.append(
+                        (
+                            _finding(
+                                "window", ln, ln["window_change"][i], lb["window_change"][i], i
+                            ),
+                            lb["search"]["plateaued"][i],
+                        )
+                    )
+                for c, baseline_done in candidates:
+                    if c.ratio < th.margin:
+                        continue
+                    finding = {
+                        "threat_model": threat,
+                        "eps": row["eps"],
+                        "image": i,
+                        "objective": c.kind,
+                        "network_change": c.network_change,
+                        "baseline_change": c.baseline_change,
+                        "change_ratio": c.ratio,
+                        "network_psnr_drop_db": c.psnr_drop,
+                        "network_ssim_drop": c.ssim_drop,
+                        "network_local_error_increase_db": c.local_increase,
+                        "baseline_psnr_drop_db": base["psnr_clean_db"][i]
+                        - base["psnr_perturbed_db"][i],
+                        "baseline_search_plateaued": baseline_done,
+                    }
+                    # a baseline search still improving may have understated the baseline's
+                    # change, and so overstated the ratio: not evidence on its own
+                    strong = c.material(th) and baseline_done
+                    (evidence if strong else borderline).append(finding)
+        problems += _convergence(block["results"], threat, th.max_restart_spread)
+    return evidence, borderline, problems
 
 
 def _verdict(
@@ -529,6 +550,7 @@ def _run_pnas(
     roi: Tensor | None,
     progress: Progress | None,
     score: Scoring,
+    seed: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     assert protocol.perturbation is not None
     assert protocol.perturbation.pnas is not None
@@ -543,7 +565,7 @@ def _run_pnas(
             subject.operator,
             truth,
             y,
-            seed=seeded(protocol.seed, 4, index),
+            seed=seeded(seed, 4, index),
             roi=roi,
             progress=progress,
             **settings,
@@ -562,3 +584,167 @@ def _run_pnas(
             "reconstructions": to_numpy(result.reconstructions),
         }
     return numbers, figures
+
+
+# --------------------------------------------------------------------------------------------
+# merging the units of an audit (consecutive images, in order)
+
+
+def _joined(values: list[Any], what: str) -> Any:
+    """One value shared by every unit (a setting, a label): the units must agree."""
+    if any(v != values[0] for v in values[1:]):
+        raise ValueError(f"the units differ in {what}: they are not one audit")
+    return values[0]
+
+
+def _mean_curves(curves: list[list[list[float]]], weights: list[int]) -> list[list[float]]:
+    """Per start, the mean over images of curves that are each a mean over a unit's images
+    (weighted by its images); a curve that stopped early (every start of its unit done) holds
+    its last value, as its images' best so far does."""
+    if not any(curves):
+        return []
+    starts = _joined([len(c) for c in curves if c], "the starts of a search")
+    out: list[list[float]] = []
+    for k in range(starts):
+        parts = [(c[k], w) for c, w in zip(curves, weights, strict=True) if c and c[k]]
+        if not parts:
+            out.append([])
+            continue
+        length = max(len(curve) for curve, _ in parts)
+        total = sum(w for _, w in parts)
+        out.append(
+            [
+                sum(w * curve[min(j, len(curve) - 1)] for curve, w in parts) / total
+                for j in range(length)
+            ]
+        )
+    return out
+
+
+def _merged_search(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "iterations": [v for r in records for v in r["iterations"]],
+        "plateaued": [v for r in records for v in r["plateaued"]],
+        "restart_spread": [v for r in records for v in r["restart_spread"]],
+        "passes": sum(r["passes"] for r in records),
+        "starts": _joined([r["starts"] for r in records], "the starts of a search"),
+    }
+
+
+def _merged_record(records: list[dict[str, Any]], weights: list[int]) -> dict[str, Any]:
+    """One role's record at one eps over the units: per-image lists joined, costs summed, the
+    loss curves averaged over every image."""
+    out: dict[str, Any] = {}
+    for key, first in records[0].items():
+        values = [r[key] for r in records]
+        if key == "search":
+            out[key] = _merged_search(values)
+        elif key == "loss_curves":
+            out[key] = _mean_curves(values, weights)
+        elif key == "restart_changes":  # [starts][images]
+            starts = _joined([len(v) for v in values], "the starts of a search")
+            out[key] = [[c for v in values for c in v[k]] for k in range(starts)]
+        elif key == "queries":
+            out[key] = sum(values)
+        elif key == "targeted":  # the baseline's window search ran for some unit's images
+            out[key] = any(values)
+        elif isinstance(first, list):
+            out[key] = [item for v in values for item in v]
+        else:
+            out[key] = _joined(values, key)
+    return out
+
+
+def _merged_pnas(blocks: list[dict[str, Any]], weights: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"settings": _joined([b["settings"] for b in blocks], "pnas")}
+    for role in ("network", "baseline"):
+        records = [b[role] for b in blocks if b.get(role) is not None]
+        if not records:
+            continue
+        merged: dict[str, Any] = {}
+        for key in ("sizes", "output_change", "psnr_db", "iterations"):  # [checkpoints][images]
+            rows = _joined([len(r[key]) for r in records], "the paper's checkpoints")
+            merged[key] = [[v for r in records for v in r[key][k]] for k in range(rows)]
+        reasons = list(dict.fromkeys(r["stop_reason"] for r in records))
+        merged["stop_reason"] = "; ".join(reasons)
+        merged["loss_curve"] = _mean_curves([[r["loss_curve"]] for r in records], weights)[0]
+        out[role] = merged
+    return out
+
+
+def merge_perturbation(
+    blocks: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
+) -> TestResult:
+    """Test 1 over an audit's units (its blocks of results.json, in image order): the
+    searches' per-image numbers joined, then the findings, the convergence and the verdict
+    drawn from them, as for one run over every image. ``figures``: the units' figure arrays,
+    joined along the images (the paper's search: ``[checkpoints, images, ...]``)."""
+    first = blocks[0]
+    weights = [_images(b) for b in blocks]
+    numbers: dict[str, Any] = {
+        key: _joined([b[key] for b in blocks], key)
+        for key in (
+            "search",
+            "objective",
+            "gradient_access",
+            "baseline",
+            "baseline_attack_iterations",
+            "thresholds",
+            "local",
+        )
+        if key in first
+    }
+    per_threat: dict[str, Any] = {}
+    for threat, block in first["threat_models"].items():
+        parts = [b["threat_models"][threat] for b in blocks]
+        rows = []
+        for k, row in enumerate(block["results"]):
+            merged_row: dict[str, Any] = {"eps": row["eps"]}
+            for key in row:
+                if key != "eps":
+                    merged_row[key] = _merged_record([p["results"][k][key] for p in parts], weights)
+            rows.append(merged_row)
+        amplification: dict[str, Any] = {}
+        for role in ROLES:
+            values = [p["amplification"][role] for p in parts]
+            amplification[role] = (
+                None if any(v is None for v in values) else [a for v in values for a in v]
+            )
+        amplification["method"] = _joined([p["amplification"]["method"] for p in parts], "method")
+        per_threat[threat] = {
+            "eps": _joined([p["eps"] for p in parts], "eps"),
+            "normalisation": block["normalisation"],
+            "results": rows,
+            "amplification": amplification,
+            "passes": {role: sum(p["passes"][role] for p in parts) for role in block["passes"]},
+        }
+    numbers["threat_models"] = per_threat
+    if "pnas" in first:
+        numbers["pnas"] = _merged_pnas([b["pnas"] for b in blocks], weights)
+    joined = (
+        {}
+        if figures is None
+        else _joined_arrays(figures, lambda path: 1 if path[:1] == ("pnas",) else 0)
+    )
+    return _judged(numbers, joined)
+
+
+def _images(block: dict[str, Any]) -> int:
+    """How many images a unit's block covers."""
+    threat = next(iter(block["threat_models"].values()))
+    return len(threat["results"][0]["network"]["size"])
+
+
+def _joined_arrays(parts: list[Any], image_axis: Callable[[tuple[str, ...]], int]) -> Any:
+    """Figure structures of the units (the same keys) joined: arrays along their image axis
+    (by the key path), per-image lists one after the other."""
+
+    def join(values: list[Any], path: tuple[str, ...]) -> Any:
+        first = values[0]
+        if isinstance(first, dict):
+            return {key: join([v[key] for v in values], (*path, key)) for key in first}
+        if isinstance(first, list):
+            return [item for v in values for item in v]
+        return np.concatenate([np.asarray(v) for v in values], axis=image_axis(path))
+
+    return join(parts, ())

@@ -1,7 +1,8 @@
 """The three tests, each declared once: its name (the key in results.json, the protocol and
 ``--only``), the title and question the certificate prints, the protocol section that
-configures it, its runner, how many progress steps it takes, and the model of its numbers (its
-block of results.json, :mod:`reconstruction.instability.numbers`). The suite, the command lines,
+configures it, its runner, how many progress steps it takes, the model of its numbers (its
+block of results.json, :mod:`reconstruction.instability.numbers`), and how its units (parts of
+an audit's images) are merged. The suite, the command lines,
 the worker's fan-out and the report iterate :data:`REGISTRY`; the report's figures and views
 are keyed by :data:`TESTS` (a test checks that every test has both)."""
 
@@ -22,19 +23,30 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor
 
-    from reconstruction.instability.common import AuditData, Subject, TestResult
+    from reconstruction.instability.common import AuditData, Subject, TestResult, Unit
 
-__all__ = ["BY_NAME", "REGISTRY", "TESTS", "InstabilityTest", "Runner", "enabled"]
+__all__ = ["BY_NAME", "REGISTRY", "TESTS", "InstabilityTest", "Merger", "Runner", "enabled"]
+
+
+def _imported(target: str) -> Callable[..., Any]:
+    """The function ``module:function``, imported at the first call, so that what only reads
+    the registry's names and titles (the report) loads no test code."""
+    module, _, function = target.partition(":")
+    found: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return found
 
 
 class Runner:
     """How the suite calls a test: ``(subject, truth, protocol, data=..., details=...,
-    progress=...)`` (``details``: the user's structural details, for the test that uses them).
-    ``target`` names the test's function (``module:function``), imported at the first call, so
-    that what only reads the registry's names and titles (the report) loads no test code."""
+    unit=..., progress=...)`` (``details``: the user's structural details, for the test that
+    uses them; ``unit``: the part of the audit the images are, for the tests whose random
+    choices or records depend on it). ``target`` names the test's function
+    (``module:function``)."""
 
-    def __init__(self, target: str, *, takes_details: bool = False) -> None:
-        self.target, self.takes_details = target, takes_details
+    def __init__(
+        self, target: str, *, takes_details: bool = False, takes_unit: bool = True
+    ) -> None:
+        self.target, self.takes_details, self.takes_unit = target, takes_details, takes_unit
 
     def __call__(
         self,
@@ -44,12 +56,31 @@ class Runner:
         *,
         data: AuditData | None,
         details: Sequence[tuple[str, np.ndarray]],
+        unit: Unit,
         progress: Callable[[int], None],
     ) -> TestResult:
-        module, _, function = self.target.partition(":")
-        run: Callable[..., TestResult] = getattr(importlib.import_module(module), function)
         extra: dict[str, Any] = {"custom": details} if self.takes_details else {}
-        return run(subject, truth, protocol, data=data, progress=progress, **extra)
+        if self.takes_unit:
+            extra["unit"] = unit
+        result: TestResult = _imported(self.target)(
+            subject, truth, protocol, data=data, progress=progress, **extra
+        )
+        return result
+
+
+class Merger:
+    """How a test's units are merged: ``(blocks, figures=None) -> TestResult``, the blocks of
+    results.json of its units in image order (and their figure arrays, when at hand) merged
+    into the test's block over every image (``module:function``)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __call__(
+        self, blocks: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
+    ) -> TestResult:
+        result: TestResult = _imported(self.target)(blocks, figures)
+        return result
 
 
 def _perturbation_steps(protocol: Protocol) -> int:
@@ -87,6 +118,8 @@ class InstabilityTest:
     steps: Callable[[Protocol], int]
     #: its block of results.json when it ran (when it did not: :class:`Skipped`)
     numbers: type[Outcome]
+    #: merges its units (:attr:`reconstruction.protocols.Images.per_unit`)
+    merge: Merger
 
     @cached_property
     def block(self) -> TypeAdapter[Outcome]:
@@ -117,6 +150,7 @@ REGISTRY: tuple[InstabilityTest, ...] = (
         run=Runner("reconstruction.instability.perturbation:run_perturbation"),
         steps=_perturbation_steps,
         numbers=Perturbation,
+        merge=Merger("reconstruction.instability.perturbation:merge_perturbation"),
     ),
     InstabilityTest(
         name="structural",
@@ -129,6 +163,7 @@ REGISTRY: tuple[InstabilityTest, ...] = (
         run=Runner("reconstruction.instability.structural:run_structural", takes_details=True),
         steps=_structural_steps,
         numbers=Structural,
+        merge=Merger("reconstruction.instability.structural:merge_structural"),
     ),
     InstabilityTest(
         name="sampling",
@@ -138,9 +173,10 @@ REGISTRY: tuple[InstabilityTest, ...] = (
             "it was trained with, as the baseline's does?"
         ),
         section="sampling",
-        run=Runner("reconstruction.instability.more_samples:run_more_samples"),
+        run=Runner("reconstruction.instability.more_samples:run_more_samples", takes_unit=False),
         steps=_sampling_steps,
         numbers=Sampling,
+        merge=Merger("reconstruction.instability.more_samples:merge_more_samples"),
     ),
 )
 

@@ -42,6 +42,7 @@ from reconstruction.instability.common import (
     AuditData,
     Subject,
     TestResult,
+    Unit,
     Verdict,
     baseline_reconstructor,
     mean_ci,
@@ -52,7 +53,7 @@ from reconstruction.instability.common import (
 )
 from reconstruction.protocols import Protocol, StructuralThresholds
 
-__all__ = ["judge_details", "run_structural"]
+__all__ = ["judge_details", "merge_structural", "run_structural"]
 
 
 def run_structural(
@@ -63,13 +64,17 @@ def run_structural(
     custom: Sequence[tuple[str, np.ndarray]] = (),
     progress: Callable[[int], None] | None = None,
     data: AuditData | None = None,
+    unit: Unit | None = None,
 ) -> TestResult:
     """Run test 2. ``custom``: user-supplied details ``(name, image or mask)``, placed and
     scored like the standard ones at every height and contrast (in a separate pass).
     ``data``: measured k-space (:class:`AuditData`): details are then added to the measured
-    data, ``y + A d``."""
+    data, ``y + A d``. ``unit``: the part of the audit these images are: each image's details
+    are placed by its index in the audit (the same placement however the audit is divided),
+    and the rows name that index."""
     cfg = protocol.structural
     assert cfg is not None
+    first = 0 if unit is None else unit.start
     th = cfg.thresholds
     op = subject.operator
     lo, hi = subject.manifest.intensity_range
@@ -94,7 +99,11 @@ def run_structural(
             recon = {"network": f_net(y_d), "baseline": f_base(y_d)}
         for i, placed in enumerate(sets):
             for detail in placed:
-                row: dict[str, Any] = {"image": i, "class_contrast": contrast, **detail.as_dict()}
+                row: dict[str, Any] = {
+                    "image": first + i,
+                    "class_contrast": contrast,
+                    **detail.as_dict(),
+                }
                 for role in ("network", "baseline"):
                     row[role] = det.score_detail(
                         recon[role][i],
@@ -108,7 +117,7 @@ def run_structural(
                 rows.append(row)
                 crops.append(
                     {
-                        "image": i,
+                        "image": first + i,
                         "name": detail.name,
                         "contrast": contrast,
                         "box": det.crop_box(detail, with_details[i].shape[-2:]),
@@ -126,13 +135,13 @@ def run_structural(
                 heights=cfg.heights_px,
                 contrast=contrast,
                 intensity_range=(lo, hi),
-                seed=seeded(protocol.seed, 20, c_index, i),
+                seed=seeded(protocol.seed, 20, c_index, first + i),
                 text=cfg.text,
                 symbols=cfg.symbols,
             )
             standard.append(placed.details)
             for name, why in placed.skipped.items():
-                skipped[f"image {i}: {name} (contrast {contrast:g})"] = why
+                skipped[f"image {first + i}: {name} (contrast {contrast:g})"] = why
         score(standard, contrast)
         if custom:
             extra: list[list[det.Detail]] = []
@@ -149,11 +158,11 @@ def run_structural(
                             glyphs,
                             contrast=contrast,
                             intensity_range=(lo, hi),
-                            seed=seeded(protocol.seed, 21, c_index, i),
+                            seed=seeded(protocol.seed, 21, c_index, first + i),
                         )
                     )
                 except ValueError as exc:
-                    skipped[f"image {i}: custom details (contrast {contrast:g})"] = str(exc)
+                    skipped[f"image {first + i}: custom details (contrast {contrast:g})"] = str(exc)
                     extra.append([])
             score(extra, contrast)
         if progress is not None:
@@ -329,11 +338,52 @@ def _describe(
     )
 
 
+def _rank(row: dict[str, Any], k: int) -> tuple[int, float]:
+    """A crop's place in the report: the missed details first (lowest network recovery
+    first), then the others in the order they were placed (``k``)."""
+    return (0, row["network"]["contrast_recovery"]) if row["missed"] else (1, k)
+
+
 def _panels(rows: list[dict[str, Any]], crops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Up to 12 crops for the report: the missed details first (lowest network recovery first),
-    then the others in the order they were placed."""
-    order = sorted(
-        range(len(rows)),
-        key=lambda k: (0, rows[k]["network"]["contrast_recovery"]) if rows[k]["missed"] else (1, k),
-    )
+    """Up to 12 crops for the report, by :func:`_rank`."""
+    order = sorted(range(len(rows)), key=lambda k: _rank(rows[k], k))
     return [crops[k] for k in order[:12]]
+
+
+def merge_structural(
+    blocks: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
+) -> TestResult:
+    """Test 2 over an audit's units (its blocks of results.json, in image order): every scored
+    detail (rows name their image's index in the audit), then the classes, the comparisons and
+    the verdict drawn from all of them, as for one run over every image. ``figures``: the
+    units' crops, ranked again among all the details."""
+    th = StructuralThresholds.model_validate(blocks[0]["thresholds"])
+    rows = [{k: v for k, v in row.items() if k != "missed"} for b in blocks for row in b["details"]]
+    verdict, reason, judged = judge_details(rows, th)
+    fonts = {b["font"] for b in blocks}
+    if len(fonts) > 1 or any(b["thresholds"] != blocks[0]["thresholds"] for b in blocks):
+        raise ValueError("the units differ in the font or the thresholds: they are not one audit")
+    numbers: dict[str, Any] = {
+        "details": rows,
+        "skipped": {k: v for b in blocks for k, v in b["skipped"].items()},
+        "font": blocks[0]["font"],
+        "thresholds": blocks[0]["thresholds"],
+        **judged,
+    }
+    panels = {} if figures is None else {"panels": _merged_panels(figures, rows)}
+    return TestResult("structural", verdict, reason, numbers, panels)
+
+
+def _merged_panels(parts: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[Any]:
+    """The report's crops over the units: each unit's (its first by :func:`_rank`) ranked
+    again among the merged ``rows`` (judged)."""
+    where: dict[tuple[int, str, float], list[int]] = {}
+    for k, row in enumerate(rows):
+        where.setdefault((row["image"], row["name"], row["class_contrast"]), []).append(k)
+    ranked = []
+    for part in parts:
+        for crop in part.get("panels", []):
+            k = where[(crop["image"], crop["name"], crop["contrast"])].pop(0)
+            ranked.append((_rank(rows[k], k), k, crop))
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    return [crop for _, _, crop in ranked[:12]]

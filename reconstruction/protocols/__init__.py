@@ -69,6 +69,13 @@ class _Strict(BaseModel):
 
 class Images(_Strict):
     max_images: Annotated[int, Field(ge=1, le=256)] = 8
+    #: how the audit is decomposed: each test runs on units of this many consecutive images,
+    #: each unit seeded from the protocol's seed and its own index, and the units' numbers are
+    #: merged (the statistics over images computed from the merged per-image numbers). The
+    #: units are the same however many workers run them, so a run fanned out per unit gives
+    #: the numbers of a run in one process. None: one unit of every image (added after
+    #: protocols were first issued: absent, a protocol keeps the hash it was issued with).
+    per_unit: Annotated[int, Field(ge=1, le=256)] | None = None
 
 
 class Baseline(_Strict):
@@ -339,10 +346,13 @@ class Protocol(_Strict):
     def canonical_json(self) -> str:
         """Every field, defaults filled in, keys sorted, no whitespace; but ``metrics`` (added
         after protocols were first issued) enters only when it is not the default, so a
-        protocol that keeps the default keeps the hash it was issued with."""
+        protocol that keeps the default keeps the hash it was issued with (as does one without
+        ``images.per_unit``)."""
         data = self.model_dump(mode="json")
         if self.metrics == Metrics():
             del data["metrics"]
+        if self.images.per_unit is None:
+            del data["images"]["per_unit"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -375,9 +385,20 @@ def _builtin_sha256(name: str) -> str:
     return load_protocol(name).sha256
 
 
+#: earlier versions of the built-ins, by name: their canonical hashes as issued (an audit run
+#: under one is still an audit under that built-in, at the version it records)
+RETIRED: dict[str, dict[str, str]] = {
+    # version 2, before its decomposition per image (images.per_unit)
+    "standard": {"2": "c3e5e155174db0888cf5c666ef5db3f71ba8a636ff70b39e6fd6414cef471654"},
+}
+
+
 def is_builtin(name: str, sha256: str) -> bool:
-    """Whether a protocol of this name and canonical hash is the built-in one."""
-    return name in BUILTIN and sha256 == _builtin_sha256(name)
+    """Whether a protocol of this name and canonical hash is the built-in one, or one of its
+    earlier versions (:data:`RETIRED`)."""
+    return name in BUILTIN and (
+        sha256 == _builtin_sha256(name) or sha256 in RETIRED.get(name, {}).values()
+    )
 
 
 def shown_name(name: str, sha256: str) -> str:

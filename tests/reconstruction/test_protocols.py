@@ -36,10 +36,11 @@ def test_builtins_differ_and_quick_is_smallest() -> None:
     assert pnas.perturbation.pnas.momentum == 0.9
 
 
-#: the built-ins' hashes as issued before ``metrics`` existed (a default it keeps them)
+#: the built-ins' hashes as issued before ``metrics`` existed (a default it keeps them), and
+#: ``images.per_unit`` (absent, it keeps them); standard at its version 3, per image
 ISSUED = {
     "quick": "6def435123bfeaa896da1dc6675672f7e35ae0137b1f2eb7b440e04b7556f0c0",
-    "standard": "c3e5e155174db0888cf5c666ef5db3f71ba8a636ff70b39e6fd6414cef471654",
+    "standard": "4d200e7b9e078b0f344efb7be521e48aa5b18d2f7bef8b8df666d847e7b8447e",
     "pnas": "a93f1ba9bcd03c989efe77ad941ed74be3fe2e2a926a2fa44a936fce3909ff9c",
     "genzel2022": "55be2336d5747b92e5eafb0a0f89e514eda5f5ccfe08df971da949033f0d3f43",
     "darestani2021": "4a436585d5ea3b94b4578cd7f0bcfe58270d0097cdac80839d945b67a652c428",
@@ -230,3 +231,22 @@ def test_a_protocol_that_runs_no_test_is_refused() -> None:
         parse_protocol(yaml.safe_dump(data))
     data["sampling"] = load_protocol("quick").model_dump(mode="json")["sampling"]
     assert parse_protocol(yaml.safe_dump(data)).perturbation is None  # one test is enough
+
+
+def test_a_retired_version_of_a_builtin_is_still_that_builtin() -> None:
+    standard = load_protocol("standard")
+    assert standard.version == "3"
+    assert standard.images.per_unit == 1
+    data = yaml.safe_load(standard.to_yaml())
+    data["version"] = "2"
+    del data["images"]["per_unit"]
+    before = parse_protocol(yaml.safe_dump(data))
+    assert before.sha256 == protocols.RETIRED["standard"]["2"]
+    assert before.identity() == {
+        "name": "standard",
+        "version": "2",
+        "sha256": before.sha256,
+        "builtin": True,
+    }
+    data["images"]["per_unit"] = 2  # neither version
+    assert parse_protocol(yaml.safe_dump(data)).identity()["name"] == "custom:standard"

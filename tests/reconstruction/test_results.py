@@ -93,5 +93,12 @@ def test_a_skipped_test_is_its_reason_only(document: dict[str, Any]) -> None:
     skipped = read_results(shard).tests["sampling"]
     assert isinstance(skipped, Skipped)
     assert skipped.reason == SHARD_SKIP
-    merged = merge_results([shard, document])
+    other = copy.deepcopy(document)
+    for name in ("perturbation", "structural"):
+        other["tests"][name] = {"verdict": "skipped", "reason": SHARD_SKIP}
+        other["verdicts"][name] = "skipped"
+    merged = merge_results([shard, other])
     assert read_results(merged).shards is not None
+    assert merged["tests"] == document["tests"]
+    with pytest.raises(ValueError, match="perturbation was run by 2 shards, not once"):
+        merge_results([shard, document])

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,20 @@ import yaml
 
 from reconstruction import metrics
 from reconstruction.data import LoadedImage, Slices, read_images, shepp_logan
-from reconstruction.instability.common import BaselineSubject
+from reconstruction.instability.common import BaselineSubject, Unit, units
 from reconstruction.models import Manifest, build_operator
 from reconstruction.operators import birdcage_sensitivities
 from reconstruction.protocols import Protocol, parse_protocol
-from reconstruction.suite import RESULTS_SCHEMA, SHARD_SKIP, merge_results, run_suite
+from reconstruction.suite import (
+    EMPTY_UNIT,
+    RESULTS_SCHEMA,
+    SHARD_SKIP,
+    merge_figures,
+    merge_results,
+    parse_shard,
+    run_suite,
+    shard_names,
+)
 from tests.reconstruction.conftest import SMALL_PROTOCOL, Leaky, manifest, subject
 from tests.reconstruction.measured_files import write_fastmri
 
@@ -195,3 +205,88 @@ def test_shipped_maps_and_bad_measured_data(tmp_path: Path) -> None:
     wrong = write_fastmri(tmp_path / "big.h5", size=48, oversample=1, coils=4, slices=1)
     with pytest.raises(ValueError, match=r"does not match the network's image_size \[32, 32\]"):
         run_suite(control, read_images(wrong), protocol)
+
+
+def _in_units(document: dict[str, Any]) -> Protocol:
+    """A short protocol decomposed image by image (``images.per_unit: 1``)."""
+    document = copy.deepcopy(document)
+    document["images"] = {"max_images": 2, "per_unit": 1}
+    document["baseline"]["attack_iterations"] = 10
+    document["perturbation"]["budget"].update(
+        iterations=8, restarts=2, min_iterations=3, plateau_window=2
+    )
+    document["perturbation"]["pnas"].update(iterations=3, attack_baseline=False)
+    document["perturbation"]["controls"]["noise_draws"] = 1
+    return Protocol.model_validate(document)
+
+
+def _arrays_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_arrays_equal(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_arrays_equal, a, b))
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+@pytest.mark.parametrize("gain", [40.0])
+def test_an_audit_in_units_has_the_same_numbers_sharded_or_in_one_process(
+    mask_dir: Path, images: list[LoadedImage], gain: float
+) -> None:
+    protocol = _in_units(yaml.safe_load(SMALL_PROTOCOL))
+    model = subject(Leaky(gain), mask_dir)
+    whole = run_suite(model, images, protocol)
+    names = shard_names(protocol, len(images))
+    assert names == [f"{t}/{k}" for t in ("perturbation", "structural", "sampling") for k in (0, 1)]
+    shards = []
+    for name in names:
+        test, unit = parse_shard(name)
+        shards.append(run_suite(model, images, protocol, only=[test], unit=unit))
+    # a unit beyond the images (an image set whose count was not known) runs nothing
+    empty = run_suite(model, images, protocol, only=["sampling"], unit=2)
+    assert empty.tests["sampling"].reason == EMPTY_UNIT
+    documents = [json.loads(json.dumps(s.to_json())) for s in [*shards, empty]]
+    assert documents[1]["unit"] == {"index": 1, "of": 2, "start": 1, "stop": 2}
+    merged = merge_results(documents)
+    expected = json.loads(json.dumps(whole.to_json()))
+    assert merged["tests"] == expected["tests"]
+    assert merged["verdicts"] == expected["verdicts"]
+    assert [s.get("unit") for s in merged["shards"]] == [0, 1, 0, 1, 0, 1, 2]
+    # every image's numbers, named by its index in the audit
+    block = merged["tests"]["perturbation"]["threat_models"]["image"]["results"][0]
+    assert len(block["network"]["output_change"]) == 2
+    structural = merged["tests"]["structural"]
+    placed = {row["image"] for row in structural["details"]}
+    unplaced = {int(key.split()[1].rstrip(":")) for key in structural["skipped"]}
+    assert placed | unplaced == {0, 1}
+    if gain:
+        assert merged["verdicts"]["perturbation"] == "unstable", merged["tests"]["perturbation"][
+            "reason"
+        ]
+    # the figures' arrays merge as the numbers do
+    tests = merge_figures(documents, [{n: t.figures for n, t in s.tests.items()} for s in shards])
+    for name, test in tests.items():
+        assert test.as_dict() == expected["tests"][name]
+        assert _arrays_equal(test.figures, whole.tests[name].figures), name
+    with pytest.raises(ValueError, match="not each run once"):
+        merge_results([d for k, d in enumerate(documents) if k != 1])
+    with pytest.raises(ValueError, match="a unit of the images is run for one test"):
+        run_suite(model, images, protocol, unit=0)
+
+
+def test_units_are_fixed_by_the_protocol() -> None:
+    protocol = _in_units(yaml.safe_load(SMALL_PROTOCOL))
+    parts = units(protocol, 3)
+    assert [(u.start, u.stop) for u in parts] == [(0, 1), (1, 2), (2, 3)]
+    assert len({u.seed for u in parts}) == 3
+    assert units(protocol, 3) == parts  # seeded by the protocol and the index only
+    undivided = parse_protocol(SMALL_PROTOCOL)
+    assert units(undivided, 3) == [Unit(0, 0, 3, undivided.seed)]
+    assert shard_names(undivided, 3) == ["perturbation", "structural", "sampling"]
+    assert parse_shard("structural") == ("structural", None)
+    for bad in ("speed", "perturbation/x", "perturbation/-1"):
+        with pytest.raises(ValueError, match="not a shard"):
+            parse_shard(bad)
