@@ -268,9 +268,9 @@ def test_an_audit_in_units_has_the_same_numbers_sharded_or_in_one_process(
         ]
     # the figures' arrays merge as the numbers do
     tests = merge_figures(documents, [{n: t.figures for n, t in s.tests.items()} for s in shards])
-    for name, test in tests.items():
-        assert test.as_dict() == expected["tests"][name]
-        assert _arrays_equal(test.figures, whole.tests[name].figures), name
+    for name, merged_test in tests.items():
+        assert merged_test.as_dict() == expected["tests"][name]
+        assert _arrays_equal(merged_test.figures, whole.tests[name].figures), name
     with pytest.raises(ValueError, match="not each run once"):
         merge_results([d for k, d in enumerate(documents) if k != 1])
     with pytest.raises(ValueError, match="a unit of the images is run for one test"):
