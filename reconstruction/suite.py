@@ -39,6 +39,7 @@ from reconstruction.results import RESULTS_SCHEMA, checked
 
 __all__ = [
     "EMPTY_UNIT",
+    "NOT_IN_PROTOCOL",
     "RESULTS_SCHEMA",
     "SHARD_SKIP",
     "TESTS",
@@ -60,6 +61,10 @@ Progress = Callable[[str, int, int], None]
 SHARD_SKIP = "run in another shard of this audit"
 #: the reason a shard's test carries when its unit lies beyond the audit's images
 EMPTY_UNIT = "no image in this unit of the audit"
+#: the reason a test carries that the protocol does not run (in every shard)
+NOT_IN_PROTOCOL = "not part of this protocol"
+#: a test's reasons in a shard that did not run it
+_NOT_RUN = (SHARD_SKIP, EMPTY_UNIT, NOT_IN_PROTOCOL)
 
 
 @dataclass
@@ -143,7 +148,7 @@ def merge_results(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged["timings_seconds"] = {}
     merged["shards"] = []
     for doc in documents:
-        names = [name for name, test in doc["tests"].items() if test.get("reason") != SHARD_SKIP]
+        names = [name for name, test in doc["tests"].items() if test.get("reason") not in _NOT_RUN]
         shard: dict[str, Any] = {"tests": names}
         if "unit" in doc:
             shard["unit"] = doc["unit"]["index"]
@@ -170,7 +175,7 @@ def _ran(documents: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     ran: dict[str, list[int]] = {}
     for k, doc in enumerate(documents):
         for name, test in doc["tests"].items():
-            if test.get("reason") not in (SHARD_SKIP, EMPTY_UNIT):
+            if test.get("reason") not in _NOT_RUN:
                 ran.setdefault(name, []).append(k)
     return {
         name: sorted(found, key=lambda k: int(documents[k].get("unit", {}).get("index", 0)))
@@ -458,7 +463,7 @@ def run_suite(
     for test in REGISTRY:
         name = test.name
         if test.config(protocol) is None:
-            results[name] = TestResult(name, "skipped", "not part of this protocol")
+            results[name] = TestResult(name, "skipped", NOT_IN_PROTOCOL)
             continue
         if only is not None and name not in only:
             results[name] = TestResult(name, "skipped", SHARD_SKIP)

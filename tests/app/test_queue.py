@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from app import queue
 from app.settings import get_settings
@@ -39,3 +41,43 @@ def test_a_redelivering_broker_has_no_waiting_list(monkeypatch: pytest.MonkeyPat
         assert queue.waiting() is None
     finally:
         get_settings.cache_clear()
+
+
+def test_shard_priorities_interleave_audits() -> None:
+    # an audit's shards in order, its owner's other running audits later still, capped
+    assert [queue.priority(k) for k in (0, 1, 2, 30)] == [0, 1, 2, queue.PRIORITIES - 1]
+    assert queue.priority(1, backlog=2) == 3
+    assert queue.priority(0, backlog=-1) == 0
+
+
+def test_redis_delivers_shards_by_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Redis a message of a higher priority (a smaller number) is taken first, whatever
+    was sent before it: a quick audit's first shard overtakes a standard audit's later ones."""
+    name = f"test-priority-{os.getpid()}"
+    monkeypatch.setenv("BROKER_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("RECON_AUDIT_QUEUE", name)
+    get_settings.cache_clear()
+    queue.celery_app.cache_clear()
+    try:
+        assert get_settings().queue == name
+        for k in range(3, 6):
+            queue.enqueue_shard("standard", f"perturbation/{k}", position=k)
+        queue.enqueue_shard("quick", "perturbation", position=0)
+        taken = []
+        with queue.celery_app().connection_for_read() as connection:
+            inbox = connection.SimpleQueue(name)
+            for _ in range(4):
+                message = inbox.get(timeout=5)
+                taken.append(tuple(message.payload[0]))
+                message.ack()
+            inbox.close()
+        assert taken == [
+            ("quick", "perturbation"),
+            ("standard", "perturbation/3"),
+            ("standard", "perturbation/4"),
+            ("standard", "perturbation/5"),
+        ]
+    finally:
+        redis.Redis.from_url("redis://127.0.0.1:6379/15").flushdb()
+        get_settings.cache_clear()
+        queue.celery_app.cache_clear()

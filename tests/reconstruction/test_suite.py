@@ -19,6 +19,7 @@ from reconstruction.operators import birdcage_sensitivities
 from reconstruction.protocols import Protocol, parse_protocol
 from reconstruction.suite import (
     EMPTY_UNIT,
+    NOT_IN_PROTOCOL,
     RESULTS_SCHEMA,
     SHARD_SKIP,
     merge_figures,
@@ -275,6 +276,29 @@ def test_an_audit_in_units_has_the_same_numbers_sharded_or_in_one_process(
         merge_results([d for k, d in enumerate(documents) if k != 1])
     with pytest.raises(ValueError, match="a unit of the images is run for one test"):
         run_suite(model, images, protocol, unit=0)
+
+
+def test_a_protocol_of_one_test_in_units_merges_that_test_only(
+    mask_dir: Path, images: list[LoadedImage]
+) -> None:
+    protocol = parse_protocol(
+        MEASURED_PROTOCOL.replace("metrics: {convention: fastmri}", "")
+        .replace("max_images: 2}", "max_images: 2, per_unit: 1}")
+        .replace("factors: [1.0, 2.0]", "factors: [0.5, 1.0, 2.0]")
+    )
+    model = subject(Leaky(0.0), mask_dir)
+    whole = json.loads(json.dumps(run_suite(model, images, protocol).to_json()))
+    names = shard_names(protocol, len(images))
+    assert names == ["sampling/0", "sampling/1"]
+    shards = [
+        run_suite(model, images, protocol, only=["sampling"], unit=parse_shard(n)[1]).to_json()
+        for n in names
+    ]
+    merged = merge_results(shards)
+    assert merged["tests"] == whole["tests"]
+    assert merged["tests"]["perturbation"]["reason"] == NOT_IN_PROTOCOL
+    assert merged["tests"]["sampling"]["n_images"] == 2
+    assert [s["tests"] for s in merged["shards"]] == [["sampling"], ["sampling"]]
 
 
 def test_units_are_fixed_by_the_protocol() -> None:

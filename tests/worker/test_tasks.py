@@ -21,8 +21,10 @@ import httpx
 import psycopg
 import pytest
 import redis
+import yaml
 
 from app.processes import alive, descendants
+from reconstruction.protocols import load_protocol
 from tests.app.conftest import PG_ADMIN
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -177,8 +179,13 @@ def test_upload_audit_and_download(service: Service) -> None:
     token = service.cli("admin", "create-user", "alice", "--role", "submitter")
     headers = {"Authorization": f"Bearer {token}"}
     model_id = _upload(service, token)
+    # quick, image by image: the audit fans out per test and image (its two images)
+    protocol = load_protocol("quick").model_dump(mode="json")
+    protocol["name"], protocol["images"]["per_unit"] = "quick-per-image", 1
     created = httpx.post(
-        f"{service.url}/api/v1/audits", headers=headers, json={"model_id": model_id}
+        f"{service.url}/api/v1/audits",
+        headers=headers,
+        json={"model_id": model_id, "protocol": yaml.safe_dump(protocol)},
     )
     assert created.status_code == 202, created.text
     audit_id = created.json()["id"]
@@ -191,6 +198,11 @@ def test_upload_audit_and_download(service: Service) -> None:
     results = httpx.get(f"{service.url}/api/v1/audits/{audit_id}/results", headers=headers)
     assert results.json()["schema"] == "recon-audit/results/v1"
     assert results.json()["model"]["format"] == "onnx"
+    assert [(s["tests"], s["unit"]) for s in results.json()["shards"]] == [
+        ([test], unit) for test in ("perturbation", "structural", "sampling") for unit in (0, 1)
+    ]
+    row = results.json()["tests"]["perturbation"]["threat_models"]["image"]["results"][0]
+    assert len(row["network"]["output_change"]) == 2  # both images' numbers, merged
     # the audit ran in the jail, as it saw itself from inside
     assert results.json()["environment"]["isolation"] == {
         "uid": 65534,
