@@ -78,6 +78,8 @@ def test_redis_delivers_shards_by_priority(monkeypatch: pytest.MonkeyPatch) -> N
             ("standard", "perturbation/5"),
         ]
     finally:
-        redis.Redis.from_url("redis://127.0.0.1:6379/15").flushdb()
+        server = redis.Redis.from_url("redis://127.0.0.1:6379/15")
+        for key in [*server.scan_iter(f"{name}*"), *server.scan_iter(f"_kombu.binding*.{name}")]:
+            server.delete(key)
         get_settings.cache_clear()
         queue.celery_app.cache_clear()
