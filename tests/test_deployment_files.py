@@ -35,11 +35,12 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SYSTEM_DEPS = ROOT / "scripts" / "ensure-system-deps.sh"
 
-SERVICES = {"postgres", "redis", "migrate", "api", "worker"}
-APP_SERVICES = ("migrate", "api", "worker")
+SERVICES = {"postgres", "redis", "migrate", "api", "worker", "worker-cpu"}
+APP_SERVICES = ("migrate", "api", "worker", "worker-cpu")
 DATA = "/data"
-#: variables that configure the container runtime rather than the service
-RUNTIME_VARIABLES = ("NVIDIA_",)
+#: variables that configure the container runtime (or the jail's threads, which the sandbox
+#: passes to the run: app.sandbox.PASSED) rather than the service
+RUNTIME_VARIABLES = ("NVIDIA_", "OMP_NUM_THREADS")
 #: the worker's grace period on stop: a quick audit takes about a minute on 2 CPU cores
 #: (benchmarks/README.md); allow ten times that before the running audit is killed
 MIN_GRACE_SECONDS = 600
@@ -355,9 +356,20 @@ def test_worker_runs_audits_on_its_reserved_gpu() -> None:
     # one audit at a time per GPU
     assert parsed(list(map(str, worker["command"])))["concurrency"] == device["count"]
     assert duration_seconds(str(worker["stop_grace_period"])) >= MIN_GRACE_SECONDS
-    for name in ("api", "migrate"):
+    for name in ("api", "migrate", "worker-cpu"):
         assert "deploy" not in service(name), f"{name} needs no GPU"
         assert service_env(name).get("RECON_AUDIT_DEVICE", "cpu") == "cpu"
+
+
+def test_cpu_workers_scale_with_one_thread_each() -> None:
+    worker = service("worker-cpu")
+    assert worker["profiles"] == ["cpu"]
+    assert service_env("worker-cpu")["OMP_NUM_THREADS"] == "1"
+    assert parsed(list(map(str, worker["command"])))["concurrency"] == 1
+    # `--scale worker-cpu=N` needs no fixed name and no published port
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert duration_seconds(str(worker["stop_grace_period"])) >= MIN_GRACE_SECONDS
 
 
 def test_migrations_gate_the_api_and_the_worker() -> None:
