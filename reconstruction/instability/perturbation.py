@@ -597,13 +597,21 @@ def _joined(values: list[Any], what: str) -> Any:
     return values[0]
 
 
+def _same_starts(values: list[list[Any]]) -> bool:
+    """Whether the units' searches had as many starts (a baseline's window search runs for
+    the units whose images need it only: elsewhere its record is the whole-image search's)."""
+    counts = {len(v) for v in values if v}
+    return len(counts) <= 1
+
+
 def _mean_curves(curves: list[list[list[float]]], weights: list[int]) -> list[list[float]]:
     """Per start, the mean over images of curves that are each a mean over a unit's images
     (weighted by its images); a curve that stopped early (every start of its unit done) holds
-    its last value, as its images' best so far does."""
-    if not any(curves):
+    its last value, as its images' best so far does. Units whose searches had other starts
+    have no common curves: none."""
+    if not any(curves) or not _same_starts(curves):
         return []
-    starts = _joined([len(c) for c in curves if c], "the starts of a search")
+    starts = max(len(c) for c in curves)
     out: list[list[float]] = []
     for k in range(starts):
         parts = [(c[k], w) for c, w in zip(curves, weights, strict=True) if c and c[k]]
@@ -627,7 +635,11 @@ def _merged_search(records: list[dict[str, Any]]) -> dict[str, Any]:
         "plateaued": [v for r in records for v in r["plateaued"]],
         "restart_spread": [v for r in records for v in r["restart_spread"]],
         "passes": sum(r["passes"] for r in records),
-        "starts": _joined([r["starts"] for r in records], "the starts of a search"),
+        # the starts' kinds, each once, in order (the same for every unit but where a window
+        # search ran for some units only)
+        "starts": records[0]["starts"]
+        if all(r["starts"] == records[0]["starts"] for r in records)
+        else list(dict.fromkeys(label for r in records for label in r["starts"])),
     }
 
 
@@ -641,9 +653,11 @@ def _merged_record(records: list[dict[str, Any]], weights: list[int]) -> dict[st
             out[key] = _merged_search(values)
         elif key == "loss_curves":
             out[key] = _mean_curves(values, weights)
-        elif key == "restart_changes":  # [starts][images]
-            starts = _joined([len(v) for v in values], "the starts of a search")
-            out[key] = [[c for v in values for c in v[k]] for k in range(starts)]
+        elif key == "restart_changes":  # [starts][images]; none where the starts differ
+            same = _same_starts(values) and all(values)
+            out[key] = (
+                [[c for v in values for c in v[k]] for k in range(len(first))] if same else []
+            )
         elif key == "queries":
             out[key] = sum(values)
         elif key == "targeted":  # the baseline's window search ran for some unit's images

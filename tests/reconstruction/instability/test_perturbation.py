@@ -117,3 +117,32 @@ def test_no_stable_verdict_from_a_search_stopped_at_its_cap(
     assert result.verdict == "inconclusive", result.reason
     assert "search still improving at its cap" in result.reason
     assert not result.numbers["convergence"]["converged"]
+
+
+def test_units_whose_window_searches_differ_merge_their_records() -> None:
+    """A baseline's window search runs for the units whose images need it only (elsewhere its
+    record is the whole-image search's): their records still merge, per image."""
+    from reconstruction.instability.perturbation import _merged_record
+
+    def record(starts: list[str], targeted: bool, change: float) -> dict[str, object]:
+        return {
+            "window_change": [change],
+            "targeted": targeted,
+            "search": {
+                "iterations": [5],
+                "plateaued": [True],
+                "restart_spread": [None],
+                "passes": 5,
+                "starts": starts,
+            },
+        }
+
+    merged = _merged_record(
+        [record(["given", "warm"], True, 0.1), record(["warm", "jacobian"], False, 0.2)], [1, 1]
+    )
+    assert merged["window_change"] == [0.1, 0.2]
+    assert merged["targeted"] is True
+    assert merged["search"]["starts"] == ["given", "warm", "jacobian"]
+    assert merged["search"]["passes"] == 10
+    same = _merged_record([record(["warm"], True, 0.1), record(["warm"], True, 0.3)], [1, 1])
+    assert same["search"]["starts"] == ["warm"]
