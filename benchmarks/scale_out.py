@@ -85,6 +85,10 @@ def _run(args: list[str], out: Path, threads: int | None) -> float:
     return time.perf_counter() - start
 
 
+def _label(shard: str) -> str:
+    return shard.replace("/", "-").replace("@", "-")
+
+
 def _schedule(times: list[float], workers: int) -> float:
     """The makespan of ``times`` on ``workers``, longest first, each to the first free."""
     free = [0.0] * workers
@@ -121,16 +125,13 @@ def main() -> None:
         shards = shard_names(protocol, n_images)
 
         def shard(name: str) -> tuple[str, float]:
-            test, unit = parse_shard(name)
-            extra = ["--only", test, *([] if unit is None else ["--unit", str(unit)])]
-            return name, _run([*common, *extra], folder / name.replace("/", "-"), 1)
+            return name, _run([*common, *parse_shard(name).args()], folder / _label(name), 1)
 
         start = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:  # the shard names are longest tests first
             times = dict(pool.map(shard, shards))
         documents = [
-            json.loads((folder / name.replace("/", "-") / "results.json").read_text())
-            for name in shards
+            json.loads((folder / _label(name) / "results.json").read_text()) for name in shards
         ]
         merge_start = time.perf_counter()
         merged = merge_results(documents)

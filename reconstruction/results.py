@@ -99,10 +99,11 @@ class MetricConvention(Record):
 
 class Shard(Record):
     """One shard of a fanned-out audit: the tests it ran (``unit``: on that unit of the
-    images), when, and where."""
+    images; ``part``: that part of its test there), when, and where."""
 
     tests: list[str]
     unit: int | None = None
+    part: str | None = None
     created: str
     environment: dict[str, Any]
 
@@ -110,12 +111,14 @@ class Shard(Record):
 class UnitRecord(Record):
     """The part of the audit's images a shard ran its test on: unit ``index`` of ``of``
     (:attr:`reconstruction.protocols.Images.per_unit`), the images ``start:stop`` (empty: a
-    unit beyond the audit's images)."""
+    unit beyond the audit's images); ``part``: the one part of the test run there (test 1: a
+    threat model), where the test splits."""
 
     index: int
     of: int
     start: int
     stop: int
+    part: str | None = None
 
 
 class Results(Record):

@@ -124,6 +124,7 @@ def _audit(args: argparse.Namespace) -> None:
             details=inputs.details,
             only=args.only or None,
             unit=args.unit,
+            part=args.part,
         )
     except ValueError as exc:
         raise RunInputError(str(exc)) from exc
@@ -152,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--only", action="append", choices=TESTS, default=[])
     audit.add_argument(
         "--unit", type=int, default=None, help="run that unit of the images (with one --only)"
+    )
+    audit.add_argument(
+        "--part",
+        default=None,
+        help="run that part of the test on the unit (with --unit; perturbation: a threat model)",
     )
     audit.add_argument("--out", type=Path, required=True)
     audit.set_defaults(run=_audit)

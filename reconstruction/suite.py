@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ __all__ = [
     "SHARD_SKIP",
     "TESTS",
     "PreparedData",
+    "ShardKey",
     "SuiteResult",
     "isolation",
     "merge_figures",
@@ -82,8 +83,9 @@ class SuiteResult:
     truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     #: multi-coil MRI: the coil maps in use (``source``: shipped, espirit, birdcage)
     sensitivities: dict[str, Any] | None = None
-    #: a shard's run of one unit: ``index``, ``of``, ``start``, ``stop``
-    unit: dict[str, int] | None = None
+    #: a shard's run of one unit: ``index``, ``of``, ``start``, ``stop`` (and ``part``: the
+    #: one part of the test it ran there)
+    unit: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The results document (:class:`reconstruction.results.Results`), checked against
@@ -152,6 +154,8 @@ def merge_results(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
         shard: dict[str, Any] = {"tests": names}
         if "unit" in doc:
             shard["unit"] = doc["unit"]["index"]
+            if "part" in doc["unit"]:
+                shard["part"] = doc["unit"]["part"]
         merged["shards"].append(
             {**shard, "created": doc["created"], "environment": doc["environment"]}
         )
@@ -171,7 +175,7 @@ def merge_results(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _ran(documents: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     """Per test, the shards (indices into ``documents``) that ran it on some images: the one
-    that ran it whole, or its units by index."""
+    that ran it whole, or its units by index (a unit's parts side by side)."""
     ran: dict[str, list[int]] = {}
     for k, doc in enumerate(documents):
         for name, test in doc["tests"].items():
@@ -187,19 +191,47 @@ def _merged_test(
     name: str, docs: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
 ) -> TestResult:
     """Test ``name`` from the shards that ran it (:func:`_ran`'s order): the one that ran it
-    whole, or every unit of it, merged (``figures``: their figure arrays, merged too)."""
+    whole, or every unit of it, merged (``figures``: their figure arrays, merged too); a unit
+    run in parts (:attr:`InstabilityTest.parts`) is merged from them first."""
     if any("unit" not in doc for doc in docs):
         if len(docs) > 1:
             raise ValueError(f"{name} was run by {len(docs)} shards, not once")
-        block = docs[0]["tests"][name]
-        numbers = {k: v for k, v in block.items() if k not in ("verdict", "reason")}
-        arrays = {} if figures is None else figures[0]
-        return TestResult(name, block["verdict"], block["reason"], numbers, arrays)
-    indices = [int(d["unit"]["index"]) for d in docs]
+        return _taken(name, docs[0]["tests"][name], None if figures is None else figures[0])
+    test = BY_NAME[name]
+    arrays = [{} for _ in docs] if figures is None else list(figures)
+    by_unit: dict[int, list[int]] = {}
+    for k, doc in enumerate(docs):
+        by_unit.setdefault(int(doc["unit"]["index"]), []).append(k)
     of = {int(d["unit"]["of"]) for d in docs}
-    if len(of) != 1 or indices != list(range(of.pop())):
-        raise ValueError(f"the units of {name} are not each run once: {indices}")
-    return BY_NAME[name].merge([d["tests"][name] for d in docs], figures)
+    if len(of) != 1 or sorted(by_unit) != list(range(of.pop())):
+        raise ValueError(f"the units of {name} are not each run once: {sorted(by_unit)}")
+    parts = test.parts(Protocol.model_validate(docs[0]["protocol_document"]))
+    units_: list[TestResult] = []
+    for index in sorted(by_unit):
+        found = by_unit[index]
+        ran = {docs[k]["unit"].get("part"): k for k in found}
+        if len(found) == 1 and None in ran:
+            k = found[0]
+            units_.append(_taken(name, docs[k]["tests"][name], arrays[k]))
+            continue
+        if len(ran) != len(found) or set(ran) != set(parts) or test.merge_parts is None:
+            labels = [docs[k]["unit"].get("part") for k in found]
+            raise ValueError(f"unit {index} of {name} is not run once in its parts: {labels}")
+        order = [ran[part] for part in parts]
+        units_.append(
+            test.merge_parts([docs[k]["tests"][name] for k in order], [arrays[k] for k in order])
+        )
+    if len(units_) == 1:
+        return units_[0]
+    # through JSON, as run_suite hands its units' blocks to the merge
+    blocks = [json.loads(json.dumps(u.as_dict())) for u in units_]
+    return test.merge(blocks, None if figures is None else [u.figures for u in units_])
+
+
+def _taken(name: str, block: dict[str, Any], arrays: dict[str, Any] | None) -> TestResult:
+    """A test's result as a shard stored it (its block of results.json, its figure arrays)."""
+    numbers = {k: v for k, v in block.items() if k not in ("verdict", "reason")}
+    return TestResult(name, block["verdict"], block["reason"], numbers, arrays or {})
 
 
 def merge_figures(
@@ -220,25 +252,52 @@ def merge_figures(
 def shard_names(protocol: Protocol, n_images: int) -> list[str]:
     """The shards an audit of ``n_images`` images fans out to, in the report's order: per test
     of the protocol its name, or, for a protocol decomposed in units of the images
-    (``images.per_unit``), one ``test/unit`` per unit (:func:`parse_shard`)."""
+    (``images.per_unit``), one ``test/unit`` per unit; a test that splits into parts
+    (:attr:`InstabilityTest.parts`) one ``test/unit@part`` per unit and part
+    (:func:`parse_shard`)."""
     count = len(units(protocol, n_images))
     names = []
     for test in REGISTRY:
-        if test.config(protocol) is not None:
-            if protocol.images.per_unit is None:
-                names.append(test.name)
-            else:
-                names += [f"{test.name}/{k}" for k in range(count)]
+        if test.config(protocol) is None:
+            continue
+        parts = test.parts(protocol)
+        if parts:
+            names += [f"{test.name}/{k}@{part}" for k in range(count) for part in parts]
+        elif protocol.images.per_unit is None:
+            names.append(test.name)
+        else:
+            names += [f"{test.name}/{k}" for k in range(count)]
     return names
 
 
-def parse_shard(name: str) -> tuple[str, int | None]:
-    """A shard's test and unit (None: the test on every image): ``perturbation/3`` is unit 3 of
-    the perturbation test; ValueError for anything else."""
-    test, _, unit = name.partition("/")
-    if test not in TESTS or (unit and not unit.isdigit()):
+class ShardKey(NamedTuple):
+    """A shard's test, unit (None: the test on every image) and part (None: the whole test)."""
+
+    test: str
+    unit: int | None = None
+    part: str | None = None
+
+    def args(self) -> list[str]:
+        """The shard's options of ``python -m reconstruction.run audit``."""
+        unit = [] if self.unit is None else ["--unit", str(self.unit)]
+        return ["--only", self.test, *unit, *([] if self.part is None else ["--part", self.part])]
+
+    def title(self) -> str:
+        """The shard in words, for progress and failure messages."""
+        where = [] if self.unit is None else [f"unit {self.unit} of the images"]
+        if self.part is not None:
+            where.append(f"part {self.part}")
+        return f"{self.test} test" + (f" ({', '.join(where)})" if where else "")
+
+
+def parse_shard(name: str) -> ShardKey:
+    """A shard's coordinates: ``perturbation/3`` is unit 3 of the perturbation test,
+    ``perturbation/3@image`` its image-domain part there; ValueError for anything else."""
+    where, _, part = name.partition("@")
+    test, _, unit = where.partition("/")
+    if test not in TESTS or (unit and not unit.isdigit()) or ("@" in name and not (unit and part)):
         raise ValueError(f"not a shard: {name!r}")
-    return test, int(unit) if unit else None
+    return ShardKey(test, int(unit) if unit else None, part or None)
 
 
 def prepare_images(
@@ -427,6 +486,7 @@ def run_suite(
     details: Sequence[tuple[str, np.ndarray]] = (),
     only: Collection[str] | None = None,
     unit: int | None = None,
+    part: str | None = None,
 ) -> SuiteResult:
     """Run the protocol's tests on ``model`` (a :class:`reconstruction.models.LoadedModel` or
     any :class:`~reconstruction.instability.common.Subject`) and the given images (default: the
@@ -436,7 +496,8 @@ def run_suite(
     others are reported as skipped, to be merged from their own shards. ``unit``: run only
     that unit of the images (:func:`reconstruction.instability.common.units`) of the one test
     ``only`` names (a shard of an audit fanned out per unit); without it, every unit is run
-    and the units merged (the same numbers, however the audit is run)."""
+    and the units merged (the same numbers, however the audit is run). ``part``: run only that
+    part of the test on the unit (:attr:`InstabilityTest.parts`; test 1: a threat model)."""
     unknown = set(only or ()) - set(TESTS)
     if unknown:
         raise ValueError(f"unknown test(s) {sorted(unknown)}: choose from {', '.join(TESTS)}")
@@ -457,6 +518,15 @@ def run_suite(
     parts = units(protocol, len(truth_np))
     if unit is not None and (only is None or len(only) != 1):
         raise ValueError("a unit of the images is run for one test: give it with only")
+    if part is not None:
+        if unit is None or only is None:
+            raise ValueError("a part of a test is run on one unit: give the test and the unit")
+        wanted = BY_NAME[next(iter(only))]
+        if part not in wanted.parts(protocol):
+            raise ValueError(
+                f"no part {part!r} of {wanted.name} in this protocol: "
+                f"{', '.join(wanted.parts(protocol)) or 'it runs whole'}"
+            )
     running = parts if unit is None else [u for u in parts if u.index == unit]
     results: dict[str, TestResult] = {}
     timings: dict[str, float] = {}
@@ -471,7 +541,7 @@ def run_suite(
         if not running:
             results[name] = TestResult(name, "skipped", EMPTY_UNIT)
             continue
-        done, total = 0, test.steps(protocol) * len(running)
+        done, total = 0, test.steps(protocol, part) * len(running)
 
         def step(n: int, stage: str = name, total: int = total) -> None:
             nonlocal done
@@ -480,7 +550,9 @@ def run_suite(
                 progress(stage, min(done, total), total)
 
         start = time.perf_counter()
-        pieces = [_run_unit(test, model, truth, data, protocol, details, u, step) for u in running]
+        pieces = [
+            _run_unit(test, model, truth, data, protocol, details, u, step, part) for u in running
+        ]
         if len(pieces) == 1:
             results[name] = pieces[0]
         else:
@@ -508,6 +580,7 @@ def run_suite(
             "of": len(parts),
             "start": running[0].start if running else len(truth_np),
             "stop": running[0].stop if running else len(truth_np),
+            **({} if part is None else {"part": part}),
         },
     )
 
@@ -521,18 +594,27 @@ def _run_unit(
     details: Sequence[tuple[str, np.ndarray]],
     unit: Unit,
     step: Callable[[int], None],
+    part: str | None = None,
 ) -> TestResult:
-    """``test`` on the unit's images (and their measured k-space and data ranges)."""
-    part = slice(unit.start, unit.stop)
+    """``test`` (or that ``part`` of it) on the unit's images (and their measured k-space and
+    data ranges)."""
+    images = slice(unit.start, unit.stop)
     whole = unit.start == 0 and unit.stop == truth.shape[0]
     unit_data = (
         data
         if whole
         else AuditData(
-            kspace=None if data.kspace is None else data.kspace[part],
-            volume_max=None if data.volume_max is None else data.volume_max[part],
+            kspace=None if data.kspace is None else data.kspace[images],
+            volume_max=None if data.volume_max is None else data.volume_max[images],
         )
     )
     return test.run(
-        model, truth[part], protocol, data=unit_data, details=details, unit=unit, progress=step
+        model,
+        truth[images],
+        protocol,
+        data=unit_data,
+        details=details,
+        unit=unit,
+        progress=step,
+        part=part,
     )

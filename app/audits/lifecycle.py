@@ -252,8 +252,9 @@ def _run_whole(store: Store, audit_id: str, stages: int) -> str:
 
 def run_shard(audit_id: str, test: str) -> str:
     """Run one shard of a fanned-out audit (claim it; ``test``: its name, a test or a unit of
-    a test's images, :func:`reconstruction.suite.parse_shard`), store its results and figure
-    arrays, and merge the audit when it was the last; what happened, in a word."""
+    a test's images or a part of it there, :func:`reconstruction.suite.parse_shard`), store
+    its results and figure arrays, and merge the audit when it was the last; what happened,
+    in a word."""
     settings = get_settings()
     with session_factory()() as session:
         audit = session.get(Audit, audit_id)
@@ -267,9 +268,9 @@ def run_shard(audit_id: str, test: str) -> str:
     store = Store(settings.store_dir)
     if owner is not None:
         with leases.holding(AuditShard, shard_id, owner):
-            label = test.replace("/", "-")
+            label = test.replace("/", "-").replace("@", "-")
             folders = _folders(store, f"shard-{audit_id}-{label}-")
-            what = f"the {_shard_title(test)}"
+            what = f"the {parse_shard(test).title()}"
             with _failing(audit_id, what, f"{test}: ") as ended, folders as (workdir,):
                 outputs = run_jailed(store, audit_id, workdir, test, _Progress(audit_id, test, 1))
                 # the arrays are drawn once, when the shards are merged (in a process of its own)
@@ -282,11 +283,6 @@ def run_shard(audit_id: str, test: str) -> str:
                 shard.results, shard.files = outputs.results, arrays
                 session.commit()
     return _merge_if_complete(store, audit_id)
-
-
-def _shard_title(name: str) -> str:
-    test, unit = parse_shard(name)
-    return f"{test} test" if unit is None else f"{test} test (unit {unit} of the images)"
 
 
 def _merge_if_complete(store: Store, audit_id: str, owner: str | None = None) -> str:
@@ -309,10 +305,10 @@ def _merge_if_complete(store: Store, audit_id: str, owner: str | None = None) ->
         return _merge(store, audit_id, parts)
 
 
-def _shard_order(shard: AuditShard) -> tuple[int, int]:
-    """Shards in the report's order: by test, then by unit."""
-    test, unit = parse_shard(shard.test)
-    return TESTS.index(test), -1 if unit is None else unit
+def _shard_order(shard: AuditShard) -> tuple[int, int, str]:
+    """Shards in the report's order: by test, then by unit and part."""
+    test, unit, part = parse_shard(shard.test)
+    return TESTS.index(test), -1 if unit is None else unit, part or ""
 
 
 def _merge(

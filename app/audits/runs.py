@@ -95,9 +95,10 @@ def run_jailed(
     on_progress: Callable[[dict[str, Any]], None],
 ) -> Outputs:
     """Copy the verified inputs into ``workdir``, run the audit (``shard``: that shard only, a
-    test or a unit of its images, :func:`reconstruction.suite.parse_shard`) in the sandbox and
-    take in its outputs. Raises :class:`RunFailed` with the jail's message when
-    the run fails or wrote something the intake refuses."""
+    test, a unit of its images or a part of it there,
+    :func:`reconstruction.suite.parse_shard`) in the sandbox and take in its outputs. Raises
+    :class:`RunFailed` with the jail's message when the run fails or wrote something the
+    intake refuses."""
     settings = get_settings()
     with session_factory()() as session:
         audit = session.get_one(Audit, audit_id)
@@ -114,8 +115,7 @@ def run_jailed(
         args += image_args(store, image_set.images, workdir)
     args += ["--device", settings.device, "--out", "out"]
     if shard is not None:
-        test, unit = parse_shard(shard)
-        args += ["--only", test] + ([] if unit is None else ["--unit", str(unit)])
+        args += parse_shard(shard).args()
     result = run_science(
         args,
         workdir=workdir,

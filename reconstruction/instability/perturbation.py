@@ -230,12 +230,17 @@ def run_perturbation(
     progress: Progress | None = None,
     data: AuditData | None = None,
     unit: Unit | None = None,
+    part: str | None = None,
 ) -> TestResult:
     """Run test 1 on the images ``truth`` ``[B, H, W]`` (scaled to the intensity range);
     ``data``: their measured k-space and data ranges (:class:`AuditData`); ``unit``: the part
-    of the audit these images are (its seed; default: the whole audit)."""
+    of the audit these images are (its seed; default: the whole audit); ``part``: one of the
+    protocol's threat models only (the paper's search goes with the image domain's), a part
+    merged with the others by :func:`merge_threats`."""
     cfg = protocol.perturbation
     assert cfg is not None
+    if part is not None and part not in cfg.threat_models:
+        raise ValueError(f"no threat model {part!r} in this protocol: {cfg.threat_models}")
     seed = protocol.seed if unit is None else unit.seed
     op = subject.operator
     white = subject.gradient_access == "white-box"
@@ -268,6 +273,8 @@ def run_perturbation(
     per_threat: dict[str, Any] = {}
     figures: dict[str, Any] = {"truth": to_numpy(truth)}
     for t_index, threat in enumerate(cfg.threat_models):
+        if part is not None and threat != part:
+            continue  # seeded by its place in the protocol's list, in its own part
         threat_model: ThreatModel = threat
         scale = norms(truth) if threat == "image" else norms(y)
         searches: dict[str, BudgetSearch] = {}
@@ -423,7 +430,7 @@ def run_perturbation(
         "thresholds": th.model_dump(),
         "local": cfg.local.model_dump(),
     }
-    if cfg.pnas is not None and "image" in cfg.threat_models and white:
+    if cfg.pnas is not None and "image" in cfg.threat_models and part in (None, "image") and white:
         numbers["pnas"], figures["pnas"] = _run_pnas(
             subject, f_net, f_base, truth, y, protocol, roi, progress, score, seed
         )
@@ -686,6 +693,46 @@ def _merged_pnas(blocks: list[dict[str, Any]], weights: list[int]) -> dict[str, 
     return out
 
 
+#: the settings of test 1's block, the same in every unit and part of an audit
+_SETTINGS = (
+    "search",
+    "objective",
+    "gradient_access",
+    "baseline",
+    "baseline_attack_iterations",
+    "thresholds",
+    "local",
+)
+
+
+def _settings(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {key: _joined([b[key] for b in blocks], key) for key in _SETTINGS if key in blocks[0]}
+
+
+def merge_threats(
+    blocks: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
+) -> TestResult:
+    """Test 1 on one unit from its parts (:func:`run_perturbation`'s ``part``: each one threat
+    model, in the protocol's order; the paper's search in the image domain's): the threat
+    models' searches side by side, then the findings, the convergence and the verdict drawn
+    from them, as for one run of every threat model. ``figures``: the parts' figure arrays,
+    side by side."""
+    numbers = _settings(blocks)
+    threats = [threat for b in blocks for threat in b["threat_models"]]
+    if len(set(threats)) != len(threats):
+        raise ValueError(f"the parts of test 1 repeat a threat model: {threats}")
+    numbers["threat_models"] = {t: v for b in blocks for t, v in b["threat_models"].items()}
+    pnas = [b["pnas"] for b in blocks if "pnas" in b]
+    if len(pnas) > 1:
+        raise ValueError("the paper's search is in more than one part of test 1")
+    if pnas:
+        numbers["pnas"] = pnas[0]
+    joined: dict[str, Any] = {}
+    for arrays in figures or []:
+        joined.update(arrays)  # "truth" the same in every part; a threat model's in its own
+    return _judged(numbers, joined)
+
+
 def merge_perturbation(
     blocks: list[dict[str, Any]], figures: list[dict[str, Any]] | None = None
 ) -> TestResult:
@@ -695,19 +742,7 @@ def merge_perturbation(
     joined along the images (the paper's search: ``[checkpoints, images, ...]``)."""
     first = blocks[0]
     weights = [_images(b) for b in blocks]
-    numbers: dict[str, Any] = {
-        key: _joined([b[key] for b in blocks], key)
-        for key in (
-            "search",
-            "objective",
-            "gradient_access",
-            "baseline",
-            "baseline_attack_iterations",
-            "thresholds",
-            "local",
-        )
-        if key in first
-    }
+    numbers = _settings(blocks)
     per_threat: dict[str, Any] = {}
     for threat, block in first["threat_models"].items():
         parts = [b["threat_models"][threat] for b in blocks]

@@ -1,10 +1,11 @@
 """The three tests, each declared once: its name (the key in results.json, the protocol and
 ``--only``), the title and question the certificate prints, the protocol section that
 configures it, its runner, how many progress steps it takes, the model of its numbers (its
-block of results.json, :mod:`reconstruction.instability.numbers`), and how its units (parts of
-an audit's images) are merged. The suite, the command lines,
-the worker's fan-out and the report iterate :data:`REGISTRY`; the report's figures and views
-are keyed by :data:`TESTS` (a test checks that every test has both)."""
+block of results.json, :mod:`reconstruction.instability.numbers`), how its units (parts of
+an audit's images) are merged, and the parts it splits into on each unit (test 1: its threat
+models, where its searches are long enough for a shard of their own to pay). The suite, the
+command lines, the worker's fan-out and the report iterate :data:`REGISTRY`; the report's
+figures and views are keyed by :data:`TESTS` (a test checks that every test has both)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,22 @@ if TYPE_CHECKING:
 
     from reconstruction.instability.common import AuditData, Subject, TestResult, Unit
 
-__all__ = ["BY_NAME", "REGISTRY", "TESTS", "InstabilityTest", "Merger", "Runner", "enabled"]
+__all__ = [
+    "BY_NAME",
+    "REGISTRY",
+    "SPLIT_STEPS",
+    "TESTS",
+    "InstabilityTest",
+    "Merger",
+    "Runner",
+    "enabled",
+]
+
+#: the fewest search iterations (per image) a part of a test must hold to be run as a shard of
+#: its own: at that size a shard's start-up (Python, torch, the network, about 10 s on a CPU)
+#: is a few per cent of its run, and the parts balance a fan-out over workers (five images of
+#: two threat models are ten equal shards, not five)
+SPLIT_STEPS = 1000
 
 
 def _imported(target: str) -> Callable[..., Any]:
@@ -38,15 +54,22 @@ def _imported(target: str) -> Callable[..., Any]:
 
 class Runner:
     """How the suite calls a test: ``(subject, truth, protocol, data=..., details=...,
-    unit=..., progress=...)`` (``details``: the user's structural details, for the test that
-    uses them; ``unit``: the part of the audit the images are, for the tests whose random
-    choices or records depend on it). ``target`` names the test's function
-    (``module:function``)."""
+    unit=..., part=..., progress=...)`` (``details``: the user's structural details, for the
+    test that uses them; ``unit``: the part of the audit the images are, for the tests whose
+    random choices or records depend on it; ``part``: one of the test's parts
+    (:attr:`InstabilityTest.parts`), for a test that splits). ``target`` names the test's
+    function (``module:function``)."""
 
     def __init__(
-        self, target: str, *, takes_details: bool = False, takes_unit: bool = True
+        self,
+        target: str,
+        *,
+        takes_details: bool = False,
+        takes_unit: bool = True,
+        takes_part: bool = False,
     ) -> None:
         self.target, self.takes_details, self.takes_unit = target, takes_details, takes_unit
+        self.takes_part = takes_part
 
     def __call__(
         self,
@@ -58,10 +81,15 @@ class Runner:
         details: Sequence[tuple[str, np.ndarray]],
         unit: Unit,
         progress: Callable[[int], None],
+        part: str | None = None,
     ) -> TestResult:
         extra: dict[str, Any] = {"custom": details} if self.takes_details else {}
         if self.takes_unit:
             extra["unit"] = unit
+        if part is not None:
+            if not self.takes_part:
+                raise ValueError(f"{self.target} is not run in parts")
+            extra["part"] = part
         result: TestResult = _imported(self.target)(
             subject, truth, protocol, data=data, progress=progress, **extra
         )
@@ -69,9 +97,10 @@ class Runner:
 
 
 class Merger:
-    """How a test's units are merged: ``(blocks, figures=None) -> TestResult``, the blocks of
-    results.json of its units in image order (and their figure arrays, when at hand) merged
-    into the test's block over every image (``module:function``)."""
+    """How a test's units (or one unit's parts) are merged: ``(blocks, figures=None) ->
+    TestResult``, the blocks of results.json of its units in image order (of its parts in the
+    protocol's order), and their figure arrays when at hand, merged into the test's block over
+    every image (every part) (``module:function``)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -83,25 +112,50 @@ class Merger:
         return result
 
 
-def _perturbation_steps(protocol: Protocol) -> int:
-    """Iterations of batched starts: the pass down the grid, the pass up, the window's search;
-    the paper's search (network and, where attacked, baseline)."""
+def _search_steps(protocol: Protocol) -> int:
+    """Test 1's iterations of batched starts at one threat model: network and baseline, the
+    pass down the grid, the pass up, the window's search."""
     p = protocol.perturbation
     assert p is not None
     passes = (2 if p.budget.both_ways else 1) * (2 if p.local.attack else 1)
-    steps = 2 * len(p.threat_models) * len(p.budget.eps) * p.budget.iterations * passes
-    if p.pnas is not None and "image" in p.threat_models:
+    return 2 * len(p.budget.eps) * p.budget.iterations * passes
+
+
+def _perturbation_steps(protocol: Protocol, part: str | None = None) -> int:
+    """Iterations of batched starts (:func:`_search_steps`) at each threat model (``part``: at
+    that one); the paper's search (network and, where attacked, baseline), with the image
+    domain's."""
+    p = protocol.perturbation
+    assert p is not None
+    threats = p.threat_models if part is None else [part]
+    steps = len(threats) * _search_steps(protocol)
+    if p.pnas is not None and "image" in threats:
         steps += p.pnas.iterations * (2 if p.pnas.attack_baseline else 1)
     return steps
 
 
-def _structural_steps(protocol: Protocol) -> int:
+def _threat_parts(protocol: Protocol) -> tuple[str, ...]:
+    """Test 1's parts: its threat models, each searched on its own (their seeds are their
+    places in the protocol's list, so the numbers are the same however they run), where there
+    are several and each holds :data:`SPLIT_STEPS` iterations at least."""
+    p = protocol.perturbation
+    if p is None or len(p.threat_models) < 2 or _search_steps(protocol) < SPLIT_STEPS:
+        return ()
+    return tuple(p.threat_models)
+
+
+def _whole(_protocol: Protocol) -> tuple[str, ...]:
+    """A test run whole on each unit."""
+    return ()
+
+
+def _structural_steps(protocol: Protocol, _part: str | None = None) -> int:
     s = protocol.structural
     assert s is not None
     return len(s.heights_px) * len(s.contrasts)
 
 
-def _sampling_steps(protocol: Protocol) -> int:
+def _sampling_steps(protocol: Protocol, _part: str | None = None) -> int:
     assert protocol.sampling is not None
     return len(protocol.sampling.factors)
 
@@ -114,12 +168,16 @@ class InstabilityTest:
     #: the protocol's section (an attribute of :class:`Protocol`); None there: not run
     section: str
     run: Runner
-    #: the progress steps it reports for a protocol that runs it
-    steps: Callable[[Protocol], int]
+    #: the progress steps it reports for a protocol that runs it (on one of its parts)
+    steps: Callable[[Protocol, str | None], int]  # (protocol, part)
     #: its block of results.json when it ran (when it did not: :class:`Skipped`)
     numbers: type[Outcome]
     #: merges its units (:attr:`reconstruction.protocols.Images.per_unit`)
     merge: Merger
+    #: the parts it splits into on each unit (none: run whole), each a shard of its own
+    parts: Callable[[Protocol], tuple[str, ...]] = _whole
+    #: merges one unit's parts into the unit's block, as if run whole
+    merge_parts: Merger | None = None
 
     @cached_property
     def block(self) -> TypeAdapter[Outcome]:
@@ -147,10 +205,12 @@ REGISTRY: tuple[InstabilityTest, ...] = (
             "same attack?"
         ),
         section="perturbation",
-        run=Runner("reconstruction.instability.perturbation:run_perturbation"),
+        run=Runner("reconstruction.instability.perturbation:run_perturbation", takes_part=True),
         steps=_perturbation_steps,
         numbers=Perturbation,
         merge=Merger("reconstruction.instability.perturbation:merge_perturbation"),
+        parts=_threat_parts,
+        merge_parts=Merger("reconstruction.instability.perturbation:merge_threats"),
     ),
     InstabilityTest(
         name="structural",

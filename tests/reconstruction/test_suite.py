@@ -13,6 +13,7 @@ import yaml
 
 from reconstruction import metrics
 from reconstruction.data import LoadedImage, Slices, read_images, shepp_logan
+from reconstruction.instability import registry
 from reconstruction.instability.common import BaselineSubject, Unit, units
 from reconstruction.models import Manifest, build_operator
 from reconstruction.operators import birdcage_sensitivities
@@ -235,27 +236,36 @@ def _arrays_equal(a: Any, b: Any) -> bool:
 
 @pytest.mark.parametrize("gain", [40.0])
 def test_an_audit_in_units_has_the_same_numbers_sharded_or_in_one_process(
-    mask_dir: Path, images: list[LoadedImage], gain: float
+    mask_dir: Path, images: list[LoadedImage], gain: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # test 1 split by threat model too (its searches here are shorter than a split needs)
+    monkeypatch.setattr(registry, "SPLIT_STEPS", 1)
     protocol = _in_units(yaml.safe_load(SMALL_PROTOCOL))
     model = subject(Leaky(gain), mask_dir)
     whole = run_suite(model, images, protocol)
     names = shard_names(protocol, len(images))
-    assert names == [f"{t}/{k}" for t in ("perturbation", "structural", "sampling") for k in (0, 1)]
+    threats = [f"perturbation/{k}@{t}" for k in (0, 1) for t in ("image", "measurement")]
+    assert names == threats + [f"{t}/{k}" for t in ("structural", "sampling") for k in (0, 1)]
     shards = []
     for name in names:
-        test, unit = parse_shard(name)
-        shards.append(run_suite(model, images, protocol, only=[test], unit=unit))
+        test, unit, part = parse_shard(name)
+        shards.append(run_suite(model, images, protocol, only=[test], unit=unit, part=part))
     # a unit beyond the images (an image set whose count was not known) runs nothing
     empty = run_suite(model, images, protocol, only=["sampling"], unit=2)
     assert empty.tests["sampling"].reason == EMPTY_UNIT
-    documents = [json.loads(json.dumps(s.to_json())) for s in [*shards, empty]]
-    assert documents[1]["unit"] == {"index": 1, "of": 2, "start": 1, "stop": 2}
+    # in any order the shards land
+    documents = [json.loads(json.dumps(s.to_json())) for s in [*shards, empty]][::-1]
+    assert documents[-1]["unit"] == {"index": 0, "of": 2, "start": 0, "stop": 1, "part": "image"}
+    assert list(documents[-1]["tests"]["perturbation"]["threat_models"]) == ["image"]
     merged = merge_results(documents)
     expected = json.loads(json.dumps(whole.to_json()))
     assert merged["tests"] == expected["tests"]
     assert merged["verdicts"] == expected["verdicts"]
-    assert [s.get("unit") for s in merged["shards"]] == [0, 1, 0, 1, 0, 1, 2]
+    assert [(s.get("unit"), s.get("part")) for s in merged["shards"]][::-1] == [
+        *[(k, t) for k in (0, 1) for t in ("image", "measurement")],
+        *[(k, None) for _ in range(2) for k in (0, 1)],
+        (2, None),
+    ]
     # every image's numbers, named by its index in the audit
     block = merged["tests"]["perturbation"]["threat_models"]["image"]["results"][0]
     assert len(block["network"]["output_change"]) == 2
@@ -268,14 +278,20 @@ def test_an_audit_in_units_has_the_same_numbers_sharded_or_in_one_process(
             "reason"
         ]
     # the figures' arrays merge as the numbers do
-    tests = merge_figures(documents, [{n: t.figures for n, t in s.tests.items()} for s in shards])
+    arrays = [{n: t.figures for n, t in s.tests.items()} for s in [*shards, empty]][::-1]
+    tests = merge_figures(documents, arrays)
     for name, merged_test in tests.items():
         assert merged_test.as_dict() == expected["tests"][name]
         assert _arrays_equal(merged_test.figures, whole.tests[name].figures), name
+    at = {name: len(documents) - 1 - k for k, name in enumerate(names)}  # in ``documents``
     with pytest.raises(ValueError, match="not each run once"):
-        merge_results([d for k, d in enumerate(documents) if k != 1])
+        merge_results([d for k, d in enumerate(documents) if k != at["structural/1"]])
+    with pytest.raises(ValueError, match="unit 0 of perturbation is not run once in its parts"):
+        merge_results([d for k, d in enumerate(documents) if k != at["perturbation/0@measurement"]])
     with pytest.raises(ValueError, match="a unit of the images is run for one test"):
         run_suite(model, images, protocol, unit=0)
+    with pytest.raises(ValueError, match="no part 'k-space' of perturbation"):
+        run_suite(model, images, protocol, only=["perturbation"], unit=0, part="k-space")
 
 
 def test_a_protocol_of_one_test_in_units_merges_that_test_only(
@@ -291,7 +307,7 @@ def test_a_protocol_of_one_test_in_units_merges_that_test_only(
     names = shard_names(protocol, len(images))
     assert names == ["sampling/0", "sampling/1"]
     shards = [
-        run_suite(model, images, protocol, only=["sampling"], unit=parse_shard(n)[1]).to_json()
+        run_suite(model, images, protocol, only=["sampling"], unit=parse_shard(n).unit).to_json()
         for n in names
     ]
     merged = merge_results(shards)
@@ -310,7 +326,11 @@ def test_units_are_fixed_by_the_protocol() -> None:
     undivided = parse_protocol(SMALL_PROTOCOL)
     assert units(undivided, 3) == [Unit(0, 0, 3, undivided.seed)]
     assert shard_names(undivided, 3) == ["perturbation", "structural", "sampling"]
-    assert parse_shard("structural") == ("structural", None)
-    for bad in ("speed", "perturbation/x", "perturbation/-1"):
+    assert parse_shard("structural") == ("structural", None, None)
+    assert parse_shard("perturbation/3@image") == ("perturbation", 3, "image")
+    assert parse_shard("perturbation/3@image").args() == [
+        "--only", "perturbation", "--unit", "3", "--part", "image"
+    ]  # fmt: skip
+    for bad in ("speed", "perturbation/x", "perturbation/-1", "perturbation@image", "sampling/0@"):
         with pytest.raises(ValueError, match="not a shard"):
             parse_shard(bad)

@@ -26,7 +26,7 @@ def test_a_protocol_enables_the_tests_it_configures() -> None:
         on = [test.name for test in enabled(protocol)]
         assert on == [t.name for t in REGISTRY if getattr(protocol, t.section) is not None]
         for test in enabled(protocol):
-            assert test.steps(protocol) > 0
+            assert test.steps(protocol, None) > 0
     quick = load_protocol("quick")
     only_sampling = quick.model_copy(update={"perturbation": None, "structural": None})
     assert [test.name for test in enabled(only_sampling)] == ["sampling"]
