@@ -75,13 +75,16 @@ def _run(args: list[str], out: Path, threads: int | None) -> float:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
-    subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "reconstruction.run", "audit", *args, "--out", str(out)],
-        check=True,
         env=env,
         cwd=ROOT,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    if run.returncode != 0:  # the run's own message (its last lines), not its progress
+        tail = [line for line in run.stderr.splitlines() if '"progress"' not in line][-5:]
+        raise SystemExit(f"{' '.join(args)} failed ({run.returncode}):\n" + "\n".join(tail))
     return time.perf_counter() - start
 
 
