@@ -27,6 +27,7 @@ __all__ = [
     "TestResult",
     "Unit",
     "Verdict",
+    "agreed",
     "baseline_reconstructor",
     "mean_ci",
     "measure",
@@ -216,6 +217,14 @@ class Unit:
     @property
     def images(self) -> range:
         return range(self.start, self.stop)
+
+
+def agreed(values: list[Any], what: str) -> Any:
+    """One value every unit (or part) of an audit's test shares (a setting, a label), refused
+    where they differ."""
+    if any(v != values[0] for v in values[1:]):
+        raise ValueError(f"the units differ in {what}: they are not one audit")
+    return values[0]
 
 
 def units(protocol: protocols.Protocol, n_images: int) -> list[Unit]:

@@ -45,6 +45,7 @@ from reconstruction.instability.common import (
     Subject,
     TestResult,
     Verdict,
+    agreed,
     baseline_reconstructor,
     mean_ci,
     measure,
@@ -200,16 +201,9 @@ def merge_more_samples(
     skipped = next((b for b in blocks if b["verdict"] == "skipped"), None)
     if skipped is not None:
         return TestResult("sampling", "skipped", skipped["reason"])
-    th = SamplingThresholds.model_validate(blocks[0]["thresholds"])
+    th = SamplingThresholds.model_validate(agreed([b["thresholds"] for b in blocks], "thresholds"))
     ladders = [b["ladder"] for b in blocks]
-
-    def steps(ladder: list[dict[str, Any]]) -> list[tuple[float, float]]:
-        return [(r["factor"], r["ratio"]) for r in ladder]
-
-    if any(steps(ladder) != steps(ladders[0]) for ladder in ladders) or any(
-        b["thresholds"] != blocks[0]["thresholds"] for b in blocks
-    ):
-        raise ValueError("the units differ in the ladder or the thresholds: they are not one audit")
+    agreed([[(r["factor"], r["ratio"]) for r in ladder] for ladder in ladders], "the ladder")
     rows = []
     for k, row in enumerate(ladders[0]):
         joined = {

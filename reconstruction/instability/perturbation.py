@@ -52,6 +52,7 @@ from reconstruction.instability.common import (
     TestResult,
     Unit,
     Verdict,
+    agreed,
     baseline_reconstructor,
     measure,
     network_reconstructor,
@@ -597,13 +598,6 @@ def _run_pnas(
 # merging the units of an audit (consecutive images, in order)
 
 
-def _joined(values: list[Any], what: str) -> Any:
-    """One value shared by every unit (a setting, a label): the units must agree."""
-    if any(v != values[0] for v in values[1:]):
-        raise ValueError(f"the units differ in {what}: they are not one audit")
-    return values[0]
-
-
 def _same_starts(values: list[list[Any]]) -> bool:
     """Whether the units' searches had as many starts (a baseline's window search runs for
     the units whose images need it only: elsewhere its record is the whole-image search's)."""
@@ -672,19 +666,19 @@ def _merged_record(records: list[dict[str, Any]], weights: list[int]) -> dict[st
         elif isinstance(first, list):
             out[key] = [item for v in values for item in v]
         else:
-            out[key] = _joined(values, key)
+            out[key] = agreed(values, key)
     return out
 
 
 def _merged_pnas(blocks: list[dict[str, Any]], weights: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {"settings": _joined([b["settings"] for b in blocks], "pnas")}
+    out: dict[str, Any] = {"settings": agreed([b["settings"] for b in blocks], "pnas")}
     for role in ("network", "baseline"):
         records = [b[role] for b in blocks if b.get(role) is not None]
         if not records:
             continue
         merged: dict[str, Any] = {}
         for key in ("sizes", "output_change", "psnr_db", "iterations"):  # [checkpoints][images]
-            rows = _joined([len(r[key]) for r in records], "the paper's checkpoints")
+            rows = agreed([len(r[key]) for r in records], "the paper's checkpoints")
             merged[key] = [[v for r in records for v in r[key][k]] for k in range(rows)]
         reasons = list(dict.fromkeys(r["stop_reason"] for r in records))
         merged["stop_reason"] = "; ".join(reasons)
@@ -706,7 +700,7 @@ _SETTINGS = (
 
 
 def _settings(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    return {key: _joined([b[key] for b in blocks], key) for key in _SETTINGS if key in blocks[0]}
+    return {key: agreed([b[key] for b in blocks], key) for key in _SETTINGS if key in blocks[0]}
 
 
 def merge_threats(
@@ -759,9 +753,9 @@ def merge_perturbation(
             amplification[role] = (
                 None if any(v is None for v in values) else [a for v in values for a in v]
             )
-        amplification["method"] = _joined([p["amplification"]["method"] for p in parts], "method")
+        amplification["method"] = agreed([p["amplification"]["method"] for p in parts], "method")
         per_threat[threat] = {
-            "eps": _joined([p["eps"] for p in parts], "eps"),
+            "eps": agreed([p["eps"] for p in parts], "eps"),
             "normalisation": block["normalisation"],
             "results": rows,
             "amplification": amplification,

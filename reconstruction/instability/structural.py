@@ -44,6 +44,7 @@ from reconstruction.instability.common import (
     TestResult,
     Unit,
     Verdict,
+    agreed,
     baseline_reconstructor,
     mean_ci,
     measure,
@@ -357,17 +358,16 @@ def merge_structural(
     detail (rows name their image's index in the audit), then the classes, the comparisons and
     the verdict drawn from all of them, as for one run over every image. ``figures``: the
     units' crops, ranked again among all the details."""
-    th = StructuralThresholds.model_validate(blocks[0]["thresholds"])
+    font = agreed([b["font"] for b in blocks], "the font")
+    thresholds = agreed([b["thresholds"] for b in blocks], "the thresholds")
+    th = StructuralThresholds.model_validate(thresholds)
     rows = [{k: v for k, v in row.items() if k != "missed"} for b in blocks for row in b["details"]]
     verdict, reason, judged = judge_details(rows, th)
-    fonts = {b["font"] for b in blocks}
-    if len(fonts) > 1 or any(b["thresholds"] != blocks[0]["thresholds"] for b in blocks):
-        raise ValueError("the units differ in the font or the thresholds: they are not one audit")
     numbers: dict[str, Any] = {
         "details": rows,
         "skipped": {k: v for b in blocks for k, v in b["skipped"].items()},
-        "font": blocks[0]["font"],
-        "thresholds": blocks[0]["thresholds"],
+        "font": font,
+        "thresholds": thresholds,
         **judged,
     }
     panels = {} if figures is None else {"panels": _merged_panels(figures, rows)}
