@@ -258,6 +258,48 @@ def _spsa_gradient(
     return grad / SPSA_DIRECTIONS
 
 
+class _Chunks:
+    """How many of a search's items (starts x images) go through one forward and backward pass
+    of the network: all of them, unless the device runs out of memory; then half as many, and
+    so on, for the rest of the search. Each item's gradient is its own (the items are
+    independent; a network in eval mode mixes nothing across the batch), so the chunks change
+    how the work is cut, not what is computed."""
+
+    def __init__(self) -> None:
+        self.size: int | None = None  # None: the whole batch
+
+    def value_and_grad(
+        self, prob: _Problem, u: Tensor, owner: Tensor, radius: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Each item's squared relative change and its gradient with respect to ``u``."""
+        n = u.shape[0]
+        while True:
+            size = n if self.size is None else min(self.size, n)
+            try:
+                return self._in_chunks(prob, u, owner, radius, size)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                self.size = (size + 1) // 2
+                if u.is_cuda:
+                    torch.cuda.empty_cache()
+
+    @staticmethod
+    def _in_chunks(
+        prob: _Problem, u: Tensor, owner: Tensor, radius: Tensor, size: int
+    ) -> tuple[Tensor, Tensor]:
+        values, grads = [], []
+        for start in range(0, u.shape[0], size):
+            part = u[start : start + size].detach().requires_grad_(True)
+            value, _ = prob.change2(part, owner[start : start + size], radius)
+            (grad,) = torch.autograd.grad(value.sum(), part)
+            values.append(value.detach())
+            grads.append(grad)
+        if len(values) == 1:
+            return values[0], grads[0]
+        return torch.cat(values), torch.cat(grads)
+
+
 @dataclass
 class _Ascent:
     """Where a batch of starts ended: best point and change per item, and how."""
@@ -281,9 +323,11 @@ def _ascend(
     gen: torch.Generator,
     progress: Callable[[int], None] | None,
     slots: int,
+    chunks: _Chunks,
 ) -> _Ascent:
     """Ascend from the starts ``u0`` (items ``[N, ...]``), each item until it plateaus or
-    reaches the cap; items that are done leave the batch."""
+    reaches the cap; items that are done leave the batch (``chunks``: how many items one pass
+    of the network takes)."""
     n = u0.shape[0]
     device = u0.device
     u = _project(u0.clone())
@@ -306,10 +350,9 @@ def _ascend(
             break
         # the images' tensors by a view while every start is active (the common case)
         sel: slice | Tensor = slice(None) if idx.numel() == n else idx
-        ui = u[sel].detach().requires_grad_(gradients)
+        ui = u[sel].detach()
         if gradients:
-            value, _ = prob.change2(ui, owner[idx], radius)
-            (grad,) = torch.autograd.grad(value.sum(), ui)
+            value, grad = chunks.value_and_grad(prob, ui, owner[idx], radius)
             passes += idx.numel()
         else:
             with torch.no_grad():
@@ -448,7 +491,15 @@ def budget_search(
     if gradients and settings.jacobian_start:
         jac, amplification, jacobian_method = _top_singular(prob, settings.power_iterations, gen)
         extra = b * (2 * settings.power_iterations + 3)
-    ascend = partial(_ascend, prob, cfg=settings, gradients=gradients, gen=gen, progress=progress)
+    ascend = partial(
+        _ascend,
+        prob,
+        cfg=settings,
+        gradients=gradients,
+        gen=gen,
+        progress=progress,
+        chunks=_Chunks(),
+    )
     m = len(eps)
     points: list[Tensor] = [torch.empty(0)] * m
     bests: list[Tensor] = [torch.empty(0)] * m

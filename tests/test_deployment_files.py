@@ -506,6 +506,29 @@ def test_dependencies_install_in_a_cached_layer_before_the_source() -> None:
     assert args["EXTRAS"] in extras
 
 
+#: the first onnxruntime-gpu release on PyPI built for each CUDA major version torch ships on
+ORT_FOR_CUDA = {"13": "1.27.0"}
+
+
+def test_the_gpu_image_runs_onnxruntime_on_torchs_cuda() -> None:
+    """The GPU extra's onnxruntime-gpu is built for the CUDA runtime torch's wheel brings."""
+    from torch import version
+
+    assert version.cuda is not None, "torch's PyPI wheel is the CUDA build on x86_64"
+    first = ORT_FOR_CUDA[version.cuda.split(".")[0]]
+    gpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "gpu"
+    ]
+    spec = next(
+        SpecifierSet(r.removeprefix("onnxruntime-gpu"))
+        for r in gpu
+        if r.startswith("onnxruntime-gpu")
+    )
+    older = ".".join([first.split(".")[0], str(int(first.split(".")[1]) - 1), "0"])
+    assert first in spec, spec
+    assert older not in spec, spec
+
+
 def test_image_installs_the_debian_packages_the_reports_need() -> None:
     script = SYSTEM_DEPS.read_text()
     needed = set(re.findall(r"missing\+=\(([^)\s]+)\)", script))

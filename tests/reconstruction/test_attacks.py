@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from reconstruction.attacks import (
@@ -147,3 +148,39 @@ def test_pnas_search_orders_r1_r2_r3() -> None:
     assert torch.all(result.changes[0] <= result.changes[2])
     assert result.stop_reason.startswith(("||r|| reached", "iteration limit"))
     assert len(result.loss_curve) >= 1
+
+
+def test_a_device_out_of_memory_halves_the_batch_and_computes_the_same() -> None:
+    """A map that holds at most 3 items at once (as a GPU would, raising out of memory): the
+    search cuts its passes into halves, then quarters, and finds what the unlimited map finds."""
+    op, x, y = _setup()
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        z = op.A_adjoint(v)
+        return z * torch.tanh(z.abs())  # each item on its own: a nonlinear, per-item map
+
+    batches: list[int] = []
+
+    def small(v: torch.Tensor) -> torch.Tensor:
+        batches.append(v.shape[0])
+        if v.shape[0] > 3 and torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("planted: 3 items at most")
+        return f(v)
+
+    kwargs = {"threat_model": "image", "eps": [0.01, 0.04], "settings": QUICK, "seed": 5}
+    whole = budget_search(f, op, x, y, **kwargs)  # type: ignore[arg-type]
+    cut = budget_search(small, op, x, y, **kwargs)  # type: ignore[arg-type]
+    assert max(batches) > 3  # refused,
+    assert 0 < min(batches) <= 3  # then cut
+    for a, b in zip(whole.results, cut.results, strict=True):
+        torch.testing.assert_close(a.change, b.change, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a.perturbation, b.perturbation, rtol=1e-4, atol=1e-6)
+        assert torch.equal(a.iterations, b.iterations)
+
+    def none(v: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("planted: no room at all")
+        return f(v)
+
+    with pytest.raises(torch.OutOfMemoryError):
+        budget_search(none, op, x, y, **kwargs)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from reconstruction.instability import registry
 from reconstruction.instability.common import BaselineSubject, Unit, units
 from reconstruction.models import Manifest, build_operator
 from reconstruction.operators import birdcage_sensitivities
-from reconstruction.protocols import Protocol, parse_protocol
+from reconstruction.protocols import Protocol, load_protocol, parse_protocol
 from reconstruction.suite import (
     EMPTY_UNIT,
     NOT_IN_PROTOCOL,
@@ -326,6 +326,15 @@ def test_units_are_fixed_by_the_protocol() -> None:
     undivided = parse_protocol(SMALL_PROTOCOL)
     assert units(undivided, 3) == [Unit(0, 0, 3, undivided.seed)]
     assert shard_names(undivided, 3) == ["perturbation", "structural", "sampling"]
+    # test 1 in parts where its searches are long (standard: 4,000 iterations per threat model)
+    standard = shard_names(load_protocol("standard"), 5)
+    assert standard[:3] == [
+        "perturbation/0@image",
+        "perturbation/0@measurement",
+        "perturbation/1@image",
+    ]
+    assert len(standard) == 5 * 2 + 5 + 5
+    assert shard_names(load_protocol("quick"), 2) == ["perturbation", "structural", "sampling"]
     assert parse_shard("structural") == ("structural", None, None)
     assert parse_shard("perturbation/3@image") == ("perturbation", 3, "image")
     assert parse_shard("perturbation/3@image").args() == [
