@@ -155,32 +155,43 @@ def main() -> None:
         "critical_path_seconds": round(max(times.values()) + merge, 2),
         "predicted_seconds": {str(n): round(t, 2) for n, t in predicted.items()},
         "predicted_speed_up": {str(n): round(predicted[1] / t, 2) for n, t in predicted.items()},
+        "predicted_speed_up_vs_one_worker": {
+            str(n): round(one / t, 2) for n, t in predicted.items()
+        },
         "same_numbers_as_one_process": _plain(merged) == _plain(whole),
         "same_verdicts_as_one_process": merged["verdicts"] == whole["verdicts"],
     }
     print(json.dumps(numbers, indent=2))
-    print("| workers | predicted audit time (s) | speed-up vs 1 worker |")
-    print("|---|---|---|")
+    print(
+        "| single-thread workers | predicted audit time (s) | speed-up vs 1 of them "
+        f"| vs one 2-thread worker ({one:.0f} s, measured) |"
+    )
+    print("|---|---|---|---|")
     for n in WORKERS:
-        print(f"| {n} | {predicted[n]:.1f} | {predicted[1] / predicted[n]:.2f}x |")
+        print(
+            f"| {n} | {predicted[n]:.1f} | {predicted[1] / predicted[n]:.2f}x "
+            f"| {one / predicted[n]:.2f}x |"
+        )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "scale_out.json").write_text(json.dumps(numbers, indent=2))
-        _plot(predicted, args.out / "scale_out.png")
+        _plot(predicted, predicted[1] / two, args.out / "scale_out.png")
 
 
-def _plot(predicted: dict[int, float], path: Path) -> None:
+def _plot(predicted: dict[int, float], measured_two: float, path: Path) -> None:
+    """The predicted speed-up over one single-thread worker, and the measured one of two."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5, 3.2), dpi=120)
     ax = figure.add_subplot()
     workers = list(predicted)
     ax.plot(workers, [predicted[1] / predicted[n] for n in workers], "o-", label="predicted")
+    ax.plot([2], [measured_two], "s", color="black", label="measured (2)")
     ax.plot(workers, workers, ":", color="grey", label="linear")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("workers (one thread each)")
-    ax.set_ylabel("speed-up over one worker")
+    ax.set_ylabel("speed-up over one of them")
     ax.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
