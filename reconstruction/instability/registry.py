@@ -57,19 +57,13 @@ class Runner:
     unit=..., part=..., progress=...)`` (``details``: the user's structural details, for the
     test that uses them; ``unit``: the part of the audit the images are, for the tests whose
     random choices or records depend on it; ``part``: one of the test's parts
-    (:attr:`InstabilityTest.parts`), for a test that splits). ``target`` names the test's
-    function (``module:function``)."""
+    (:attr:`InstabilityTest.parts`, which the suite checks), given only to a test that splits).
+    ``target`` names the test's function (``module:function``)."""
 
     def __init__(
-        self,
-        target: str,
-        *,
-        takes_details: bool = False,
-        takes_unit: bool = True,
-        takes_part: bool = False,
+        self, target: str, *, takes_details: bool = False, takes_unit: bool = True
     ) -> None:
         self.target, self.takes_details, self.takes_unit = target, takes_details, takes_unit
-        self.takes_part = takes_part
 
     def __call__(
         self,
@@ -87,8 +81,6 @@ class Runner:
         if self.takes_unit:
             extra["unit"] = unit
         if part is not None:
-            if not self.takes_part:
-                raise ValueError(f"{self.target} is not run in parts")
             extra["part"] = part
         result: TestResult = _imported(self.target)(
             subject, truth, protocol, data=data, progress=progress, **extra
@@ -205,7 +197,7 @@ REGISTRY: tuple[InstabilityTest, ...] = (
             "same attack?"
         ),
         section="perturbation",
-        run=Runner("reconstruction.instability.perturbation:run_perturbation", takes_part=True),
+        run=Runner("reconstruction.instability.perturbation:run_perturbation"),
         steps=_perturbation_steps,
         numbers=Perturbation,
         merge=Merger("reconstruction.instability.perturbation:merge_perturbation"),
