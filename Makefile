@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out
+#: pytest-xdist processes for `make test` (one torch thread each: tests/conftest.py); 1: serial
+TEST_WORKERS ?= auto
 
 .PHONY: install services lint typecheck test demo bench clean
 
@@ -32,7 +34,7 @@ typecheck: install
 	$(BIN)/mypy
 
 test: install services lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 demo: install
 	mkdir -p $(OUT)/demo

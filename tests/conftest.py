@@ -18,6 +18,14 @@ import torch
 
 from app.processes import alive
 
+# In parallel (pytest-xdist, as `make test` runs the suite), one thread per process, the
+# processes the tests start included (the sandbox passes OMP_NUM_THREADS on): on two cores, two
+# workers of two torch threads each ran the suite slower than one process; one thread each
+# halved its time. An explicit OMP_NUM_THREADS is kept.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # as run_suite does: subnormal floats flushed to zero (the unrolled baselines' backward passes
 # run about ten times slower on them)

@@ -294,7 +294,7 @@ def test_audit_writes_results_figures_and_reports(tmp_path: Path) -> None:
 
 def test_audit_of_the_unrolled_reference_fails_on_more_samples(tmp_path: Path) -> None:
     code, output, results = _audit(
-        "unrolled-mri", tmp_path / "u", "--fail-on", "unstable", "--no-pdf"
+        "unrolled-mri", tmp_path / "u", "--only", "sampling", "--fail-on", "unstable", "--no-pdf"
     )
     assert code == 1, output
     assert results["verdicts"]["sampling"] == "unstable"
@@ -303,7 +303,9 @@ def test_audit_of_the_unrolled_reference_fails_on_more_samples(tmp_path: Path) -
 
 
 def test_audit_of_the_ct_reference_finds_perturbation_instability(tmp_path: Path) -> None:
-    code, output, results = _audit("fbpconvnet-ct", tmp_path / "c", "--no-pdf")
+    code, output, results = _audit(
+        "fbpconvnet-ct", tmp_path / "c", "--only", "perturbation", "--no-pdf"
+    )
     assert code == 0, output
     assert results["verdicts"]["perturbation"] == "unstable"
     evidence = results["tests"]["perturbation"]["evidence"][0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from app.processes import alive
 from app.sandbox import (
     NOBODY,
     STDERR_LINES,
@@ -138,26 +139,28 @@ def test_no_network_and_no_new_namespaces(tmp_path: Path) -> None:
     assert "unshare -1 1" in result.stdout  # EPERM from the seccomp filter
 
 
-def _jailed_processes() -> list[str]:
-    """Processes of the jail's uid left on this machine (when the tests run as root, the jail
-    runs as uid 65534 outside too; otherwise as the tests' own uid, and this says nothing)."""
-    if os.geteuid() != 0:
-        return []
-    return [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == NOBODY]
+def _in_jail(result: SandboxResult) -> list[int]:
+    """Processes still running in the run's PID namespace (bwrap names it): the jail's own, not
+    another test's jailed run beside it under the same uid. Zombies are not counted (the jail's
+    first process, reparented, waits there for this machine's init to reap it)."""
+    namespace = result.jail["pid-namespace"]
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or (entry / "ns" / "pid").stat().st_ino != namespace:
+                continue
+            if alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
-def _none_left() -> bool:
+def _none_left(result: SandboxResult) -> bool:
     deadline = time.monotonic() + 5
-    while _jailed_processes() and time.monotonic() < deadline:
+    while _in_jail(result) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return _jailed_processes() == []
-
-
-def _owner(path: Path) -> int | None:
-    try:
-        return path.stat().st_uid
-    except OSError:  # gone meanwhile
-        return None
+    return _in_jail(result) == []
 
 
 def test_a_fork_bomb_is_contained(tmp_path: Path) -> None:
@@ -183,7 +186,7 @@ def test_a_fork_bomb_is_contained(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert time.monotonic() - started < 30
     # nothing of the bomb outlives the jail, and the next run works
-    assert _none_left()
+    assert _none_left(result)
     assert _jailed(tmp_path, "print('fine')").stdout.strip() == "fine"
 
 
@@ -204,7 +207,7 @@ def test_a_run_past_its_time_is_killed_with_everything_it_started(tmp_path: Path
     assert result.timed_out
     assert time.monotonic() - started < 15
     assert describe_failure(result, "x") == "x: the time limit was exceeded"
-    assert _none_left()
+    assert _none_left(result)
 
 
 def test_memory_and_file_size_limits(tmp_path: Path) -> None:
