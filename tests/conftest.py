@@ -32,13 +32,6 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 torch.set_flush_denormal(True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest tests (marked ``slow``) first, in their order, then the rest. In parallel
-    (xdist's ``worksteal``: a worker with nothing left takes half of another's waiting tests)
-    the run then ends on short tests, not on one worker finishing a long test alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return str(request.param)

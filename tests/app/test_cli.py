@@ -302,7 +302,6 @@ def test_audit_of_the_unrolled_reference_fails_on_more_samples(tmp_path: Path) -
     assert not (tmp_path / "u" / "report.pdf").exists()
 
 
-@pytest.mark.slow
 def test_audit_of_the_ct_reference_finds_perturbation_instability(tmp_path: Path) -> None:
     code, output, results = _audit(
         "fbpconvnet-ct", tmp_path / "c", "--only", "perturbation", "--no-pdf"

@@ -19,8 +19,6 @@ from app.processes import alive, descendants
 from app.service_cli import WORKER_GRACE
 from tests.worker.test_tasks import _free_port, _service, _upload
 
-pytestmark = pytest.mark.slow
-
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
     """``serve`` on a free port, once /healthz answers and its worker has its pool process:

@@ -33,7 +33,6 @@ from tests.reconstruction.conftest import SMALL_PROTOCOL, Leaky, manifest, subje
 from tests.reconstruction.measured_files import write_fastmri
 
 
-@pytest.mark.slow
 def test_the_baseline_audited_as_a_network_is_stable_on_all_three_tests(
     mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
 ) -> None:

@@ -28,8 +28,6 @@ from reconstruction.protocols import load_protocol
 from tests.app.conftest import PG_ADMIN
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-pytestmark = pytest.mark.slow
 #: per test run (see tests/app/conftest.py); the Celery queue too, so that concurrent runs
 #: sharing the Redis database never take each other's tasks
 E2E_DB = f"recon_audit_e2e_{os.getpid()}"

@@ -2,15 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from reconstruction.data import LoadedImage
 from reconstruction.instability import STABLE_WORDING, run_perturbation
 from reconstruction.protocols import Protocol
 from tests.reconstruction.conftest import SIZE, Leaky, subject, truth_of
 from tests.reconstruction.planted import Decoy, Switch
-
-pytestmark = pytest.mark.slow
 
 
 def test_large_gain_along_one_direction_is_unstable(
