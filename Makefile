@@ -8,7 +8,7 @@ OUT ?= out
 #: pytest-xdist processes for `make test` (one torch thread each: tests/conftest.py); 1: serial
 TEST_WORKERS ?= auto
 
-.PHONY: install services lint typecheck test demo bench clean
+.PHONY: install services lint typecheck pytest test demo bench clean
 
 install: $(STAMP)
 
@@ -33,7 +33,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install services lint typecheck
+#: mypy beside the suite (one core, while pytest's workers leave some of the two idle)
+test: install services lint
+	$(MAKE) --no-print-directory -j2 typecheck pytest
+
+pytest: install services
 	$(BIN)/pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 demo: install
