@@ -34,7 +34,7 @@ typecheck: install
 	$(BIN)/mypy
 
 #: mypy beside the suite (one core, while pytest's workers leave some of the two idle)
-test: install services lint
+test: install lint
 	$(MAKE) --no-print-directory -j2 typecheck pytest
 
 pytest: install services
