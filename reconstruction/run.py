@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from reconstruction.models import LoadedModel, ModelError, load
 from reconstruction.protocols import Protocol, ProtocolError, load_protocol
 from reconstruction.suite import TESTS, SuiteResult, run_suite
 
-__all__ = ["AuditInputs", "RunInputError", "inspect_model", "load_audit", "main"]
+__all__ = ["AuditInputs", "RunInputError", "exit_now", "inspect_model", "load_audit", "main"]
 
 
 class RunInputError(ValueError):
@@ -176,5 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` at once, its streams flushed and the interpreter's
+    teardown skipped: with torch, onnx and the converters loaded that teardown takes 1.6 to
+    1.9 s (measured after an ``inspect`` of the AUTOMAP reference, a fifth of the run) and
+    frees nothing that the process's end does not. Every file a command writes is closed
+    when it returns."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -198,7 +199,7 @@ def parsed(words: list[str]) -> dict[str, Any]:
     values raise, as they would when the container starts."""
     assert words[0] == "recon-audit"
     name, *args = words[1:]
-    command = cli.commands.get(name)
+    command = cli.get_command(click.Context(cli), name)
     assert command is not None, f"recon-audit has no command {name!r}"
     with command.make_context(name, args) as context:
         return dict(context.params)

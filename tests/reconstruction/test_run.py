@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,30 @@ def test_bad_input_exits_2_with_its_reason(
     assert main([*audit, "--images", missing, "--out", str(tmp_path / "out")]) == 2
     assert "Error: " in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_module_exits_with_its_status_and_every_byte_written(tmp_path: Path) -> None:
+    """``python -m reconstruction.run`` skips the interpreter's teardown (:func:`exit_now`):
+    its exit status, and what it wrote to a pipe, are still all there."""
+    module = [sys.executable, "-m", "reconstruction.run"]
+    bad = subprocess.run(
+        [
+            *module,
+            "inspect",
+            str(tmp_path / "none.onnx"),
+            "--manifest",
+            str(EXAMPLE / "manifest.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("Error: ")
+    probe = (
+        "import sys\nfrom reconstruction.run import exit_now\n"
+        "sys.stdout.write('x' * 200000)\nexit_now(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
+    assert done.returncode == 3
+    assert done.stdout == b"x" * 200000

@@ -311,7 +311,11 @@ def _run_counts(svc: Service, audit_id: str) -> tuple[int, int, int]:
 def test_a_killed_worker_does_not_lose_or_duplicate_an_audit(tmp_path: Path, mode: str) -> None:
     """Redis delivers the lost task again after its visibility timeout; the embedded broker
     lost it with the worker, and the next worker's sweep sends it again. Either way the
-    audit finishes once, its lost shard run twice."""
+    audit finishes once, its lost shard run twice. The audit is ``quick`` without the
+    more-samples test (the reference network's fixed size skips it): two shards, the first of
+    which (the perturbation search) is killed while it computes."""
+    protocol = load_protocol("quick").model_dump(mode="json")
+    protocol["name"], protocol["sampling"] = "quick-two-tests", None
     svc = _service(tmp_path, mode)
     svc.cli("migrate")
     svc.start("api", "serve", "--no-worker", "--port", str(svc.port))
@@ -323,7 +327,7 @@ def test_a_killed_worker_does_not_lose_or_duplicate_an_audit(tmp_path: Path, mod
         audit_id = httpx.post(
             f"{svc.url}/api/v1/audits",
             headers={"Authorization": f"Bearer {token}"},
-            json={"model_id": model_id},
+            json={"model_id": model_id, "protocol": yaml.safe_dump(protocol)},
         ).json()["id"]
         _wait(svc, token, audit_id, {"running"})
         deadline = time.monotonic() + 120
