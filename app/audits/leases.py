@@ -23,6 +23,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -160,14 +161,10 @@ def interrupted(session: Session) -> list[Requeue]:
     now = time.time()
     found: list[Requeue] = []
     audits = session.scalars(select(Audit).where(Audit.status == "running")).all()
+    running = _shards_of_running(session, AuditShard.status == "running")
     for audit in audits:
         rows: list[tuple[Leased, str | None]] = [
-            (shard, shard.test)
-            for shard in session.scalars(
-                select(AuditShard).where(
-                    AuditShard.audit_id == audit.id, AuditShard.status == "running"
-                )
-            )
+            (shard, shard.test) for shard in running.get(audit.id, [])
         ]
         if audit.lease_owner is not None:
             rows.append((audit, None))
@@ -197,6 +194,23 @@ def interrupted(session: Session) -> list[Requeue]:
     return found
 
 
+def _shards_of_running(
+    session: Session, *where: ColumnElement[bool]
+) -> dict[str, list[AuditShard]]:
+    """The shards of every running audit (and matching ``where``), by audit id, in one query
+    (a sweep reads them all, every half lease, in every worker)."""
+    query = (
+        select(AuditShard)
+        .join(Audit, AuditShard.audit_id == Audit.id)
+        .where(Audit.status == "running", *where)
+        .order_by(AuditShard.id)
+    )
+    found: dict[str, list[AuditShard]] = defaultdict(list)
+    for shard in session.scalars(query):
+        found[shard.audit_id].append(shard)
+    return found
+
+
 def unsent(session: Session, waiting: set[tuple[str, str | None]]) -> set[tuple[str, str | None]]:
     """What no worker holds and no message carries (``waiting``: the embedded broker's queue,
     :func:`app.queue.waiting`), as ``(audit_id, test)`` (``test`` None: ``run_audit``): a queued
@@ -205,14 +219,15 @@ def unsent(session: Session, waiting: set[tuple[str, str | None]]) -> set[tuple[
     took its message (the filesystem transport deletes it then) and before it claimed the row;
     only :class:`LostMessages` tells a lost message."""
     found: set[tuple[str, str | None]] = set()
-    for audit in session.scalars(select(Audit).where(Audit.status.in_(("queued", "running")))):
+    audits = session.scalars(select(Audit).where(Audit.status.in_(("queued", "running")))).all()
+    unheld = _shards_of_running(session, Audit.lease_owner.is_(None))
+    for audit in audits:
         if audit.status == "queued":
             needed: list[str | None] = [None]
         elif audit.lease_owner is not None:
             continue  # held (its whole run, fan-out or merge): the lease sweep watches it
         else:
-            query = select(AuditShard).where(AuditShard.audit_id == audit.id)
-            shards = session.scalars(query).all()
+            shards = unheld.get(audit.id, [])
             needed = [s.test for s in shards if s.status == "queued"]
             if shards and all(s.status == "succeeded" for s in shards):
                 needed = [None]

@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from app.audits.leases import LostMessages, Requeue, claim, interrupted, lost, unsent
@@ -149,3 +150,50 @@ def test_a_message_is_lost_when_its_row_stays_unsent_for_two_sweeps(db: Session)
     assert [(e.subject, e.details) for e in logged] == [
         (f"audit:{first.id}", {"test": None, "lost": "its message"})
     ]
+
+
+def _selects(db: Session, sweep: Callable[[], object]) -> int:
+    """How many SELECT statements ``sweep`` sends."""
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:  # (connection, cursor, statement, parameters, ...)
+        statements.append(str(args[2]))
+
+    bind = db.connection()
+    event.listen(bind, "before_cursor_execute", seen)
+    try:
+        sweep()
+    finally:
+        event.remove(bind, "before_cursor_execute", seen)
+    return sum(s.lstrip().upper().startswith("SELECT") for s in statements)
+
+
+def test_a_sweep_reads_every_running_audit_in_a_fixed_number_of_queries(db: Session) -> None:
+    """Every worker sweeps every half lease: the audits and their shards are read in one query
+    each, however many audits run (not a query per audit)."""
+    live = f"{socket.gethostname()}:{os.getpid()}:cd"
+    counts = []
+    first: Audit | None = None
+    for _ in range(2):
+        for _ in range(3):
+            audit = audit_row(db, of=first, status="running")
+            first = first or audit
+            db.add_all(
+                [
+                    AuditShard(audit_id=audit.id, test="perturbation", status="queued"),
+                    AuditShard(
+                        audit_id=audit.id,
+                        test="structural",
+                        status="running",
+                        lease_owner=live,
+                        lease_expires=time.time() + 60,
+                    ),
+                ]
+            )
+        db.commit()
+        db.expire_all()
+        counts.append(
+            (_selects(db, lambda: interrupted(db)), _selects(db, lambda: unsent(db, set())))
+        )
+    assert counts == [(2, 2), (2, 2)]
+    assert len(unsent(db, set())) == 6  # each audit's queued shard
