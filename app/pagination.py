@@ -1,7 +1,11 @@
 """Keyset pagination of the list endpoints: ``limit`` and an opaque ``cursor``; a list's body
 stays a JSON array, the next page's cursor comes in the ``X-Next-Cursor`` header and as a
 ``Link: <...>; rel="next"`` (both absent on the last page). The order is stable: each list is
-sorted on columns that end with a unique one, and the cursor holds the last row's values."""
+sorted on columns that end with a unique one, and the cursor holds the last row's values.
+
+A list route takes a :data:`Paged` dependency (the query's ``limit`` and ``cursor``) and asks it
+for its rows: ``pages.rows(session, query, order)`` also puts the next page's headers on the
+response."""
 
 from __future__ import annotations
 
@@ -9,26 +13,20 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.errors import Invalid
 
-__all__ = ["HEADERS", "MAX_LIMIT", "Cursor", "Limit", "Order", "page", "set_next"]
+__all__ = ["HEADERS", "MAX_LIMIT", "Order", "Paged", "Pages"]
 
 T = TypeVar("T")
 MAX_LIMIT = 200
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1 to 200).")]
-Cursor = Annotated[
-    str | None,
-    Query(
-        max_length=500, description="The previous page's X-Next-Cursor (opaque); none: the first."
-    ),
-]
 #: (column, descending); the last column must be unique
 Order = Sequence[tuple[InstrumentedAttribute[Any], bool]]
 #: OpenAPI headers of a page (for the routes' ``responses``)
@@ -80,23 +78,49 @@ def _after(order: Order, values: list[Any]) -> Any:
     return or_(*clauses)
 
 
-def page(
-    session: Session, query: Select[T], order: Order, limit: int, cursor: str | None
-) -> tuple[list[T], str | None]:
-    """One page of ``query`` in ``order``: its rows and the next page's cursor (None: last)."""
-    if cursor is not None:
-        query = query.where(_after(order, _decode(cursor, order)))
-    query = query.order_by(*(c.desc() if d else c.asc() for c, d in order)).limit(limit + 1)
-    rows = list(session.scalars(query).all())
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, _encode([getattr(rows[-1], column.key) for column, _ in order])
+@dataclass(frozen=True)
+class Pages:
+    """A list request's page: its ``limit`` and ``cursor`` (None: the first page)."""
+
+    request: Request
+    response: Response
+    limit: int
+    cursor: str | None
+
+    @property
+    def first(self) -> bool:
+        return self.cursor is None
+
+    def rows(self, session: Session, query: Select[T], order: Order) -> list[T]:
+        """This page of ``query`` in ``order``; the next page's cursor goes on the response
+        (nothing on the last page)."""
+        if self.cursor is not None:
+            query = query.where(_after(order, _decode(self.cursor, order)))
+        query = query.order_by(*(c.desc() if d else c.asc() for c, d in order))
+        rows = list(session.scalars(query.limit(self.limit + 1)).all())
+        if len(rows) <= self.limit:
+            return rows
+        rows = rows[: self.limit]
+        after = _encode([getattr(rows[-1], column.key) for column, _ in order])
+        self.response.headers["X-Next-Cursor"] = after
+        url = self.request.url.include_query_params(cursor=after)
+        self.response.headers["Link"] = f'<{url}>; rel="next"'
+        return rows
 
 
-def set_next(request: Request, response: Response, cursor: str | None) -> None:
-    """Put the next page's cursor on a list's response (nothing on the last page)."""
-    if cursor is not None:
-        response.headers["X-Next-Cursor"] = cursor
-        url = request.url.include_query_params(cursor=cursor)
-        response.headers["Link"] = f'<{url}>; rel="next"'
+def _pages(
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1 to 200).")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=500,
+            description="The previous page's X-Next-Cursor (opaque); none: the first.",
+        ),
+    ] = None,
+) -> Pages:
+    return Pages(request, response, limit, cursor)
+
+
+Paged = Annotated[Pages, Depends(_pages)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Header, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from app.auth import AuthFirst, CurrentUser, SessionDep
 from app.deps import SettingsDep, StoreDep
 from app.errors import Conflict, NotFound
 from app.orm import Audit, AuditResult, Status, User
-from app.pagination import HEADERS, Cursor, Limit, page, set_next
+from app.pagination import HEADERS, Paged
 
 router = APIRouter(prefix="/api/v1/audits", tags=["audits"], route_class=AuthFirst)
 _FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -47,17 +47,13 @@ def cancel_audit(audit_id: str, session: SessionDep, user: CurrentUser) -> Audit
 
 @router.get("", responses={200: {"headers": HEADERS}, **errors(401, 422)})
 def list_audits(
-    request: Request,
-    response: Response,
     session: SessionDep,
     user: CurrentUser,
+    pages: Paged,
     status: Status | None = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
 ) -> list[AuditOut]:
     """The audits the caller may see, newest first, a page at a time."""
-    audits, after = page(session, repository.listing(user, status), repository.ORDER, limit, cursor)
-    set_next(request, response, after)
+    audits = pages.rows(session, repository.listing(user, status), repository.ORDER)
     return [service.as_out(a) for a in audits]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 
 from app.api import errors
 from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
@@ -12,7 +12,7 @@ from app.deps import SettingsDep, StoreDep
 from app.images import repository, service
 from app.images.schemas import ImageSetOut
 from app.orm import User
-from app.pagination import HEADERS, Cursor, Limit, page, set_next
+from app.pagination import HEADERS, Paged
 
 router = APIRouter(prefix="/api/v1/images", tags=["images"], route_class=AuthFirst)
 Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
@@ -47,17 +47,13 @@ def upload_images(
 
 @router.get("", responses={200: {"headers": HEADERS}, **errors(401, 422)})
 def list_image_sets(
-    request: Request,
-    response: Response,
     session: SessionDep,
     user: CurrentUser,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+    pages: Paged,
 ) -> list[ImageSetOut]:
     """The image sets the caller may see, a page at a time: the uploaded ones, newest first,
     ``limit`` a page; the first page also starts with the built-in set."""
-    sets, after = page(session, repository.listing(user), repository.ORDER, limit, cursor)
-    set_next(request, response, after)
+    sets = pages.rows(session, repository.listing(user), repository.ORDER)
     builtin = ImageSetOut(
         id=service.BUILTIN_SET,
         name=service.BUILTIN_SET,
@@ -65,4 +61,4 @@ def list_image_sets(
         owner_id=None,
         created_at=None,
     )
-    return [builtin] * (cursor is None) + [ImageSetOut.model_validate(s) for s in sets]
+    return [builtin] * pages.first + [ImageSetOut.model_validate(s) for s in sets]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Response, UploadFile, status
 
 from app.api import errors
 from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
@@ -13,7 +13,7 @@ from app.errors import NotFound
 from app.networks import repository, service
 from app.networks.schemas import NetworkOut, NetworkSummary
 from app.orm import User
-from app.pagination import HEADERS, Cursor, Limit, page, set_next
+from app.pagination import HEADERS, Paged
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], route_class=AuthFirst)
 Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
@@ -59,17 +59,13 @@ def upload_model(
 
 @router.get("", responses={200: {"headers": HEADERS}, **errors(401, 422)})
 def list_models(
-    request: Request,
-    response: Response,
     session: SessionDep,
     user: CurrentUser,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+    pages: Paged,
 ) -> list[NetworkSummary]:
     """The models the caller may see, newest first, a page at a time (without their manifests:
     ``GET /models/{id}`` has the whole record)."""
-    networks, after = page(session, repository.listing(user), repository.ORDER, limit, cursor)
-    set_next(request, response, after)
+    networks = pages.rows(session, repository.listing(user), repository.ORDER)
     return [NetworkSummary.model_validate(n) for n in networks]
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, status
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import select
 
 from app.api import errors
 from app.auth import AuthFirst, SessionDep, create_user, require_role
 from app.orm import Role, User
-from app.pagination import HEADERS, Cursor, Limit, Order, page, set_next
+from app.pagination import HEADERS, Order, Paged
 from app.users import service
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], route_class=AuthFirst)
@@ -55,16 +55,12 @@ def add_user(request: UserCreate, session: SessionDep, admin: Admin) -> CreatedU
 
 @router.get("", responses={200: {"headers": HEADERS}, **errors(401, 403, 422)})
 def list_users(
-    request: Request,
-    response: Response,
     session: SessionDep,
     _admin: Admin,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+    pages: Paged,
 ) -> list[UserOut]:
     """The users by name, a page at a time."""
-    users, after = page(session, select(User), ORDER, limit, cursor)
-    set_next(request, response, after)
+    users = pages.rows(session, select(User), ORDER)
     return [UserOut.model_validate(u) for u in users]
 
 
