@@ -1,27 +1,27 @@
 """Recognise a model file by its content, hash it, and refuse what must never be loaded.
 
-Uploaded models are untrusted. Nothing here unpickles: pickles (``torch.save`` state dicts or
-modules, ``.pt``/``.pth``) are recognised by their bytes and refused, and a torch.export archive
-is checked so that ``torch.export.load`` will not reach Python's pickle (its weights must be raw
-tensor payloads, and every pickled member must pass torch's ``weights_only`` unpickler, which
-builds tensors and containers only). TorchScript archives are loaded by TorchScript's own C++
-unpickler; the service still loads every PyTorch format only in an isolated worker process.
+Uploaded models are untrusted. Nothing here unpickles, nor imports torch (the service's web
+process checks uploads with it): pickles (``torch.save`` state dicts or modules, ``.pt``/
+``.pth``) are recognised by their bytes and refused, and a torch.export archive's structure is
+checked so that ``torch.export.load`` will not reach Python's pickle (its weights and constants
+must be raw tensor payloads). Its remaining pickled members (sample inputs) must pass torch's
+``weights_only`` unpickler, which builds tensors and containers only: that check runs where the
+archive is loaded (:func:`reconstruction.models.torch_model.load_torch_export`), which the
+service does only in its isolated worker process, as it loads TorchScript (by TorchScript's own
+C++ unpickler).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from reconstruction.bounded import check_zip
 
-__all__ = ["ModelError", "ModelFormat", "detect_format", "sha256_file"]
+__all__ = ["ModelError", "ModelFormat", "detect_format", "pickled_members", "sha256_file"]
 
 #: file formats, and ``torch.module`` for trusted in-memory modules (never uploaded)
 ModelFormat = Literal["onnx", "torch.export", "torchscript", "torch.module"]
@@ -84,13 +84,12 @@ def _check_pt2(z: zipfile.ZipFile, names: list[str]) -> None:
                         f"the torch.export archive stores {entry.get('path_name')} as a pickle; "
                         "only raw tensor payloads are accepted"
                     )
-        if leaf.endswith((".pt", ".pkl")):
-            try:
-                torch.load(io.BytesIO(z.read(name)), weights_only=True)
-            except Exception as exc:
-                raise ModelError(
-                    f"the torch.export archive member {name} is not plain tensor data: {exc}"
-                ) from exc
+
+
+def pickled_members(names: list[str]) -> list[str]:
+    """The members of a torch.export archive that ``torch.export.load`` unpickles (with
+    torch's ``weights_only`` unpickler): its sample inputs and any other ``.pt``/``.pkl``."""
+    return [n for n in names if n.rsplit("/", 1)[-1].endswith((".pt", ".pkl"))]
 
 
 def detect_format(path: str | Path) -> ModelFormat:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,7 +39,9 @@ from reconstruction import sampling
 from reconstruction.data import array_sha256
 from reconstruction.documents import read_mapping, validation_problem
 from reconstruction.models.formats import ModelError
-from reconstruction.operators import LinearOperator, MultiCoilMRI, ParallelBeamCT, SingleCoilMRI
+
+if TYPE_CHECKING:
+    from reconstruction.operators import LinearOperator
 
 __all__ = [
     "ESPIRIT",
@@ -398,6 +400,9 @@ def build_operator(
 ) -> LinearOperator:
     """The forward operator the network was trained for (``mask`` overrides the MRI mask,
     e.g. for the more-samples test)."""
+    # here, not at the top: the manifest's checks import no torch (the web process runs them)
+    from reconstruction.operators import MultiCoilMRI, ParallelBeamCT, SingleCoilMRI
+
     if manifest.modality == "ct":
         s = manifest.sampling
         return ParallelBeamCT(manifest.image_size, s.angles, s.detectors)

@@ -7,18 +7,31 @@ deserialize untrusted bytes: the service calls this only inside its isolated wor
 
 from __future__ import annotations
 
+import io
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from reconstruction.models.formats import ModelError
+from reconstruction.models.formats import ModelError, pickled_members
 
 __all__ = ["NumberArguments", "load_torch_export", "load_torchscript"]
 
 
 def load_torch_export(path: Path) -> torch.export.ExportedProgram:
+    """The program of an archive that :func:`~reconstruction.models.formats.detect_format`
+    accepted; first every member it would unpickle must be plain tensor data (torch's
+    ``weights_only`` unpickler: tensors and containers only)."""
+    with zipfile.ZipFile(path) as z:
+        for name in pickled_members(z.namelist()):
+            try:
+                torch.load(io.BytesIO(z.read(name)), weights_only=True)
+            except Exception as exc:
+                raise ModelError(
+                    f"the torch.export archive member {name} is not plain tensor data: {exc}"
+                ) from exc
     try:
         program = torch.export.load(str(path))
         program.module()

@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -35,8 +35,10 @@ from pydantic import (
     model_validator,
 )
 
-from reconstruction.attacks import SearchSettings
 from reconstruction.documents import read_mapping, validation_problem
+
+if TYPE_CHECKING:
+    from reconstruction.attacks import SearchSettings
 
 __all__ = [
     "BUILTIN",
@@ -131,6 +133,9 @@ class Budget(_Strict):
     def settings(self) -> SearchSettings:
         """The search's settings; ``keep`` is at most ``restarts`` and ``min_iterations`` at
         most ``iterations``."""
+        # here, not at the top: protocols import no torch (the web process validates them)
+        from reconstruction.attacks import SearchSettings
+
         fields = self.model_dump(exclude={"eps", "objective", "baseline_restarts"})
         fields["keep"] = min(self.keep, self.restarts)
         fields["min_iterations"] = min(self.min_iterations, self.iterations)

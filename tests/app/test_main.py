@@ -5,7 +5,10 @@ the same limit in every message."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +18,8 @@ from app.db import sessions
 from app.settings import get_settings
 from tests.app.conftest import _restore, _use_settings, bearer
 from tests.app.networks.test_router import MANIFEST
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_error_has_one_body(client: TestClient, tokens: dict[str, str]) -> None:
@@ -107,3 +112,24 @@ def test_values_the_database_refuses_are_422(client: TestClient, tokens: dict[st
         "detail": "an input holds a value the database cannot take (e.g. NUL)",
         "field": None,
     }
+
+
+def test_the_web_process_loads_no_torch() -> None:
+    """A fresh interpreter builds the app and runs what a request runs in the web process (an
+    upload's format and manifest checks, a protocol's validation): the network itself is
+    loaded only in the sandbox, so torch and onnx are never imported here."""
+    probe = (
+        "import json, sys\n"
+        "from app.main import create_app\n"
+        "from reconstruction.models import detect_format, load_manifest\n"
+        "from reconstruction.protocols import load_protocol\n"
+        "create_app()\n"
+        "checked = [detect_format('examples/unet-mri/model.onnx'),\n"
+        "           load_manifest('examples/unet-mri/manifest.json').name,\n"
+        "           load_protocol('standard').name]\n"
+        "print(json.dumps([m for m in ('torch', 'onnx') if m in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert json.loads(done.stdout) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 SIZE = 32
@@ -76,3 +79,46 @@ def save_model(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return save
+
+
+class Tiny(torch.nn.Module):
+    """A one-convolution network, 2 channels in and out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv(x)
+        return out
+
+
+def rewrite_pt2(source: Path, target: Path, edit: dict[str, bytes]) -> None:
+    """``source`` copied to ``target``, each member whose name ends with a key of ``edit``
+    replaced by its bytes."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            for suffix, replacement in edit.items():
+                if item.filename.endswith(suffix):
+                    data = replacement
+            zout.writestr(item, data)
+
+
+class _Witness:
+    """Unpickled, it creates the file at ``path`` (what a hostile pickle could do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def hostile_pt2(folder: Path) -> tuple[Path, Path]:
+    """A torch.export archive of :class:`Tiny` whose sample inputs are a pickle that creates a
+    file when unpickled: the archive, and the file that must never appear."""
+    good, hostile, witness = folder / "good.pt2", folder / "hostile.pt2", folder / "unpickled"
+    torch.export.save(torch.export.export(Tiny(), (torch.rand(1, 2, 8, 8),)), str(good))
+    rewrite_pt2(good, hostile, {"sample_inputs/model.pt": pickle.dumps(_Witness(witness))})
+    return hostile, witness

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -8,17 +10,8 @@ import pytest
 import torch
 
 from reconstruction.models import ModelError, detect_format, sha256_file
-from tests.reconstruction.models.conftest import conv_model
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.conv(x)
-        return out
+from reconstruction.models.formats import pickled_members
+from tests.reconstruction.models.conftest import Tiny, conv_model, hostile_pt2, rewrite_pt2
 
 
 def test_recognises_each_accepted_format(tmp_path: Path) -> None:
@@ -27,10 +20,10 @@ def test_recognises_each_accepted_format(tmp_path: Path) -> None:
     onnx.save_model(conv_model(), str(tmp_path / "a.bin"))
     assert detect_format(tmp_path / "a.bin") == "onnx"
     x = torch.rand(1, 2, 8, 8)
-    torch.export.save(torch.export.export(_Tiny(), (x,)), str(tmp_path / "b.bin"))
+    torch.export.save(torch.export.export(Tiny(), (x,)), str(tmp_path / "b.bin"))
     assert detect_format(tmp_path / "b.bin") == "torch.export"
     with pytest.warns(FutureWarning):
-        torch.jit.trace(_Tiny(), x).save(str(tmp_path / "c.bin"))
+        torch.jit.trace(Tiny(), x).save(str(tmp_path / "c.bin"))
     assert detect_format(tmp_path / "c.bin") == "torchscript"
 
 
@@ -38,9 +31,9 @@ def test_recognises_each_accepted_format(tmp_path: Path) -> None:
 def test_pickles_are_refused_with_advice(tmp_path: Path, what: str) -> None:
     path = tmp_path / "model.pt"
     if what == "state_dict":
-        torch.save(_Tiny().state_dict(), path)
+        torch.save(Tiny().state_dict(), path)
     elif what == "module":
-        torch.save(_Tiny(), path)
+        torch.save(Tiny(), path)
     else:
         import pickle
 
@@ -62,42 +55,39 @@ def test_unknown_and_empty_files(tmp_path: Path) -> None:
         detect_format(tmp_path / "other.zip")
 
 
-def _rewrite_pt2(source: Path, target: Path, edit: dict[str, bytes]) -> None:
-    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            for suffix, replacement in edit.items():
-                if item.filename.endswith(suffix):
-                    data = replacement
-            zout.writestr(item, data)
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pt2_archives_that_would_unpickle_are_refused(tmp_path: Path) -> None:
-    x = torch.rand(1, 2, 8, 8)
     good = tmp_path / "good.pt2"
-    torch.export.save(torch.export.export(_Tiny(), (x,)), str(good))
+    torch.export.save(torch.export.export(Tiny(), (torch.rand(1, 2, 8, 8),)), str(good))
     with zipfile.ZipFile(good) as z:
         name = next(n for n in z.namelist() if n.endswith("model_weights_config.json"))
         config = json.loads(z.read(name))
     first = next(iter(config["config"].values()))
     first["use_pickle"] = True
-    _rewrite_pt2(
+    rewrite_pt2(
         good, tmp_path / "p.pt2", {"model_weights_config.json": json.dumps(config).encode()}
     )
     with pytest.raises(ModelError, match="as a pickle"):
         detect_format(tmp_path / "p.pt2")
 
-    class Evil:
-        def __reduce__(self) -> tuple[object, tuple[str]]:
-            return (print, ("pwned",))
 
-    import pickle
-
-    payload = pickle.dumps(Evil())
-    _rewrite_pt2(good, tmp_path / "s.pt2", {"sample_inputs/model.pt": payload})
-    with pytest.raises(ModelError, match="not plain tensor data"):
-        detect_format(tmp_path / "s.pt2")
+def test_the_format_check_unpickles_nothing_and_imports_no_torch(tmp_path: Path) -> None:
+    """The service's web process checks uploads with it: a torch.export archive whose sample
+    inputs are a hostile pickle is recognised, its pickle left for the jailed load to refuse
+    (:func:`reconstruction.models.torch_model.load_torch_export`)."""
+    hostile, witness = hostile_pt2(tmp_path)
+    assert detect_format(hostile) == "torch.export"
+    assert not witness.exists()
+    with zipfile.ZipFile(hostile) as z:
+        assert pickled_members(z.namelist()) == [
+            n for n in z.namelist() if n.endswith("sample_inputs/model.pt")
+        ]
+    code = (
+        "import sys; from reconstruction.models.formats import detect_format; "
+        f"print(detect_format({str(hostile)!r}), 'torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["torch.export", "False"]
 
 
 def test_sha256_file(tmp_path: Path) -> None:
