@@ -1,8 +1,9 @@
 """Hostile uploads through the API, as a submitter would try them: TorchScript networks that
 read the service's files (absolute and relative paths) and raise their bytes as the error, or
-write outside their folder; an ONNX memory bomb; model archives and images that expand 1000x.
-Each is refused or contained, no byte of the planted secret appears in any response, nothing is
-stored, and the service stays healthy. Every PyTorch-format validation runs in the jail."""
+write outside their folder; a torch.export archive carrying a hostile pickle; an ONNX memory
+bomb; model archives and images that expand 1000x. Each is refused or contained, no byte of the
+planted secret appears in any response, nothing is stored, and the service stays healthy. Every
+PyTorch-format validation runs in the jail."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from app.sandbox import SandboxResult, run_science
 from app.settings import Settings, get_settings
 from tests.app.conftest import bearer
 from tests.app.networks.test_router import _stored, _upload
+from tests.reconstruction.models.conftest import hostile_pt2
 
 
 class _Reads(torch.nn.Module):
@@ -102,6 +104,28 @@ def test_a_pytorch_format_is_validated_in_the_jail(
     response = _upload(client, tokens["alice"], _torchscript(_Identity()), model_name="identity.ts")
     assert response.status_code == 201, response.text
     assert response.json()["format"] == "torchscript"
+    assert len(jailed_runs) == 1
+    _assert_jailed(jailed_runs[0])
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_torch_export_archive_with_a_hostile_pickle_is_refused_in_the_jail(
+    client: TestClient,
+    db: Session,
+    tokens: dict[str, str],
+    jailed_runs: list[SandboxResult],
+    tmp_path: Path,
+) -> None:
+    """The web process recognises the archive without unpickling its members; the jail's
+    load refuses the sample inputs' pickle before torch.export.load would reach it."""
+    hostile, witness = hostile_pt2(tmp_path)
+    before = _stored(db)
+    response = _upload(client, tokens["alice"], hostile.read_bytes(), model_name="model.pt2")
+    assert response.status_code == 422, response.text
+    assert "is not plain tensor data" in response.json()["detail"]
+    assert response.json()["field"] == "model"
+    assert not witness.exists()
+    assert _stored(db) == before
     assert len(jailed_runs) == 1
     _assert_jailed(jailed_runs[0])
 
