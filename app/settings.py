@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     sandbox_tmp_bytes: int = 256 * 2**20
     #: upload validation in the sandbox (seconds)
     inspect_timeout: int = 300
+    #: uploads (models and image sets) checked in the jail at once on this host, all users
+    #: together; each user's uploads are checked one at a time (more get 429 or 503)
+    max_inspections: int = 2
+    #: the ``Retry-After`` seconds an upload refused for a busy inspection is told to wait
+    inspection_retry_after: int = 10
     #: device for audits (cpu or cuda)
     device: str = "cpu"
     #: seconds before an unacknowledged task is redelivered by Redis (a worker that died)
@@ -102,6 +107,11 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return (self.data_dir / "broker").resolve()
+
+    @property
+    def locks_dir(self) -> Path:
+        """Lock files that serialise work across this host's processes (upload checks)."""
+        return (self.data_dir / "locks").resolve()
 
     @property
     def pki_dir(self) -> Path:
