@@ -5,7 +5,11 @@ no ``app`` package): ``audit`` loads the network and the test data, runs
 :func:`reconstruction.suite.run_suite` and writes ``results.json`` with the figures' arrays
 (:mod:`reconstruction.figure_data`), nothing else; the trusted worker draws the figures,
 renders and signs the certificate. ``inspect`` loads and validates a network and prints its
-summary as JSON (the upload's check). Progress goes to stderr as JSON lines
+summary as JSON (the upload's check); ``images`` reads an uploaded image set and prints its
+entries as JSON (:func:`reconstruction.image_sets.summarise`: the service parses uploaded data
+only there), or ``{"refused": {"field", "message"}}`` and exits 2. ``images`` loads neither
+torch nor the models, so a check of data starts in a tenth of a second. Progress goes to
+stderr as JSON lines
 (``{"progress": {"stage", "done", "total"}}``); bad input exits 2 with ``Error: <message>`` on
 stderr, as the ``recon-audit`` command line does (it calls :func:`load_audit` and
 :func:`inspect_model` too).
@@ -20,24 +24,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from reconstruction.bounded import ExpansionError
-from reconstruction.data import (
-    ImageReadError,
-    LoadedImage,
-    SliceError,
-    Slices,
-    read_image,
-    read_images,
-)
-from reconstruction.figure_data import write_figure_data
-from reconstruction.models import LoadedModel, ModelError, load
-from reconstruction.protocols import Protocol, ProtocolError, load_protocol
-from reconstruction.suite import TESTS, SuiteResult, run_suite
+from reconstruction.data import ImageReadError, SliceError, Slices, read_image, read_images
+
+if TYPE_CHECKING:  # the network and the suite load torch: only the commands that run them do
+    import numpy as np
+
+    from reconstruction.data import LoadedImage
+    from reconstruction.models import LoadedModel
+    from reconstruction.protocols import Protocol
 
 __all__ = ["AuditInputs", "RunInputError", "exit_now", "inspect_model", "load_audit", "main"]
 
@@ -57,6 +54,8 @@ class AuditInputs:
 
 
 def _check_device(device: str) -> None:
+    import torch
+
     if device == "cuda" and not torch.cuda.is_available():
         raise RunInputError("--device cuda was requested but no CUDA device is available")
 
@@ -74,6 +73,9 @@ def load_audit(
     """Load an audit's network, test data (``slices`` of each volume or k-space file), protocol
     (a built-in name or a YAML file) and custom structural details; :class:`RunInputError`
     with the reason on bad input."""
+    from reconstruction.models import ModelError, load
+    from reconstruction.protocols import ProtocolError, load_protocol
+
     _check_device(device)
     try:
         loaded_protocol = load_protocol(protocol)
@@ -91,6 +93,8 @@ def load_audit(
 def inspect_model(model: Path, manifest: Path, device: str = "cpu") -> dict[str, Any]:
     """Load, adapt and validate a network: its summary (format, sha256, gradient access,
     parity error, inputs, fixed size); :class:`RunInputError` when it is refused."""
+    from reconstruction.models import ModelError, load
+
     _check_device(device)
     try:
         summary: dict[str, Any] = load(model, manifest, device=device).summary()
@@ -107,6 +111,12 @@ def json_progress(stage: str, done: int, total: int) -> None:
 
 
 def _audit(args: argparse.Namespace) -> None:
+    from reconstruction.figure_data import write_figure_data
+    from reconstruction.suite import TESTS, run_suite
+
+    unknown = [name for name in args.only if name not in TESTS]
+    if unknown:
+        raise RunInputError(f"--only {unknown[0]!r}: the tests are {', '.join(TESTS)}")
     inputs = load_audit(
         args.model,
         args.manifest,
@@ -116,7 +126,7 @@ def _audit(args: argparse.Namespace) -> None:
         device=args.device,
     )
     try:
-        result: SuiteResult = run_suite(
+        result = run_suite(
             inputs.model,
             inputs.images,
             inputs.protocol,
@@ -139,11 +149,29 @@ def _inspect(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
 
 
+def _images(args: argparse.Namespace) -> None:
+    from reconstruction.image_sets import Refused, summarise
+
+    try:
+        entries = summarise(Path.cwd(), args.files, args.slices)
+    except Refused as exc:
+        refused = {"refused": {"field": exc.field, "message": exc.message}}
+        sys.stdout.write(json.dumps(refused) + "\n")
+        raise RunInputError(exc.message) from exc
+    sys.stdout.write(json.dumps({"entries": [e.to_json() for e in entries]}) + "\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reconstruction.run", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="run an audit: results.json and figure data")
     inspect = commands.add_parser("inspect", help="validate a network and print its summary")
+    images = commands.add_parser(
+        "images", help="read an image set (files in the working folder) and print its entries"
+    )
+    images.add_argument("files", nargs="+", help="file names in the working folder, in order")
+    images.add_argument("--slices", default=None)
+    images.set_defaults(run=_images)
     for command in (audit, inspect):
         command.add_argument("model", type=Path)
         command.add_argument("--manifest", type=Path, required=True)
@@ -151,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--images", type=Path, action="append", default=[])
     audit.add_argument("--slices", default=None)
     audit.add_argument("--protocol", default="quick")
-    audit.add_argument("--only", action="append", choices=TESTS, default=[])
+    audit.add_argument("--only", action="append", default=[], help="run this test only")
     audit.add_argument(
         "--unit", type=int, default=None, help="run that unit of the images (with one --only)"
     )

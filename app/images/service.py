@@ -1,38 +1,66 @@
-"""Test image sets: uploaded files are read with the science library's readers (PNG, TIFF,
-NPY without pickles, DICOM, NIfTI, fastMRI HDF5 k-space) before anything is stored; ``.dcm``
-files of one ``SeriesInstanceUID`` are one DICOM series (a volume, its slices ordered by
-instance number or slice location); ``slices`` selects the slices of every volume in the set
-(as ``recon-audit audit --slices``)."""
+"""Test image sets: the uploaded files are streamed to the store's scratch area (hashed, size
+capped) and read only in the jail (``python -m reconstruction.run images``:
+:func:`reconstruction.image_sets.summarise`), which says what each entry holds; nothing is
+stored unless every file reads. The API process parses no uploaded byte (no HDF5, DICOM, NIfTI,
+image or NPY library runs in it): what comes back from the jail is a bounded summary, checked
+here against the upload before it is believed. ``.dcm`` files of one ``SeriesInstanceUID`` are
+one DICOM series; ``slices`` selects the slices of every volume in the set (as ``recon-audit
+audit --slices``). Each user's uploads are checked one at a time, and a few at once on the host
+(:mod:`app.inspections`)."""
 
 from __future__ import annotations
 
-import os
-import secrets
+import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
 from app import events
 from app.errors import Conflict, Invalid, TooLarge
 from app.images import repository
+from app.inspections import inspection_slot
 from app.networks.service import Upload, safe_name
 from app.orm import ImageSet, User
+from app.sandbox import SandboxResult, describe_failure, run_science
 from app.settings import Settings
 from app.storage import Spooled, Store
-from reconstruction.data import (
-    ImageReadError,
-    SliceError,
-    Slices,
-    dicom_series_uid,
-    read_images,
-)
 
-__all__ = ["BUILTIN_SET", "file_hashes", "upload_image_set"]
+__all__ = ["BUILTIN_SET", "MAX_FILES", "file_hashes", "upload_image_set"]
 
 #: the built-in set (phantoms and the bundled DICOMs), usable by this name
 BUILTIN_SET = "builtin"
+#: the most files one image set upload may carry (``reconstruction.image_sets.MAX_SET_FILES``)
+MAX_FILES = 4096
+#: the longest message of the jail's that is passed on
+MESSAGE_CHARS = 500
+
+
+class _Entry(BaseModel):
+    """One entry of the jail's summary, as the API accepts it (anything else is refused)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    files: list[str] = Field(min_length=1, max_length=MAX_FILES)
+    shape: list[int] = Field(min_length=2, max_length=2)
+    format: str | None = Field(max_length=40)
+    images: int = Field(ge=1)
+    measured: bool
+
+
+class _Summary(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    entries: list[_Entry] = Field(min_length=1, max_length=MAX_FILES)
+
+
+class _Refusal(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    field: Literal["files", "slices"]
+    message: str
 
 
 def upload_image_set(
@@ -48,11 +76,12 @@ def upload_image_set(
         raise Invalid("name must have 1 to 100 characters and not be 'builtin'", field="name")
     if not files:
         raise Invalid("upload at least one image", field="files")
+    if len(files) > MAX_FILES:
+        raise Invalid(f"an image set may hold at most {MAX_FILES} files", field="files")
     if repository.visible(session, user, name) is not None:
         raise Conflict(f"you already have an image set named {name!r}")
-    if slices is not None and len(slices) > 200:
-        raise Invalid("slices must have at most 200 characters", field="slices")
-    selection = None if slices is None else Slices(slices)
+    if slices is not None and (len(slices) > 200 or not slices.isprintable()):
+        raise Invalid("slices must be at most 200 printable characters", field="slices")
     workdir = store.workdir("images-")
     try:
         budget = settings.max_image_bytes * len(files)
@@ -65,28 +94,28 @@ def upload_image_set(
             budget -= spooled[plain].size
             if budget < 0:
                 raise TooLarge("the image upload is too large")
+        with inspection_slot(settings, user.id):
+            entries = _read_in_jail(settings, workdir, list(spooled), slices)
         records: list[dict[str, Any]] = []
-        for entry in _entries(workdir, list(spooled)):
-            path = workdir / entry[0] if len(entry) == 1 else _series_folder(workdir, entry)
-            label = entry[0] if len(entry) == 1 else f"the series {entry[0]}, ..."
-            try:
-                images = read_images(path, slices=selection)
-            except ImageReadError as exc:  # the upload's name, never the scratch folder's path
-                problem = exc.problem.replace(f"{path}/", "").replace(f"{workdir}/", "")
-                field = "slices" if isinstance(exc, SliceError) else "files"
-                raise Invalid(f"{label}: {problem}", field=field) from exc
+        for entry in entries:
             record: dict[str, Any] = {
-                "shape": list(images[0].array.shape),
-                "format": images[0].metadata.get("format"),
-                "images": len(images),
-                "measured": images[0].kspace is not None,
+                "shape": entry.shape,
+                "format": entry.format,
+                "images": entry.images,
+                "measured": entry.measured,
             }
-            if len(entry) == 1:
-                only = spooled[entry[0]]
-                record = {"name": entry[0], "sha256": only.sha256, "size": only.size, **record}
+            if len(entry.files) == 1:
+                only = spooled[entry.files[0]]
+                record = {
+                    "name": entry.files[0],
+                    "sha256": only.sha256,
+                    "size": only.size,
+                    **record,
+                }
             else:
                 members = [
-                    {"name": n, "sha256": spooled[n].sha256, "size": spooled[n].size} for n in entry
+                    {"name": n, "sha256": spooled[n].sha256, "size": spooled[n].size}
+                    for n in entry.files
                 ]
                 record = {"name": f"series-{len(records) + 1}", "series": members, **record}
             records.append(record if slices is None else {**record, "slices": slices})
@@ -106,31 +135,46 @@ def upload_image_set(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _entries(workdir: Path, names: list[str]) -> list[list[str]]:
-    """The uploaded files as the set's entries, in upload order: ``.dcm`` files that share a
-    ``SeriesInstanceUID`` are one DICOM series (read as a volume: its slices ordered by
-    instance number or slice location); every other file is an entry of its own."""
-    series: dict[str, list[str]] = {}
-    entries: list[list[str]] = []
-    for name in names:
-        uid = dicom_series_uid(workdir / name) if name.lower().endswith(".dcm") else None
-        if uid is None:
-            entries.append([name])
-        elif uid in series:
-            series[uid].append(name)
-        else:
-            series[uid] = [name]
-            entries.append(series[uid])
-    return entries
+def _read_in_jail(
+    settings: Settings, workdir: Path, names: list[str], slices: str | None
+) -> list[_Entry]:
+    """The set's entries as the jail read them; :class:`Invalid` when it refused a file (its
+    own words: it saw only the upload) or failed (the service's words)."""
+    args = ["images", *names] + ([] if slices is None else ["--slices", slices])
+    result = run_science(
+        args,
+        workdir=workdir,
+        timeout=settings.inspect_timeout,
+        limits=settings.sandbox_limits(cpu_seconds=settings.inspect_timeout),
+        bwrap=settings.sandbox_bwrap,
+    )
+    if result.returncode == 2:
+        refusal = _refusal(result)
+        if refusal is not None:
+            raise Invalid(refusal.message, field=refusal.field)
+    if result.returncode != 0:
+        raise Invalid(describe_failure(result, "the images could not be read"), field="files")
+    try:
+        summary = _Summary.model_validate(json.loads(result.stdout))
+    except (ValueError, ValidationError) as exc:
+        raise Invalid("the images could not be read: the check's answer was malformed") from exc
+    listed = [n for entry in summary.entries for n in entry.files]
+    if sorted(listed) != sorted(names):
+        raise Invalid("the images could not be read: the check's answer does not fit the upload")
+    return summary.entries
 
 
-def _series_folder(workdir: Path, names: list[str]) -> Path:
-    """A folder holding (hard links to) a series' spooled files, to read them as one volume."""
-    folder = workdir / f".series-{secrets.token_hex(4)}"
-    folder.mkdir()
-    for name in names:
-        os.link(workdir / name, folder / name)
-    return folder
+def _refusal(result: SandboxResult) -> _Refusal | None:
+    """The jail's refusal (``{"refused": {"field", "message"}}`` on stdout), its message cut to
+    :data:`MESSAGE_CHARS` and cleared of the jail's folder."""
+    try:
+        refusal = _Refusal.model_validate(json.loads(result.stdout)["refused"])
+    except (ValueError, KeyError, TypeError, ValidationError):
+        return None
+    message = refusal.message.replace("/job/", "").replace("/job", "")
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS].rsplit(" ", 1)[0] + " ..."
+    return _Refusal(field=refusal.field, message=message)
 
 
 def file_hashes(record: dict[str, Any]) -> list[str]:
