@@ -10,6 +10,7 @@ from app.api import errors
 from app.auth import AuthFirst, CurrentUser, SessionDep, require_role
 from app.deps import SettingsDep, StoreDep
 from app.errors import NotFound
+from app.inspections import inspection_slot
 from app.networks import repository, service
 from app.networks.schemas import NetworkOut, NetworkSummary
 from app.orm import User
@@ -27,7 +28,7 @@ Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
             "description": "the same bytes, manifest and files: the existing record",
             "model": NetworkOut,
         },
-        **errors(400, 401, 403, 409, 413, 415, 422, 503),
+        **errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
     },
 )
 def upload_model(
@@ -42,16 +43,19 @@ def upload_model(
         list[UploadFile] | None, File(description="files the manifest references")
     ] = None,
 ) -> NetworkOut:
-    """Upload a network with its manifest and referenced files (mask, external data)."""
-    network, created = service.upload_network(
-        session,
-        store,
-        settings,
-        user,
-        (model.filename or "", model.file),
-        (manifest.filename or "", manifest.file),
-        [(f.filename or "", f.file) for f in files or []],
-    )
+    """Upload a network with its manifest and referenced files (mask, external data); each
+    user's uploads are checked one at a time (429 while another is), a few at once on the host
+    (503 while they all are)."""
+    with inspection_slot(settings, user.id):
+        network, created = service.upload_network(
+            session,
+            store,
+            settings,
+            user,
+            (model.filename or "", model.file),
+            (manifest.filename or "", manifest.file),
+            [(f.filename or "", f.file) for f in files or []],
+        )
     if not created:
         response.status_code = status.HTTP_200_OK
     return NetworkOut.model_validate(network)
