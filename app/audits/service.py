@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app import events
@@ -34,12 +34,19 @@ __all__ = ["artefact", "as_out", "cancel_audit", "create_audit", "record_downloa
 
 
 def _check_active_limit(session: Session, settings: Settings, user: User) -> None:
-    """429 when ``user`` has ``max_active_audits`` queued or running already (the user's row is
-    locked first, so concurrent requests of one user are counted one after the other)."""
+    """429 when ``user`` has ``max_active_audits`` queued or running already.
+
+    Concurrent requests of one user are counted one after the other: before the count, a write
+    to the user's row (it changes nothing) takes that row's lock on PostgreSQL and the
+    database's write lock on SQLite (where ``FOR UPDATE`` is a no-op and pysqlite begins a
+    transaction only at its first write), both held until the insert of the audit commits."""
     limit = settings.max_active_audits
     if limit <= 0:
         return
-    session.get(User, user.id, with_for_update=True)
+    session.execute(
+        update(User).where(User.id == user.id).values(role=User.role),
+        execution_options={"synchronize_session": False},
+    )
     active = session.scalar(
         select(func.count())
         .select_from(Audit)
