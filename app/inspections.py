@@ -19,7 +19,7 @@ from pathlib import Path
 from app.errors import TooManyRequests, Unavailable
 from app.settings import Settings
 
-__all__ = ["inspection_slot"]
+__all__ = ["Busy", "inspection_slot", "lock_files"]
 
 
 class Busy(Unavailable):
@@ -42,20 +42,25 @@ def _try_lock(path: Path, stack: ExitStack) -> bool:
     return True
 
 
+def lock_files(settings: Settings, user_id: str) -> tuple[Path, list[Path]]:
+    """The lock file of the user's slot and those of the host's slots."""
+    folder = settings.locks_dir
+    mine = folder / f"inspect-user-{hashlib.sha256(user_id.encode()).hexdigest()[:32]}.lock"
+    return mine, [folder / f"inspect-slot-{i}.lock" for i in range(settings.max_inspections)]
+
+
 @contextmanager
 def inspection_slot(settings: Settings, user_id: str) -> Iterator[None]:
     """Hold the user's slot and one of the host's while the block runs (see the module)."""
-    folder = settings.locks_dir
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.locks_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     wait = settings.inspection_retry_after
+    mine, slots = lock_files(settings, user_id)
     with ExitStack() as stack:
-        mine = hashlib.sha256(user_id.encode()).hexdigest()[:32]
-        if not _try_lock(folder / f"inspect-user-{mine}.lock", stack):
+        if not _try_lock(mine, stack):
             raise TooManyRequests(
                 "another upload of yours is being checked; send the next one when it is done",
                 retry_after=wait,
             )
-        slots = (folder / f"inspect-slot-{i}.lock" for i in range(settings.max_inspections))
         if not any(_try_lock(slot, stack) for slot in slots):
             raise Busy(
                 f"the service is checking {settings.max_inspections} uploads already; "
