@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from reconstruction import sampling
 from reconstruction.data import array_sha256
-from reconstruction.documents import read_mapping, validation_problem
+from reconstruction.documents import read_document, read_mapping, validation_problem
 from reconstruction.models.formats import ModelError
 
 if TYPE_CHECKING:
@@ -300,11 +300,8 @@ def manifest_json_schema() -> dict[str, Any]:
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a JSON or YAML manifest; :class:`ManifestError` on any problem."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read manifest {p}: {exc}") from exc
-    try:
+    try:  # the messages name the file, never its folder (an upload's is the server's)
+        text = read_document(p, f"manifest {p.name}")
         data = read_mapping(text, p.name, as_json=p.suffix.lower() == ".json")
     except ValueError as exc:
         raise ManifestError(str(exc)) from exc
@@ -339,7 +336,7 @@ def sampling_mask(manifest: Manifest, base_dir: str | Path) -> np.ndarray:
     path = _referenced_file(Path(base_dir), s.mask, "sampling.mask")
     try:
         mask: np.ndarray = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise ManifestError(
             f"{s.mask} is not a readable .npy array: {exc}", "sampling.mask"
         ) from exc
@@ -372,7 +369,7 @@ def shipped_sensitivities(manifest: Manifest, base_dir: str | Path) -> np.ndarra
     path = _referenced_file(Path(base_dir), name, field)
     try:
         maps: np.ndarray = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise ManifestError(f"{name} is not a readable .npy array: {exc}", field) from exc
     expected = [manifest.sampling.coils, *manifest.image_size]
     if list(maps.shape) != expected:

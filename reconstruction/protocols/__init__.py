@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from reconstruction.documents import read_mapping, validation_problem
+from reconstruction.documents import read_document, read_mapping, validation_problem
 
 if TYPE_CHECKING:
     from reconstruction.attacks import SearchSettings
@@ -446,7 +446,7 @@ def load_protocol(name_or_path: str | Path) -> Protocol:
                 "YAML file"
             )
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"cannot read protocol {path}: {exc}") from exc
+        text = read_document(path, f"protocol {path}")
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
     return parse_protocol(text, path.name)

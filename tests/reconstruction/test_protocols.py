@@ -138,6 +138,16 @@ def test_unknown_and_unreadable_protocols(tmp_path: Path) -> None:
         load_protocol(tmp_path / "list.yaml")
 
 
+def test_unbounded_protocols_are_refused() -> None:
+    for text, problem in (
+        ("name: " + "[" * 50_000, "levels deep"),
+        ("name: &n mine\nversion: *n\n", "aliases are not accepted"),
+        ("name: " + "x" * 2**20, "is too large"),
+    ):
+        with pytest.raises(ProtocolError, match=f"^inline protocol .*{problem}"):
+            parse_protocol(text, "inline protocol")
+
+
 def test_schema() -> None:
     assert protocol_json_schema()["title"] == "recon-audit protocol"
 

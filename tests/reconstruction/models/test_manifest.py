@@ -79,8 +79,25 @@ def test_unreadable_manifests(tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(ManifestError, match="mapping of fields"):
         load_manifest(bad)
-    with pytest.raises(ManifestError, match="cannot read manifest"):
+    with pytest.raises(ManifestError, match="cannot read manifest") as info:
         load_manifest(tmp_path / "missing.json")
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_a_non_utf8_manifest_is_named_without_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ManifestError, match=r"^manifest manifest\.yaml is not UTF-8") as info:
+        load_manifest(path)
+    assert str(tmp_path) not in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_deeply_nested_manifests_are_refused(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"manifest{suffix}"
+    path.write_text('{"name": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ManifestError, match=f"manifest{suffix} nests .* levels deep"):
+        load_manifest(path)
 
 
 def _mask_manifest(tmp_path: Path, name: str = "mask.npy", **sampling_extra: Any) -> Path:
@@ -110,6 +127,7 @@ def test_mask_file_is_read_and_checked(tmp_path: Path) -> None:
         ("float.npy", "boolean"),
         ("empty.npy", "selects no k-space sample"),
         ("pickled.npy", "not a readable .npy"),
+        ("zero-bytes.npy", "not a readable .npy"),
     ],
 )
 def test_bad_mask_files(tmp_path: Path, name: str, message: str) -> None:
@@ -120,6 +138,7 @@ def test_bad_mask_files(tmp_path: Path, name: str, message: str) -> None:
     np.save(tmp_path / "float.npy", np.full((SIZE, SIZE), 0.5))
     np.save(tmp_path / "empty.npy", np.zeros((SIZE, SIZE), bool))
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "zero-bytes.npy").write_bytes(b"")
     manifest = load_manifest(_mask_manifest(tmp_path, name))
     with pytest.raises(ManifestError, match=message) as info:
         sampling_mask(manifest, tmp_path)
