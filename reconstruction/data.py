@@ -63,6 +63,9 @@ KSPACE_SUFFIXES = (".h5", ".hdf5")
 MAX_SERIES_FILES = 4096
 #: the most pixels or voxels a file may decode to (each is converted to float64 once)
 MAX_ELEMENTS = 2**25
+#: the most slices read of one volume (a fastMRI volume has 16 to 40, a CT series a few
+#: hundred): each costs work however small it is
+MAX_SLICES = 512
 #: Deflated Explicit VR Little Endian: the whole dataset is one zlib stream
 DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 
@@ -109,14 +112,13 @@ class Slices:
 
     def indices(self, n: int, source: str | Path) -> list[int]:
         """The selected indices of a volume of ``n`` slices, in order, each once;
-        :class:`SliceError` when malformed or out of range."""
+        :class:`SliceError` when malformed, out of range or more than ``MAX_SLICES``."""
         if self.text is None:
             return [n // 2]
         text = self.text.strip()
-        if text == "all":
-            return list(range(n))
-        chosen: list[int] = []
-        for part in text.split(","):
+        parts = [f"0:{n}"] if text == "all" else text.split(",")
+        chosen: dict[int, None] = {}  # insertion-ordered, each index once
+        for part in parts:
             bounds = part.strip().split(":")
             try:
                 numbers = [int(b) for b in bounds]
@@ -133,8 +135,16 @@ class Slices:
                 raise SliceError(
                     source, f"slices {part.strip()!r} out of range for a volume of {n} slices"
                 )
-            chosen += [i for i in range(start, stop) if i not in chosen]
-        return chosen
+            new = (stop - start) - sum(start <= i < stop for i in chosen)
+            if len(chosen) + new > MAX_SLICES:
+                raise SliceError(
+                    source,
+                    f"slices {self.text!r} select more than {MAX_SLICES} of the volume's {n} "
+                    f"slices; at most {MAX_SLICES} are read per volume: select fewer "
+                    f"(e.g. '0:{MAX_SLICES}')",
+                )
+            chosen.update(dict.fromkeys(range(start, stop)))
+        return list(chosen)
 
 
 # ------------------------------------------------------------------------------ phantoms

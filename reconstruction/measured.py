@@ -44,6 +44,18 @@ REFERENCES = ("reconstruction_rss", "reconstruction_esc")
 #: the most bytes an ``ismrmrd_header`` may hold (it is a few kB in fastMRI's files)
 MAX_HEADER_BYTES = 2**20
 ISMRMRD = "{http://www.ismrm.org/ISMRMRD}"
+#: the HDF5 filters a dataset may pass through (their ids): any other, szip and plugins
+#: included, is refused before HDF5 looks for it
+ACCEPTED_FILTERS = {1: "gzip (deflate)", 2: "shuffle", 32000: "LZF"}
+#: the largest chunk a dataset may declare: reading any element of a chunk inflates all of it
+#: (a fastMRI knee slice, 15 coils x 640 x 368 complex64, is 28 MB)
+MAX_CHUNK_BYTES = 64 * 2**20
+#: the most bytes the chunks of a selection may inflate to, and the most chunks it may touch
+#: (each costs about 5 us to look up, however small)
+MAX_CHUNK_READ_BYTES = 2 * MAX_DECODED_BYTES
+MAX_CHUNKS_READ = 2**18
+#: the smallest image (H, W) a k-space or reference slice may have
+MIN_GRID = 2
 
 
 def _image(kspace: np.ndarray) -> np.ndarray:
@@ -110,7 +122,13 @@ def fit_kspace(image: LoadedImage, size: tuple[int, int]) -> tuple[np.ndarray, n
 
 def read_fastmri(path: str | Path, slices: Slices | None = None) -> list[LoadedImage]:
     """The selected slices (default: the middle one) of a fastMRI HDF5 file, each with its
-    k-space; the truth is at the measured grid until :func:`fit_kspace` fits it."""
+    k-space; the truth is at the measured grid until :func:`fit_kspace` fits it.
+
+    Every dataset read (``kspace``, the reference, ``ismrmrd_header``) is first checked
+    without reading its data (:func:`_checked`): reached by a hard link, stored in this file
+    (no external storage, no virtual dataset), through gzip, shuffle or LZF only, in chunks of
+    at most ``MAX_CHUNK_BYTES``, of standard IEEE floats (or a string); the bytes and chunks the
+    selection reads are bounded before it is read."""
     import h5py
 
     p = Path(path)
@@ -119,25 +137,22 @@ def read_fastmri(path: str | Path, slices: Slices | None = None) -> list[LoadedI
     except OSError as exc:
         raise ImageReadError(p, f"not a readable HDF5 file: {exc}") from exc
     with handle:
-        if "kspace" not in handle or not isinstance(handle["kspace"], h5py.Dataset):
+        ds = _checked(p, handle, "kspace", "complex")
+        if ds is None:
             raise ImageReadError(p, "the HDF5 file has no 'kspace' dataset")
-        ds = handle["kspace"]
-        if ds.ndim not in (3, 4) or not np.issubdtype(ds.dtype, np.complexfloating):
-            raise ImageReadError(
-                p,
-                f"'kspace' must be complex [slices, coils, H, W] or [slices, H, W], got "
-                f"{list(ds.shape)} of {ds.dtype}",
-            )
-        per_slice = math.prod(ds.shape[1:]) * ds.dtype.itemsize
+        references = [(n, r) for n in REFERENCES if (r := _checked(p, handle, n, "float"))]
+        header = _checked(p, handle, "ismrmrd_header", "string")
         n = int(ds.shape[0])
         chosen = (slices or Slices()).indices(n, p)
+        per_slice = math.prod(ds.shape[1:]) * ds.dtype.itemsize
         if per_slice * len(chosen) > MAX_DECODED_BYTES:
             raise ImageReadError(
                 p,
                 f"the selected slices of 'kspace' hold {per_slice * len(chosen)} bytes; at most "
                 f"{MAX_DECODED_BYTES} are accepted (select fewer slices)",
             )
-        metadata = _metadata(p, handle, ds)
+        _check_read(p, "kspace", ds, len(chosen))
+        metadata = _metadata(p, handle, ds, references, header)
         out = []
         for index in chosen:
             kspace = np.asarray(ds[index], dtype=np.complex64)
@@ -155,7 +170,152 @@ def read_fastmri(path: str | Path, slices: Slices | None = None) -> list[LoadedI
     return out
 
 
-def _metadata(p: Path, handle: Any, ds: Any) -> dict[str, Any]:
+def _checked(p: Path, handle: Any, name: str, kind: str) -> Any:
+    """The dataset ``name`` of the file's root (None when there is none), refused with
+    :class:`~reconstruction.data.ImageReadError` unless it is reached by a hard link, stored in
+    this file through accepted filters and chunks, and of the ``kind`` it must be
+    (``"complex"``, ``"float"``, ``"string"``). Reads no data: nothing outside the file is
+    opened, so the answer is the same whatever other files exist."""
+    import h5py
+
+    key = name.encode()
+    if not handle.id.links.exists(key):
+        return None
+    link = handle.id.links.get_info(key).type
+    if link != h5py.h5l.TYPE_HARD:
+        kind_of = {h5py.h5l.TYPE_SOFT: "a soft", h5py.h5l.TYPE_EXTERNAL: "an external"}
+        raise ImageReadError(
+            p, f"{name!r} is {kind_of.get(link, 'a user-defined')} link; only datasets stored "
+            "in the file itself (hard links) are accepted"
+        )  # fmt: skip
+    ds = handle[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise ImageReadError(p, f"{name!r} is not a dataset")
+    plist = ds.id.get_create_plist()
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        raise ImageReadError(
+            p, f"{name!r} is a virtual dataset (its data in other datasets or files); virtual "
+            "datasets are not accepted"
+        )  # fmt: skip
+    if plist.get_external_count() > 0:
+        raise ImageReadError(
+            p, f"{name!r} uses external storage (its data in other files); datasets with "
+            "external storage are not accepted"
+        )  # fmt: skip
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in ACCEPTED_FILTERS:
+            raise ImageReadError(
+                p, f"{name!r} uses the HDF5 filter {code}; only "
+                f"{', '.join(ACCEPTED_FILTERS.values())} are accepted"
+            )  # fmt: skip
+    if plist.get_layout() == h5py.h5d.CHUNKED:
+        chunk_bytes = math.prod(plist.get_chunk()) * ds.id.get_type().get_size()
+        if chunk_bytes > MAX_CHUNK_BYTES:
+            raise ImageReadError(
+                p, f"{name!r} is stored in chunks of {chunk_bytes} bytes; at most "
+                f"{MAX_CHUNK_BYTES} are accepted (reading one slice inflates a whole chunk)"
+            )  # fmt: skip
+    {"complex": _check_complex, "float": _check_float, "string": _check_string}[kind](p, name, ds)
+    return ds
+
+
+def _ieee(float_type: Any) -> bool:
+    """Whether an HDF5 type is IEEE float32 or float64 (either byte order), not a float of the
+    file's own definition (precision, exponent, mantissa, bias)."""
+    from h5py import h5t
+
+    standard = (h5t.IEEE_F32LE, h5t.IEEE_F32BE, h5t.IEEE_F64LE, h5t.IEEE_F64BE)
+    return float_type.get_class() == h5t.FLOAT and any(float_type.equal(s) for s in standard)
+
+
+def _check_complex(p: Path, name: str, ds: Any) -> None:
+    import h5py
+
+    file_type = ds.id.get_type()
+    compound = file_type.get_class() == h5py.h5t.COMPOUND and file_type.get_nmembers() == 2
+    if not compound or ds.ndim not in (3, 4) or (
+        (file_type.get_member_name(0), file_type.get_member_name(1)) != (b"r", b"i")
+    ):  # fmt: skip
+        raise ImageReadError(
+            p,
+            f"{name!r} must be complex [slices, coils, H, W] or [slices, H, W], got "
+            f"{list(ds.shape or ())} of {_dtype(ds)}",
+        )
+    real, imag = (file_type.get_member_type(i) for i in (0, 1))
+    if not (
+        _ieee(real)
+        and real.equal(imag)
+        and file_type.get_member_offset(1) == real.get_size()
+        and file_type.get_size() == 2 * real.get_size()
+    ):
+        raise ImageReadError(
+            p, f"{name!r} is not of a standard complex type; only pairs of IEEE float32 or "
+            "float64 (complex64, complex128 as h5py writes them) are accepted"
+        )  # fmt: skip
+    _check_shape(p, name, ds.shape)
+
+
+def _check_float(p: Path, name: str, ds: Any) -> None:
+    if not _ieee(ds.id.get_type()) or ds.ndim != 3:
+        raise ImageReadError(
+            p, f"{name!r} must be [slices, h, w] of IEEE float32 or float64, got "
+            f"{list(ds.shape or ())} of {_dtype(ds)}"
+        )  # fmt: skip
+    _check_shape(p, name, ds.shape)
+
+
+def _check_string(p: Path, name: str, ds: Any) -> None:
+    import h5py
+
+    file_type = ds.id.get_type()
+    if file_type.get_class() != h5py.h5t.STRING or ds.shape != ():
+        raise ImageReadError(p, f"{name!r} must be one string (the ISMRMRD XML)")
+    if not file_type.is_variable_str() and file_type.get_size() > MAX_HEADER_BYTES:
+        raise ImageReadError(p, f"{name!r} is longer than {MAX_HEADER_BYTES} bytes")
+
+
+def _check_shape(p: Path, name: str, shape: tuple[int, ...]) -> None:
+    if min(shape) < 1 or min(shape[-2:]) < MIN_GRID:
+        raise ImageReadError(
+            p, f"{name!r} has the shape {list(shape)}; every dimension must be at least 1 and "
+            f"the image's at least {MIN_GRID}"
+        )  # fmt: skip
+
+
+def _dtype(ds: Any) -> str:
+    try:
+        return str(ds.dtype)
+    except (TypeError, ValueError):
+        return "an unsupported HDF5 type"
+
+
+def _check_read(p: Path, name: str, ds: Any, rows: int) -> None:
+    """Refuse reading ``rows`` slices of ``ds`` when their chunks would inflate more than
+    ``MAX_CHUNK_READ_BYTES`` or number more than ``MAX_CHUNKS_READ`` (each slice read on its
+    own: a chunk spanning several slices is inflated once per slice)."""
+    import h5py
+
+    plist = ds.id.get_create_plist()
+    if plist.get_layout() != h5py.h5d.CHUNKED:
+        return
+    chunk = plist.get_chunk()
+    per_slice = math.prod(
+        -(-size // step) for size, step in zip(ds.shape[1:], chunk[1:], strict=True)
+    )
+    chunks = per_slice * rows
+    inflated = chunks * math.prod(chunk) * ds.id.get_type().get_size()
+    if chunks > MAX_CHUNKS_READ or inflated > MAX_CHUNK_READ_BYTES:
+        raise ImageReadError(
+            p, f"reading the selected slices of {name!r} would inflate {chunks} chunks, "
+            f"{inflated} bytes; at most {MAX_CHUNKS_READ} chunks and {MAX_CHUNK_READ_BYTES} "
+            "bytes are accepted (select fewer slices, or store one slice per chunk)"
+        )  # fmt: skip
+
+
+def _metadata(
+    p: Path, handle: Any, ds: Any, references: list[tuple[str, Any]], header: Any
+) -> dict[str, Any]:
     """What the audit keeps of a fastMRI file: sizes, the volume's maximum, the header's
     system and matrix sizes; no identifiers (fastMRI's headers carry none)."""
     metadata: dict[str, Any] = {
@@ -166,21 +326,27 @@ def _metadata(p: Path, handle: Any, ds: Any) -> dict[str, Any]:
     for key in ("acquisition", "max", "norm"):
         if key in handle.attrs:
             metadata[key] = _plain(handle.attrs[key])
-    if "ismrmrd_header" in handle:
-        metadata.update(_header(p, handle["ismrmrd_header"]))
-    for name in REFERENCES:
-        if name in handle:
-            reference = handle[name]
-            if reference.ndim != 3 or reference.shape[0] != ds.shape[0]:
-                raise ImageReadError(
-                    p, f"{name!r} must be [slices, h, w] with {ds.shape[0]} slices, got "
-                    f"{list(reference.shape)}"
-                )  # fmt: skip
-            metadata["reference"] = name
-            # fastMRI crops to the reference's size when there is one, else to the header's
-            metadata["reconstruction_size"] = [int(v) for v in reference.shape[1:]]
-    if "max" not in metadata and "reference" in metadata:
-        metadata["max"] = float(np.max(handle[metadata["reference"]]))
+    if header is not None:
+        metadata.update(_header(p, header))
+    for name, reference in references:
+        if reference.shape[0] != ds.shape[0]:
+            raise ImageReadError(
+                p, f"{name!r} must be [slices, h, w] with {ds.shape[0]} slices, got "
+                f"{list(reference.shape)}"
+            )  # fmt: skip
+        metadata["reference"] = name
+        # fastMRI crops to the reference's size when there is one, else to the header's
+        metadata["reconstruction_size"] = [int(v) for v in reference.shape[1:]]
+    if "max" not in metadata and references:
+        reference = references[-1][1]
+        size = reference.size * reference.dtype.itemsize
+        if size > MAX_DECODED_BYTES:
+            raise ImageReadError(
+                p, f"{references[-1][0]!r} holds {size} bytes; at most {MAX_DECODED_BYTES} are "
+                "read for the volume's maximum (store it as the attribute 'max')"
+            )  # fmt: skip
+        _check_read(p, references[-1][0], reference, int(reference.shape[0]))
+        metadata["max"] = float(np.max(reference))
     return metadata
 
 

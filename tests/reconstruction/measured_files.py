@@ -47,10 +47,12 @@ def write_fastmri(
     slices: int = 3,
     seed: int = 0,
     header: bool = True,
+    compression: str | None = None,
 ) -> Path:
     """A fastMRI-style file: ``kspace`` ``[slices, coils, oversample * size, size]`` (``coils``
     None: single-coil ``[slices, H, W]``), the reference (``reconstruction_rss`` /
-    ``reconstruction_esc``) ``[slices, size, size]``, attributes and header."""
+    ``reconstruction_esc``) ``[slices, size, size]``, attributes and header; ``compression``
+    (``"gzip"``, ``"lzf"``): every dataset chunked by h5py, shuffled and compressed."""
     rows = oversample * size
     objects = np.zeros((slices, rows, size), dtype=np.complex128)
     top = (rows - size) // 2
@@ -61,10 +63,11 @@ def write_fastmri(
         maps = birdcage_sensitivities(coils, (rows, size), dtype=np.complex128)
         kspace = _kspace(maps[None] * objects[:, None])
     reference = np.stack([rss(centre_crop(_image(k), (size, size))) for k in kspace])
+    packed = {} if compression is None else {"compression": compression, "shuffle": True}
     with h5py.File(path, "w") as f:
-        f.create_dataset("kspace", data=kspace.astype(np.complex64))
+        f.create_dataset("kspace", data=kspace.astype(np.complex64), **packed)
         name = "reconstruction_esc" if coils is None else "reconstruction_rss"
-        f.create_dataset(name, data=reference.astype(np.float32))
+        f.create_dataset(name, data=reference.astype(np.float32), **packed)
         if header:
             text = HEADER.format(ex=rows, ey=size, rx=size, ry=size)
             f.create_dataset("ismrmrd_header", data=text.encode())
