@@ -6,9 +6,12 @@ events. Its head is therefore anchored outside the database twice:
 
 * each certificate carries the chain's length and head hash at issue (``event_chain`` in its
   signed ``certificate.json`` and on its reproducibility page), and
-* a checkpoint file (chain length + head hash, signed with the service's signing key) is written
-  under :attr:`~app.settings.Settings.checkpoint_folder` at every certificate issue and by
-  ``recon-audit admin checkpoint`` (for an operator's cron).
+* a checkpoint file (chain length + head hash, signed with the service's signing key by the
+  signer process, :mod:`app.certificates.signer`) is written under
+  :attr:`~app.settings.Settings.checkpoint_folder` at every certificate issue and by
+  ``recon-audit admin checkpoint`` (for an operator's cron). A checkpoint's certificate is
+  trusted as a certificate's signer is: issued by a trusted CA, and on that CA's signed list of
+  signers and not revoked (:class:`app.certificates.pki.Trust`).
 
 :func:`verify` checks the chain against every checkpoint and every stored certificate: an edit
 breaks the chain, a recomputed chain no longer holds an anchored head at its position, and a
@@ -21,20 +24,20 @@ import base64
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from pyhanko.sign.signers import SimpleSigner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.certificates.pki import PkiError, load_service_signer, trust_roots
+from app.certificates import CHECKPOINT_SCHEMA
+from app.certificates.pki import Trust, trust
+from app.certificates.signer import sign_checkpoint
 from app.errors import AppError
 from app.events import Anchor, Head
 from app.orm import AuditResult
@@ -43,7 +46,7 @@ from app.storage import Store
 
 __all__ = ["SCHEMA", "certificate_anchors", "read_all", "signed_body", "write"]
 
-SCHEMA = "recon-audit/checkpoint/v1"
+SCHEMA = CHECKPOINT_SCHEMA
 
 
 def signed_body(document: dict[str, Any]) -> bytes:
@@ -51,22 +54,6 @@ def signed_body(document: dict[str, Any]) -> bytes:
     certificate, canonical JSON."""
     body = {k: v for k, v in document.items() if k not in ("signature", "certificate")}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _keys(settings: Settings) -> tuple[Any, x509.Certificate]:
-    signer = load_service_signer(settings).signer
-    if not isinstance(signer, SimpleSigner) or signer.signing_cert is None:
-        raise PkiError("the signing key cannot sign checkpoints (not a local key)")
-    key = serialization.load_der_private_key(signer.signing_key.dump(), password=None)
-    return key, x509.load_der_x509_certificate(signer.signing_cert.dump())
-
-
-def _sign(key: Any, data: bytes) -> bytes:
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(hashes.SHA256()))
-    if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    raise PkiError(f"the signing key ({type(key).__name__}) cannot sign checkpoints")
 
 
 def _verify_signature(cert: x509.Certificate, signature: bytes, data: bytes) -> None:
@@ -80,17 +67,17 @@ def _verify_signature(cert: x509.Certificate, signature: bytes, data: bytes) -> 
 
 
 def write(settings: Settings, head: Head, reason: str) -> Path:
-    """Sign ``head`` with the service's key and write it as a new checkpoint file (atomically;
-    files are never rewritten). Returns its path."""
-    key, cert = _keys(settings)
+    """Have ``head`` signed with the service's key (by the signer process) and write it as a
+    new checkpoint file (atomically; files are never rewritten). Returns its path."""
     document: dict[str, Any] = {
         "schema": SCHEMA,
         **head.as_dict(),
         "written": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "reason": reason,
     }
-    document["signature"] = base64.b64encode(_sign(key, signed_body(document))).decode()
-    document["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode()
+    signature, certificate = sign_checkpoint(settings, signed_body(document))
+    document["signature"] = base64.b64encode(signature).decode()
+    document["certificate"] = certificate
     folder = settings.checkpoint_folder
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -103,36 +90,7 @@ def write(settings: Settings, head: Head, reason: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class _Trust:
-    """What a checkpoint's certificate may be: the service's signing certificate, or one issued
-    by a CA the service trusts (a key rotated since)."""
-
-    current: x509.Certificate | None
-    roots: list[x509.Certificate]
-
-    @classmethod
-    def of(cls, settings: Settings) -> _Trust:
-        try:
-            current: x509.Certificate | None = _keys(settings)[1]
-        except PkiError:
-            current = None
-        roots = [x509.load_der_x509_certificate(r.dump()) for r in trust_roots(settings)]
-        return cls(current, roots)
-
-    def trusts(self, cert: x509.Certificate) -> bool:
-        if cert == self.current:
-            return True
-        for ca in self.roots:
-            try:
-                cert.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return True
-        return False
-
-
-def _read(trust: _Trust, path: Path) -> Anchor:
+def _read(trusted: Trust, path: Path) -> Anchor:
     source = f"checkpoint {path.name}"
     try:
         document = json.loads(path.read_text())
@@ -147,8 +105,10 @@ def _read(trust: _Trust, path: Path) -> Anchor:
         _verify_signature(cert, signature, signed_body(document))
     except InvalidSignature:
         return Anchor(head, source, f"{source}: its signature does not verify")
-    if not trust.trusts(cert):
-        problem = f"{source} is signed by a certificate the service does not trust"
+    if not trusted.trusts(cert):
+        refusal = trusted.refusal(cert)
+        why = f": {refusal[1]}" if refusal is not None else ""
+        problem = f"{source} is signed by a certificate the service does not trust{why}"
         return Anchor(head, source, problem)
     return Anchor(head, source)
 
@@ -158,8 +118,8 @@ def read_all(settings: Settings) -> list[Anchor]:
     folder = settings.checkpoint_folder
     if not folder.is_dir():
         return []
-    trust = _Trust.of(settings)
-    return [_read(trust, path) for path in sorted(folder.glob("[0-9]*.json"))]
+    trusted = trust(settings)
+    return [_read(trusted, path) for path in sorted(folder.glob("[0-9]*.json"))]
 
 
 def certificate_anchors(session: Session, store: Store) -> list[Anchor]:

@@ -60,12 +60,13 @@ def main() -> None:
 def verify(pdf: Path) -> None:
     """Verify a certificate PDF offline and print a JSON report: each signature (signer,
     meaning, time, intact, trusted, coverage), changes after signing, the attachments. Trusts
-    the local CA (RECON_AUDIT_DATA_DIR/pki) and the configured PKCS#12's CA; whether the service
-    stored this file needs the service (POST /api/v1/verify). Exit 0 valid, 1 invalid or
-    unknown, 2 bad input."""
+    the service's CA in the trust folder (RECON_AUDIT_TRUST_DIR, default RECON_AUDIT_DATA_DIR/
+    pki) for the signers on its signed list, and the operator's CA (RECON_AUDIT_SIGNING_
+    PKCS12_CA); whether the service stored this file needs the service (POST /api/v1/verify).
+    Exit 0 valid, 1 invalid or unknown, 2 bad input."""
     import logging
 
-    from app.certificates.pki import trust_roots
+    from app.certificates.pki import trust
     from app.certificates.verify import verify_pdf
     from app.errors import AppError
     from app.settings import get_settings
@@ -77,7 +78,7 @@ def verify(pdf: Path) -> None:
     except OSError as exc:
         raise InputError(f"cannot read {pdf}: {exc.strerror or exc}") from exc
     try:
-        report = verify_pdf(data, trust_roots(get_settings()))
+        report = verify_pdf(data, trust(get_settings()))
     except AppError as exc:
         raise InputError(f"{pdf}: {exc.message}") from exc
     report.database = {
@@ -122,13 +123,21 @@ def migrate() -> None:
     show_default=True,
     help="Also run a Celery worker beside the API (the embedded default).",
 )
-def serve(host: str, port: int, with_worker: bool) -> None:
-    """Run the service: migrations first, then the API (and a worker). With no configuration:
-    SQLite and a serverless broker under RECON_AUDIT_DATA_DIR (default ./data)."""
+@click.option(
+    "--signer/--no-signer",
+    "with_signer",
+    default=True,
+    show_default=True,
+    help="Also run the signer process (recon-audit signer), the one that holds the signing key.",
+)
+def serve(host: str, port: int, with_worker: bool, with_signer: bool) -> None:
+    """Run the service: migrations first, then the signer process, the API (and a worker).
+    With no configuration: SQLite and a serverless broker under RECON_AUDIT_DATA_DIR (default
+    ./data)."""
     from app.service_cli import serve as run
 
     with _service_errors():
-        run(host, port, with_worker)
+        run(host, port, with_worker, with_signer=with_signer)
 
 
 @main.command()
@@ -141,6 +150,19 @@ def worker(concurrency: int) -> None:
     with _service_errors():
         code = run_worker(concurrency)
     sys.exit(code)
+
+
+@main.command()
+def signer() -> None:
+    """Run the signer process: the only one that reads the signing key (the pki folder,
+    RECON_AUDIT_SIGNING_DIR, default RECON_AUDIT_DATA_DIR/pki, created on first use; or
+    RECON_AUDIT_SIGNING_PKCS12). It signs issued certificates, approvals and checkpoints for
+    the API, the workers and admin checkpoint over a Unix socket (RECON_AUDIT_SIGNER_SOCKET,
+    default RECON_AUDIT_DATA_DIR/signer.sock). `serve` starts one."""
+    from app.service_cli import run_signer
+
+    with _service_errors():
+        run_signer()
 
 
 @main.group()
@@ -212,6 +234,59 @@ def checkpoint() -> None:
     with _service_errors():
         head, path = write()
     click.echo(json.dumps({**head.as_dict(), "checkpoint": str(path)}))
+
+
+@admin.command("ca-init")
+@click.option(
+    "--out",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The new CA's folder: keep it off the machines that serve requests or run audits.",
+)
+def ca_init(folder: Path) -> None:
+    """Create an offline CA in a folder of its own (ca.pem, ca.key, and signers.json: the list
+    of signers it issued, signed). Keep the folder offline; bring it only to issue-signer and
+    revoke-signer."""
+    from app.service_cli import ca_init as init
+
+    with _service_errors():
+        click.echo(json.dumps(init(folder)))
+
+
+_CA_FOLDER = click.option(
+    "--ca",
+    "ca_folder",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="The offline CA's folder (admin ca-init).",
+)
+
+
+@admin.command("issue-signer")
+@_CA_FOLDER
+def issue_signer(ca_folder: Path) -> None:
+    """Issue a new signing key and certificate from the offline CA into the service's pki
+    folder (RECON_AUDIT_SIGNING_DIR, default RECON_AUDIT_DATA_DIR/pki), with the CA's
+    certificate and its new signed list of signers; a CA the folder held before is retired
+    (still trusted for what it signed). Restart the signer process afterwards."""
+    from app.service_cli import issue_signer as issue
+
+    with _service_errors():
+        click.echo(json.dumps(issue(ca_folder)))
+
+
+@admin.command("revoke-signer")
+@_CA_FOLDER
+@click.argument("sha256")
+@click.option("--reason", default="revoked by the operator", show_default=True)
+def revoke_signer(ca_folder: Path, sha256: str, reason: str) -> None:
+    """Mark the offline CA's signer SHA256 (its certificate's fingerprint, or 8 or more of its
+    first hex digits) revoked in a newly signed list: verify then refuses what it signed."""
+    from app.service_cli import revoke_signer as revoke
+
+    with _service_errors():
+        click.echo(json.dumps(revoke(ca_folder, sha256, reason)))
 
 
 @admin.command("verify-events")

@@ -1,5 +1,5 @@
-"""What the service commands of the CLI do: migrate, serve (API + embedded worker), run a
-worker, create users, verify the audit log."""
+"""What the service commands of the CLI do: migrate, serve (API + embedded worker + signer), run
+a worker or the signer, create users, verify the audit log, run the offline CA."""
 
 from __future__ import annotations
 
@@ -26,10 +26,14 @@ from app.settings import get_settings
 
 __all__ = [
     "DatabaseNotReady",
+    "ca_init",
     "change_user",
     "checkpoint",
     "create_user",
     "ensure_database",
+    "issue_signer",
+    "revoke_signer",
+    "run_signer",
     "run_worker",
     "serve",
     "upgrade_database",
@@ -142,6 +146,52 @@ def verify_events() -> ChainReport:
         return verify_chain(session, anchors)
 
 
+def run_signer() -> None:
+    """The signer process (:mod:`app.certificates.signer`), logging to stderr."""
+    import logging
+
+    from app.certificates import signer
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s: %(message)s")
+    signer.run(get_settings())
+
+
+def ca_init(folder: Path) -> dict[str, str]:
+    """A new offline CA in ``folder`` (:mod:`app.certificates.authority`)."""
+    from app.certificates.authority import init_ca
+    from app.certificates.pki import fingerprint
+
+    cert = init_ca(folder)
+    return {
+        "ca": str(folder),
+        "subject": cert.subject.rfc4514_string(),
+        "sha256": fingerprint(cert),
+    }
+
+
+def issue_signer(ca_folder: Path) -> dict[str, str | None]:
+    """A new signer from the offline CA, installed in the service's pki folder."""
+    from app.certificates.authority import issue_signer as issue
+    from app.certificates.pki import fingerprint
+
+    settings = get_settings()
+    cert, retired = issue(ca_folder, settings)
+    return {
+        "pki": str(settings.pki_dir),
+        "subject": cert.subject.rfc4514_string(),
+        "sha256": fingerprint(cert),
+        "retired_ca": retired,
+    }
+
+
+def revoke_signer(ca_folder: Path, sha256: str, reason: str) -> dict[str, object]:
+    """Mark one of the offline CA's signers revoked in a new signed list."""
+    from app.certificates.authority import revoke_signer as revoke
+
+    signers = revoke(ca_folder, get_settings(), sha256, reason)
+    return {"sequence": signers.sequence, "revoked": [e for e in signers.entries if e["revoked"]]}
+
+
 def run_worker(concurrency: int) -> int:
     ensure_database()
     from app.queue import celery_app
@@ -170,20 +220,35 @@ WORKER_GRACE = 30.0
 group."""
 
 
-def serve(host: str, port: int, with_worker: bool, worker_grace: float = WORKER_GRACE) -> None:
-    """The API (and a worker). On SIGTERM or SIGINT the worker is stopped (see
-    :func:`_stop_worker`) before ``serve`` dies of the signal it got; uvicorn re-raises the
-    signal after its own shutdown, and our handler turns it into an exception so that the
-    worker is stopped first. Where ``serve`` dies without stopping it (SIGKILL), the worker
-    gets SIGKILL from the kernel (a parent-death signal), its pool processes and their jailed
-    runs in turn (each holds one for its own parent)."""
+SIGNER_START = 60.0
+"""Seconds ``serve`` waits for its signer process to answer on its socket."""
+SIGNER_GRACE = 10.0
+"""Seconds a stopped ``serve`` gives its signer to end before killing it."""
+
+
+def serve(
+    host: str,
+    port: int,
+    with_worker: bool,
+    worker_grace: float = WORKER_GRACE,
+    with_signer: bool = True,
+) -> None:
+    """The API (and a worker, and the signer process). On SIGTERM or SIGINT the worker is
+    stopped (see :func:`_stop_worker`), then the signer, before ``serve`` dies of the signal it
+    got; uvicorn re-raises the signal after its own shutdown, and our handler turns it into an
+    exception so that the children are stopped first. Where ``serve`` dies without stopping
+    them (SIGKILL), the worker and the signer get SIGKILL from the kernel (a parent-death
+    signal), the worker's pool processes and their jailed runs in turn (each holds one for its
+    own parent)."""
     import uvicorn
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
-    worker = None
+    worker = signer = None
     try:
         upgrade_database()
+        if with_signer:
+            signer = _start_signer()
         if with_worker:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker"],
@@ -194,12 +259,58 @@ def serve(host: str, port: int, with_worker: bool, worker_grace: float = WORKER_
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="info")
     except _Stopped as stopped:
         _stop_worker(worker, worker_grace)
+        _stop_signer(signer)
         sys.stdout.flush()
         sys.stderr.flush()
         signal.signal(stopped.signum, signal.SIG_DFL)
         signal.raise_signal(stopped.signum)
     finally:
         _stop_worker(worker, worker_grace)
+        _stop_signer(signer)
+
+
+def _start_signer() -> subprocess.Popen[bytes]:
+    """``recon-audit signer`` as a child that dies with ``serve``, once it answers on its
+    socket; :class:`~app.certificates.signer.SignerUnavailable` where it exits or stays silent
+    (its log says why)."""
+    from app.certificates.signer import SignerUnavailable, identity
+
+    signer = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "signer"],
+        start_new_session=True,
+        env=os.environ,
+        preexec_fn=die_with_parent(signal.SIGKILL),
+    )
+    deadline = time.monotonic() + SIGNER_START
+    while True:
+        if signer.poll() is not None:
+            raise SignerUnavailable(
+                f"the signer process exited (status {signer.returncode}) before it listened"
+            )
+        try:
+            source = identity(get_settings())["source"]
+        except SignerUnavailable:
+            if time.monotonic() > deadline:
+                signer.kill()
+                signer.wait()
+                raise
+            time.sleep(0.1)
+            continue
+        _say(f"signer process started (pid {signer.pid}, {source})")
+        return signer
+
+
+def _stop_signer(signer: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (it removes its socket), SIGKILL after :data:`SIGNER_GRACE` seconds."""
+    if signer is None or signer.poll() is not None:
+        return
+    signer.terminate()
+    try:
+        signer.wait(timeout=SIGNER_GRACE)
+    except subprocess.TimeoutExpired:
+        signer.kill()
+        signer.wait()
+    _say(f"signer stopped (exit {signer.returncode})")
 
 
 def _stop_worker(worker: subprocess.Popen[bytes] | None, grace: float) -> None:

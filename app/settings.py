@@ -66,10 +66,22 @@ class Settings(BaseSettings):
     lease_seconds: int = 60
     #: run an audit's tests as separate tasks, so several workers share one audit
     fan_out: bool = True
-    #: the certificates' signing key and certificate chain (PKCS#12); None: the service's own
-    #: CA and signing certificate, created on first use under ``data_dir/pki``
+    #: the certificates' signing key and certificate chain (PKCS#12), read by the signer
+    #: process only; None: the signing certificate in the pki folder (``signing_dir``)
     signing_pkcs12: Path | None = None
     signing_pkcs12_password: str | None = None
+    #: with ``signing_pkcs12``: the operator's CA certificates (PEM) that verifiers trust
+    signing_pkcs12_ca: Path | None = None
+    #: the signer's folder (None: ``data_dir/pki``): the CA's certificate, the signing key and
+    #: certificate, the CA-signed list of the signers it issued; only the signer reads the key
+    signing_dir: Path | None = None
+    #: where verifiers read the CA's certificate and signed list (None: the pki folder); the
+    #: signer process copies them there when it is another folder (docker-compose.yml)
+    trust_dir: Path | None = None
+    #: the signer process's Unix socket (None: ``data_dir/signer.sock``)
+    signer_socket: Path | None = None
+    #: seconds a signing request waits for the signer process's answer
+    signer_timeout: int = 120
     #: an RFC 3161 timestamp authority for the signatures (None: no trusted timestamp)
     timestamp_url: str | None = None
     #: the Celery queue audits are sent to and workers consume
@@ -115,8 +127,18 @@ class Settings(BaseSettings):
 
     @property
     def pki_dir(self) -> Path:
-        """The service's own CA and signing certificate (when no PKCS#12 is configured)."""
-        return (self.data_dir / "pki").resolve()
+        """The signer's folder: the CA's certificate, the signing key and certificate and the
+        CA-signed list of signers (:mod:`app.certificates.pki`)."""
+        return (self.signing_dir or self.data_dir / "pki").resolve()
+
+    @property
+    def trust_folder(self) -> Path:
+        """Where verifiers find the CA's certificate and its signed list of signers."""
+        return (self.trust_dir or self.pki_dir).resolve()
+
+    @property
+    def signer_address(self) -> Path:
+        return (self.signer_socket or self.data_dir / "signer.sock").resolve()
 
     @property
     def checkpoint_folder(self) -> Path:

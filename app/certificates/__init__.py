@@ -1,7 +1,8 @@
 """Audit certificates: the report rendered as a PDF/A-3b certificate (``app.report``) with its
 identity (:class:`app.certificates.identity.Certificate`), signed by the service (PAdES,
 :mod:`app.certificates.signing`) with its own CA or a configured key
-(:mod:`app.certificates.pki`), approved by an auditor with a second signature, and verified
+(:mod:`app.certificates.pki`) in the signer process, the only one that reads the key
+(:mod:`app.certificates.signer`), approved by an auditor with a second signature, and verified
 (:mod:`app.certificates.verify`; API in :mod:`app.certificates.router`, CLI ``recon-audit
 verify``).
 
@@ -20,6 +21,7 @@ from pathlib import Path
 __all__ = [
     "APPROVAL_FIELD",
     "CERTIFICATE_SCHEMA",
+    "CHECKPOINT_SCHEMA",
     "ISSUANCE_FIELD",
     "ISSUER",
     "MEANING_APPROVED",
@@ -37,6 +39,8 @@ MEANING_APPROVED = "approved"
 ISSUANCE_FIELD = "Issuance"
 APPROVAL_FIELD = "Approval"
 CERTIFICATE_SCHEMA = "recon-audit/certificate/v1"
+#: a signed checkpoint of the audit log's head (:mod:`app.checkpoints`)
+CHECKPOINT_SCHEMA = "recon-audit/checkpoint/v1"
 GIT_REVISION_ENV = "RECON_AUDIT_GIT_REVISION"
 _ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,9 @@
-"""Certificates in the service: the worker signs each audit's PDF (:func:`sign_report`), an
+"""Certificates in the service: the worker has each audit's PDF signed (:func:`sign_report`), an
 auditor approves it with a second signature (:func:`approve`), anyone signed in verifies a
-file (:func:`verify_upload`). Issuing, approving and verifying are recorded in the audit log
-(``certificate.signed``, ``audit.approved``, ``certificate.verified``)."""
+file (:func:`verify_upload`). Both signatures are made by the signer process
+(:mod:`app.certificates.signer`): neither the worker nor the API reads the signing key.
+Issuing, approving and verifying are recorded in the audit log (``certificate.signed``,
+``audit.approved``, ``certificate.verified``)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from sqlalchemy.orm import Session
 from app import events
 from app.auth import token_hash
 from app.certificates import MEANING_APPROVED, SignatureBox
-from app.certificates.pki import load_service_signer, trust_roots
+from app.certificates.pki import trust
 from app.certificates.schemas import ApprovalOut, ApprovalRequest, Approver
-from app.certificates.signing import approve_certificate, sign_certificate
+from app.certificates.signer import sign_approval, sign_issued
 from app.certificates.verify import Verification, verify_pdf
 from app.errors import Conflict, Forbidden, NotFound
 from app.orm import Approval, Audit, AuditResult, Network, User
@@ -53,13 +55,10 @@ class SignedReport:
 
 
 def sign_report(settings: Settings, pdf: Path, approval_box: SignatureBox | None) -> SignedReport:
-    """Sign the rendered certificate in place (the last step before it is stored)."""
-    signer = load_service_signer(settings)
-    signed = sign_certificate(pdf.read_bytes(), signer, approval_box=approval_box)
+    """Have the rendered certificate signed in place (the last step before it is stored)."""
+    signed, subject, source = sign_issued(settings, pdf.read_bytes(), approval_box)
     pdf.write_bytes(signed)
-    cert = signer.signer.signing_cert
-    subject = cert.subject.human_friendly if cert is not None else "unknown"
-    return SignedReport(hashlib.sha256(signed).hexdigest(), subject, signer.source)
+    return SignedReport(hashlib.sha256(signed).hexdigest(), subject, source)
 
 
 def approval_of(session: Session, audit_id: str) -> Approval | None:
@@ -142,9 +141,9 @@ def approve(
     if issued is None:
         raise Conflict(f"audit {audit_id} has no certificate to approve")
     at = datetime.now(UTC).replace(microsecond=0)
-    signed = approve_certificate(
+    signed = sign_approval(
+        settings,
         store.verified(issued).read_bytes(),
-        load_service_signer(settings),
         approver=user.name,
         comment=request.comment,
         at=at,
@@ -227,9 +226,9 @@ def _database_check(session: Session, verification: Verification) -> None:
 
 
 def verify_upload(session: Session, settings: Settings, user: User, data: bytes) -> Verification:
-    """Verify an uploaded PDF against the service's CA and its database; records a
-    ``certificate.verified`` event."""
-    verification = verify_pdf(data, trust_roots(settings))
+    """Verify an uploaded PDF against the service's CA, its signed list of signers and its
+    database; records a ``certificate.verified`` event."""
+    verification = verify_pdf(data, trust(settings))
     _database_check(session, verification)
     audit_id = verification.database.get("audit_id") if verification.database["known"] else None
     events.record(

@@ -12,7 +12,12 @@ The outcome, :class:`Verification`, has a ``status``:
   attachments do not match, the file is not signed or cannot be read, or the service stored a
   different file under this certificate id;
 * ``unknown`` -- the file is intact, but its signer does not chain to the trusted roots (another
-  CA), or the service does not know the certificate id.
+  CA), its CA's signed list of signers cannot be used, or the service does not know the
+  certificate id.
+
+A signer that chains to one of the service's CAs must also be on that CA's signed list of
+signers and not revoked there (:class:`app.certificates.pki.Trust`): a certificate the CA's key
+issued outside the list (a stolen CA key) or one revoked makes the file ``invalid``.
 
 ``reason`` says why when the status is not ``valid``.
 """
@@ -28,6 +33,7 @@ from io import BytesIO
 from typing import Any, Literal
 
 from asn1crypto import x509 as asn1_x509  # type: ignore[import-untyped]
+from cryptography import x509
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import ModificationLevel
@@ -37,6 +43,7 @@ from pyhanko.sign.validation.status import PdfSignatureStatus, SignatureCoverage
 from pyhanko_certvalidator import ValidationContext
 
 from app.certificates import CERTIFICATE_SCHEMA
+from app.certificates.pki import Trust
 from app.errors import Invalid
 
 __all__ = ["SignatureReport", "Status", "Verification", "verify_pdf"]
@@ -71,7 +78,8 @@ class SignatureReport:
     timestamp_trusted: bool | None
     #: the signed bytes hash to the signed digest and the signature verifies
     intact: bool
-    #: the signer's certificate chains to a trusted root (the service's CA)
+    #: the signer's certificate chains to a trusted root (the service's CA) and, for the
+    #: service's own CAs, is on the CA's signed list of signers and not revoked
     trusted: bool
     pades: bool
     certification: bool
@@ -164,7 +172,7 @@ def _coverage(level: SignatureCoverageLevel | None, revision: int, total: int) -
 
 
 def _report(
-    sig: EmbeddedPdfSignature, context: ValidationContext, total: int
+    sig: EmbeddedPdfSignature, trust: Trust, total: int
 ) -> tuple[SignatureReport, list[tuple[Status, str]]]:
     """The signature's report and its problems, each with the status it leads to."""
     cert = sig.signer_cert
@@ -186,6 +194,7 @@ def _report(
         modified_after=None,
     )
     issues: list[tuple[Status, str]] = []
+    context = ValidationContext(trust_roots=trust.roots, allow_fetching=False)
     try:
         status: PdfSignatureStatus = validate_pdf_signature(sig, context)
     except (SignatureValidationError, ValueError, KeyError) as exc:
@@ -213,6 +222,10 @@ def _report(
         issues.append(
             ("unknown", f"its certificate ({report.signed_with}) does not chain to a trusted CA")
         )
+    refusal = trust.refusal(x509.load_der_x509_certificate(cert.dump())) if report.trusted else None
+    if refusal is not None:
+        report.trusted = False
+        issues.append(refusal)
     if report.timestamp_trusted is False:
         issues.append(("invalid", "its timestamp does not verify"))
     if status.docmdp_ok is False:
@@ -324,8 +337,8 @@ def _unreadable(
     return report, [("invalid", problem)]
 
 
-def verify_pdf(data: bytes, roots: list[asn1_x509.Certificate]) -> Verification:
-    """Verify a certificate PDF offline against ``roots`` (see the module).
+def verify_pdf(data: bytes, trust: Trust) -> Verification:
+    """Verify a certificate PDF offline against ``trust`` (see the module).
     :class:`~app.errors.Invalid` when ``data`` is not a PDF at all."""
     if not data.lstrip()[:5] == b"%PDF-":
         raise Invalid("not a PDF file (no %PDF- header)", field="file")
@@ -342,9 +355,8 @@ def verify_pdf(data: bytes, roots: list[asn1_x509.Certificate]) -> Verification:
         return result
     later: list[tuple[Status, str]] = []
     for sig in sigs:
-        context = ValidationContext(trust_roots=list(roots), allow_fetching=False)
         try:
-            report, issues = _report(sig, context, result.revisions)
+            report, issues = _report(sig, trust, result.revisions)
         except Exception as exc:  # a damaged signature: report it, do not crash
             report, issues = _unreadable(sig, exc)
         result.signatures.append(report)

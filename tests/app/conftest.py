@@ -4,8 +4,12 @@ through savepoints); users with tokens; a TestClient on the real app."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.auth import create_user
 from app.db import engine_for, get_engine, sessions
 from app.orm import Audit, Network, User
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: per test run, so that concurrent runs on one machine (a checkout and a CI clone) never meet
@@ -66,6 +70,42 @@ def migrated(service_dir: Path) -> Iterator[Engine]:
     yield engine
     engine.dispose()
     _restore(previous)
+
+
+@contextlib.contextmanager
+def running_signer(log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``recon-audit signer`` for the settings of this process's environment, as a process of
+    its own (the only one that reads the signing key), once it answers; stopped after."""
+    from app.certificates.signer import SignerUnavailable, identity
+
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "signer"], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                identity(Settings())
+                break
+            except SignerUnavailable:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def service_signer(
+    request: pytest.FixtureRequest, service_dir: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The signer process of the test service's data directory (its settings: ``migrated``)."""
+    request.getfixturevalue("migrated")
+    with running_signer(service_dir / "signer.log") as process:
+        yield process
 
 
 @pytest.fixture

@@ -2,29 +2,47 @@
 the embedded SQLite: ``admin checkpoint`` writes a signed head, ``admin verify-events`` passes
 an untouched log, and catches an edited event, a chain recomputed after an edit, and the last
 events deleted (each done as an attacker with write access to the database would: the
-append-only triggers dropped first); a forged checkpoint is refused too."""
+append-only triggers dropped first); a forged checkpoint is refused too, and so is one signed
+with a certificate its CA did not list as a signer, or revoked. The checkpoints are signed by
+the signer process (``recon-audit signer``); without it, ``admin checkpoint`` is refused."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from app.certificates.authority import OfflineCa
+from app.certificates.pki import fingerprint, issue_signer_certificate
+from app.checkpoints import signed_body
 from app.events import GENESIS, _digest
 from app.orm import AuditEvent
+from tests.app.conftest import running_signer
 from tests.app.test_first_run import _invoke
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def unsigned_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RECON_AUDIT_DATA_DIR", str(tmp_path / "data"))
     for key in ("DATABASE_URL", "RECON_AUDIT_DATABASE_URL", "BROKER_URL"):
         monkeypatch.delenv(key, raising=False)
     return tmp_path / "data"
+
+
+@pytest.fixture
+def data_dir(unsigned_data_dir: Path) -> Iterator[Path]:
+    """The embedded data directory, with its signer process running."""
+    unsigned_data_dir.mkdir(parents=True)
+    with running_signer(unsigned_data_dir / "signer.log"):
+        yield unsigned_data_dir
 
 
 def _verify() -> tuple[int, dict[str, object]]:
@@ -165,3 +183,65 @@ def test_a_finished_audit_refuses_changes_on_sqlite(data_dir: Path) -> None:
         ):
             with pytest.raises(sqlite3.IntegrityError, match="a finished audit is immutable"):
                 connection.execute(statement)
+
+
+def test_checkpoint_without_the_signer_process_is_refused_in_one_line(
+    unsigned_data_dir: Path,
+) -> None:
+    assert _invoke("admin", "create-user", "alice", "--role", "submitter").exit_code == 0
+    result = _invoke("admin", "checkpoint")
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: signing is unavailable: the signer process")
+    assert "is not running" in line
+    assert not (unsigned_data_dir / "checkpoints").exists()
+
+
+@pytest.fixture
+def offline_data_dir(unsigned_data_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A data directory whose signer an offline CA issued (admin ca-init, admin issue-signer),
+    its signer process running; and the CA's folder."""
+    ca = tmp_path / "offline-ca"
+    assert _invoke("admin", "ca-init", "--out", str(ca)).exit_code == 0
+    issued = _invoke("admin", "issue-signer", "--ca", str(ca))
+    assert issued.exit_code == 0, issued.output
+    with running_signer(tmp_path / "signer.log"):
+        yield unsigned_data_dir, ca
+
+
+def _forge(checkpoint: Path, ca_folder: Path) -> None:
+    """Re-sign ``checkpoint`` with a signer of the CA's own key that the CA never listed (an
+    attacker who stole that key), claiming fewer events."""
+    ca = OfflineCa.open(ca_folder)
+    key, cert = issue_signer_certificate(ca.key, ca.cert)
+    document = json.loads(checkpoint.read_text())
+    document["events"] = 2
+    signature = key.sign(signed_body(document), ec.ECDSA(hashes.SHA256()))
+    document["signature"] = base64.b64encode(signature).decode()
+    document["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode()
+    checkpoint.write_text(json.dumps(document))
+
+
+def test_a_checkpoint_from_a_signer_the_ca_did_not_list_or_revoked_is_refused(
+    offline_data_dir: tuple[Path, Path],
+) -> None:
+    data_dir, ca = offline_data_dir
+    _log(data_dir)
+    assert _verify()[0] == 0
+    (checkpoint,) = (data_dir / "checkpoints").glob("*.json")
+    genuine = checkpoint.read_text()
+    _forge(checkpoint, ca)
+    code, report = _verify()
+    assert code == 1
+    assert "signed by a certificate the service does not trust" in str(report["problem"])
+    assert "was not issued as a signer" in str(report["problem"])
+
+    checkpoint.write_text(genuine)
+    assert _verify()[0] == 0
+    signer = (data_dir / "pki" / "signer.pem").read_bytes()
+    sha = fingerprint(x509.load_pem_x509_certificate(signer))
+    revoked = _invoke("admin", "revoke-signer", "--ca", str(ca), sha, "--reason", "key lost")
+    assert revoked.exit_code == 0, revoked.output
+    code, report = _verify()
+    assert code == 1
+    assert "was revoked on" in str(report["problem"])

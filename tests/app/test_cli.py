@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from app.cli import SCIENCE_COMMANDS, main
 
-SERVICE_COMMANDS = {"admin", "migrate", "serve", "verify", "worker"}
+SERVICE_COMMANDS = {"admin", "migrate", "serve", "signer", "verify", "worker"}
 
 
 def test_console_script_is_installed() -> None:

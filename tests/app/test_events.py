@@ -95,6 +95,7 @@ def _rewrite_from(db: Session, first: int) -> None:
     db.flush()
 
 
+@pytest.mark.usefixtures("service_signer")
 @pytest.mark.parametrize("tamper", ["edit", "recompute", "truncate"])
 def test_each_tamper_is_caught_against_a_signed_checkpoint_on_postgres(
     db: Session, tmp_path: Path, tamper: str

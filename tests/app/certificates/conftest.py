@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from app.certificates.identity import Certificate
-from app.certificates.pki import ServiceSigner, load_service_signer
+from app.certificates.pki import (
+    ServiceSigner,
+    Trust,
+    ensure_local_pki,
+    load_service_signer,
+    trust,
+)
 from app.certificates.signing import approve_certificate, sign_certificate
 from app.report import ReportFiles, write_report
 from app.settings import Settings
@@ -58,6 +64,13 @@ def pki_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def signer(pki_settings: Settings) -> ServiceSigner:
     return load_service_signer(pki_settings)
+
+
+@pytest.fixture(scope="session")
+def trusted(pki_settings: Settings) -> Trust:
+    """What a verifier trusts there: the CA and its signed list."""
+    ensure_local_pki(pki_settings.pki_dir)
+    return trust(pki_settings)
 
 
 @pytest.fixture(scope="session")

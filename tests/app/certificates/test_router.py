@@ -1,22 +1,39 @@
-"""Certificates through the API: an auditor's approval (step-up, second signature, served as
-the report) and verification against the service's CA and database."""
+"""Certificates through the API: an auditor's approval (step-up, second signature made by the
+signer process, served as the report; the API never opens the signing key) and verification
+against the service's CA, its signed list of signers and the database. The service's signer
+comes from an offline CA here (``admin issue-signer``), so the tests can play the attacker who
+stole that CA's key."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from fastapi.testclient import TestClient
+from pyhanko.sign.signers import SimpleSigner
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from app.certificates.authority import OfflineCa, init_ca, issue_signer, revoke_signer
 from app.certificates.identity import Certificate
-from app.certificates.pki import load_service_signer
+from app.certificates.pki import (
+    LocalPki,
+    ServiceSigner,
+    fingerprint,
+    issue_signer_certificate,
+    load_service_signer,
+    write_certificate,
+    write_key,
+)
 from app.certificates.signing import sign_certificate
 from app.deps import get_store
 from app.events import verify_chain
@@ -48,8 +65,18 @@ def _commit(data: bytes, folder: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Stored:
+def offline_ca(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An offline CA that issued the service's signer (into its pki folder)."""
     request.getfixturevalue("migrated")  # the settings: the test database and data directory
+    folder = tmp_path_factory.mktemp("offline") / "ca"
+    init_ca(folder)
+    issue_signer(folder, get_settings())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Stored:
+    request.getfixturevalue("offline_ca")
     folder = tmp_path_factory.mktemp("stored")
     rendered = render(folder, Certificate(id=AUDIT_ID, audit_id=AUDIT_ID, manifest=MANIFEST))
     signer = load_service_signer(get_settings())  # the service's own CA, under its data dir
@@ -191,14 +218,43 @@ def test_verify_checks_the_signatures_and_the_database(
     assert verify_chain(db).valid
 
 
+_OPENED: list[list[str]] = []
+"""While a list is in it, every file this process opens is appended to the last one."""
+
+
+def _record_opens(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _OPENED and isinstance(args[0], str | bytes):
+        _OPENED[-1].append(str(args[0]))
+
+
+@contextmanager
+def _opens() -> Iterator[list[str]]:
+    """The files this process opens inside the block (an audit hook: ``open``, ``os.open``,
+    ``io.open`` all raise the ``open`` event)."""
+    if not getattr(sys, "_recon_audit_records_opens", False):
+        sys.addaudithook(_record_opens)
+        setattr(sys, "_recon_audit_records_opens", True)  # noqa: B010 (hooks stay for good)
+    _OPENED.append([])
+    try:
+        yield _OPENED[-1]
+    finally:
+        _OPENED.pop()
+
+
+@pytest.mark.usefixtures("service_signer")
 def test_an_auditor_approves_once_and_the_report_is_the_approved_pdf(
     client: TestClient, db: Session, tokens: dict[str, str], stored: Stored
 ) -> None:
     _audit(db, stored)
     url = f"/api/v1/audits/{AUDIT_ID}/approve"
     body = {"token": tokens["ada"], "comment": "Fits the intended use."}
-    response = client.post(url, headers=bearer(tokens["ada"]), json=body)
+    with _opens() as opened:  # the API process signs through the signer process
+        response = client.post(url, headers=bearer(tokens["ada"]), json=body)
     assert response.status_code == 201, response.text
+    key = LocalPki(get_settings().pki_dir).signer_key
+    assert key.is_file()
+    assert opened, "the hook records the files the approval opens"
+    assert not [path for path in opened if Path(path).name == key.name], opened
     approval = response.json()
     assert approval["meaning"] == "approved"
     assert approval["approver"]["name"] == "ada"
@@ -298,3 +354,81 @@ def test_nobody_approves_an_audit_they_created_or_of_a_model_they_submitted(
     assert message in response.json()["detail"]
     assert "separation of duties" in response.json()["detail"]
     assert db.scalars(select(Approval)).all() == []
+
+
+def test_approval_without_the_signer_process_is_a_clear_503(
+    client: TestClient, db: Session, tokens: dict[str, str], stored: Stored, tmp_path: Path
+) -> None:
+    _audit(db, stored)
+    nowhere = get_settings().model_copy(update={"signer_socket": tmp_path / "none.sock"})
+    client.app.dependency_overrides[get_settings] = lambda: nowhere  # type: ignore[attr-defined]
+    response = client.post(
+        f"/api/v1/audits/{AUDIT_ID}/approve",
+        headers=bearer(tokens["ada"]),
+        json={"token": tokens["ada"]},
+    )
+    assert response.status_code == 503, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("signing is unavailable: the signer process (recon-audit signer")
+    assert "is not running" in detail
+    assert db.scalars(select(Approval)).all() == []
+
+
+def _signer(key_pem: Path, cert_pem: Path) -> ServiceSigner:
+    signer = SimpleSigner.load(str(key_pem), str(cert_pem))  # type: ignore[no-untyped-call]
+    assert signer is not None
+    return ServiceSigner(signer)
+
+
+def _second_signer(ca: OfflineCa, folder: Path, listed: bool) -> ServiceSigner:
+    """Another signing certificate from the service's CA key: listed (the CA issued it as a
+    signer) or not (an attacker who holds the CA's key issued it)."""
+    key, cert = issue_signer_certificate(ca.key, ca.cert)
+    write_key(folder / "second.key", key)
+    write_certificate(folder / "second.pem", cert)
+    if listed:
+        signers = ca.signers.with_signer(ca.key, ca.cert, cert)
+        ca.record(signers)
+        signers.write(LocalPki(get_settings().pki_dir).signer_list)
+    return _signer(folder / "second.key", folder / "second.pem")
+
+
+def test_verify_refuses_a_signer_its_ca_did_not_list_or_revoked(
+    client: TestClient,
+    db: Session,
+    tokens: dict[str, str],
+    stored: Stored,
+    offline_ca: Path,
+    tmp_path: Path,
+) -> None:
+    _audit(db, stored)
+    genuine = _verify(client, tokens["bob"], stored.pdf)
+    assert genuine["status"] == "valid", genuine["reason"]
+
+    # the attack: the CA's key, stolen, issues a signer of its own and signs an edited copy
+    forger = _second_signer(OfflineCa.open(offline_ca), tmp_path, listed=False)
+    forged = sign_certificate(stored.rendered.pdf, forger)
+    report = _verify(client, tokens["bob"], forged)
+    assert report["status"] == "invalid"
+    assert report["valid"] is False
+    assert "was not issued as a signer" in str(report["reason"])
+    signatures = report["signatures"]
+    assert isinstance(signatures, list)
+    assert signatures[0]["intact"] is True
+    assert signatures[0]["trusted"] is False
+
+    # a signer the CA listed, then revoked
+    (tmp_path / "listed").mkdir()
+    listed = _second_signer(OfflineCa.open(offline_ca), tmp_path / "listed", listed=True)
+    second = sign_certificate(stored.rendered.pdf, listed)
+    before = _verify(client, tokens["bob"], second)
+    assert isinstance(before["signatures"], list)
+    assert before["signatures"][0]["ok"] is True  # listed: only the database refuses it
+    assert "not a version of certificate" in str(before["reason"])
+    sha = fingerprint(x509.load_pem_x509_certificate((tmp_path / "listed/second.pem").read_bytes()))
+    revoke_signer(offline_ca, get_settings(), sha[:12], "key lost")
+    after = _verify(client, tokens["bob"], second)
+    assert after["status"] == "invalid"
+    assert f"its certificate (SHA-256 {sha}) was revoked on" in str(after["reason"])
+    assert "(key lost)" in str(after["reason"])
+    assert _verify(client, tokens["bob"], stored.pdf)["status"] == "valid"  # others stay valid

@@ -30,7 +30,7 @@ from app.certificates import (
     MEANING_ISSUED,
     git_revision,
 )
-from app.certificates.pki import ServiceSigner
+from app.certificates.pki import ServiceSigner, Trust
 from app.certificates.signing import approve_certificate
 from app.errors import Conflict
 from tests.app.certificates.conftest import APPROVER, MANIFEST, Rendered
@@ -55,11 +55,11 @@ def _pages(pdf: bytes, folder: Path, first: int = 1, last: int = 99) -> list[np.
     ]
 
 
-def _validate(pdf: bytes, signer: ServiceSigner) -> list[tuple[str, PdfSignatureStatus]]:
+def _validate(pdf: bytes, trusted: Trust) -> list[tuple[str, PdfSignatureStatus]]:
     reader = PdfFileReader(BytesIO(pdf))
     out: list[tuple[str, PdfSignatureStatus]] = []
     for sig in reader.embedded_signatures:
-        context = ValidationContext(trust_roots=signer.roots, allow_fetching=False)
+        context = ValidationContext(trust_roots=trusted.roots, allow_fetching=False)
         out.append((sig.field_name, validate_pdf_signature(sig, context)))
     return out
 
@@ -135,11 +135,9 @@ def test_the_pages_render_and_are_not_blank(approved: bytes, tmp_path: Path) -> 
         assert (page < 200).sum() > 200, f"page {index + 1} is blank"
 
 
-def test_the_service_signature_validates(
-    signed: bytes, signer: ServiceSigner, rendered: Rendered
-) -> None:
+def test_the_service_signature_validates(signed: bytes, trusted: Trust, rendered: Rendered) -> None:
     assert signed.startswith(rendered.pdf)  # signing is an incremental update
-    [(name, status)] = _validate(signed, signer)
+    [(name, status)] = _validate(signed, trusted)
     assert name == ISSUANCE_FIELD
     assert status.intact
     assert status.valid
@@ -158,10 +156,10 @@ def test_the_service_signature_validates(
 
 
 def test_the_approval_adds_a_second_valid_signature(
-    signed: bytes, approved: bytes, signer: ServiceSigner, tmp_path: Path
+    signed: bytes, approved: bytes, signer: ServiceSigner, trusted: Trust, tmp_path: Path
 ) -> None:
     assert approved.startswith(signed)  # the issued revision is kept as it was
-    statuses = dict(_validate(approved, signer))
+    statuses = dict(_validate(approved, trusted))
     assert list(statuses) == [ISSUANCE_FIELD, APPROVAL_FIELD]
     for status in statuses.values():
         assert status.bottom_line

@@ -15,7 +15,7 @@ from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from app.certificates import APPROVAL_FIELD, ISSUANCE_FIELD, ISSUER, MEANING_APPROVED
-from app.certificates.pki import ServiceSigner, ensure_local_pki, load_service_signer
+from app.certificates.pki import Trust, ensure_local_pki, load_service_signer, trust
 from app.certificates.signing import sign_certificate
 from app.certificates.verify import verify_pdf
 from app.cli import main
@@ -59,9 +59,9 @@ def _add_annotation(pdf: bytes) -> bytes:
 
 
 def test_the_signed_and_the_approved_certificates_are_valid(
-    signed: bytes, approved: bytes, signer: ServiceSigner, rendered: Rendered
+    signed: bytes, approved: bytes, trusted: Trust, rendered: Rendered
 ) -> None:
-    report = verify_pdf(signed, signer.roots)
+    report = verify_pdf(signed, trusted)
     assert report.status == "valid", report.reason
     assert report.valid
     assert report.reason is None
@@ -77,7 +77,7 @@ def test_the_signed_and_the_approved_certificates_are_valid(
     assert report.certificate_id == rendered.certificate.id
     assert set(report.attachments) == {"results.json", "protocol.yaml", "certificate.json"}
 
-    report = verify_pdf(approved, signer.roots)
+    report = verify_pdf(approved, trusted)
     assert report.status == "valid", report.reason
     first, second = report.signatures
     assert first.coverage == f"revision {first.revision} of {report.revisions}"
@@ -93,8 +93,8 @@ def test_the_signed_and_the_approved_certificates_are_valid(
     assert json.loads(json.dumps(document)) == document  # plain JSON
 
 
-def test_a_flipped_byte_is_invalid_with_the_reason(signed: bytes, signer: ServiceSigner) -> None:
-    report = verify_pdf(_flip_inside_a_stream(signed), signer.roots)
+def test_a_flipped_byte_is_invalid_with_the_reason(signed: bytes, trusted: Trust) -> None:
+    report = verify_pdf(_flip_inside_a_stream(signed), trusted)
     assert report.status == "invalid"
     assert report.reason is not None
     assert "signed bytes were changed" in report.reason
@@ -103,36 +103,37 @@ def test_a_flipped_byte_is_invalid_with_the_reason(signed: bytes, signer: Servic
 
 @pytest.mark.parametrize("which", ["signed", "approved"])
 def test_changes_after_the_last_signature_are_invalid(
-    which: str, signed: bytes, approved: bytes, signer: ServiceSigner
+    which: str, signed: bytes, approved: bytes, trusted: Trust
 ) -> None:
     pdf = signed if which == "signed" else approved
-    annotated = verify_pdf(_add_annotation(pdf), signer.roots)
+    annotated = verify_pdf(_add_annotation(pdf), trusted)
     assert annotated.status == "invalid"
     assert "modified after it was signed" in str(annotated.reason)
     assert "is not a signature" in str(annotated.reason)
-    appended = verify_pdf(pdf + b"\n%% appended\n" + bytes(range(256)), signer.roots)
+    appended = verify_pdf(pdf + b"\n%% appended\n" + bytes(range(256)), trusted)
     assert appended.status == "invalid"
     assert "modified after its last signature" in str(appended.reason)
 
 
-def test_another_ca_is_unknown(rendered: Rendered, signer: ServiceSigner, tmp_path: Path) -> None:
-    other = load_service_signer(Settings(data_dir=tmp_path))
+def test_another_ca_is_unknown(rendered: Rendered, trusted: Trust, tmp_path: Path) -> None:
+    elsewhere = Settings(data_dir=tmp_path)
+    other = load_service_signer(elsewhere)
     foreign = sign_certificate(rendered.pdf, other, approval_box=rendered.files.approval_box)
-    report = verify_pdf(foreign, signer.roots)
+    report = verify_pdf(foreign, trusted)
     assert report.status == "unknown"
     assert "does not chain to a trusted CA" in str(report.reason)
     assert report.signatures[0].intact
     assert not report.signatures[0].trusted
-    assert verify_pdf(foreign, other.roots).status == "valid"
+    assert verify_pdf(foreign, trust(elsewhere)).status == "valid"
     assert ensure_local_pki(tmp_path / "pki").complete()
 
 
-def test_unsigned_and_not_pdf(rendered: Rendered, signer: ServiceSigner) -> None:
-    report = verify_pdf(rendered.pdf, signer.roots)
+def test_unsigned_and_not_pdf(rendered: Rendered, trusted: Trust) -> None:
+    report = verify_pdf(rendered.pdf, trusted)
     assert report.status == "invalid"
     assert report.reason == "the file carries no digital signature"
     with pytest.raises(Invalid, match="not a PDF"):
-        verify_pdf(b"hello", signer.roots)
+        verify_pdf(b"hello", trusted)
 
 
 @pytest.fixture
