@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import ValidationError
 from yaml.nodes import Node
@@ -32,19 +33,17 @@ MAX_DOCUMENT_CHARS = 256 * 2**10
 #: the deepest nesting of mappings and lists a document may have (manifests and protocols
 #: have at most five levels)
 MAX_DEPTH = 32
-#: what the bracket scan of JSON text looks at: escapes (two characters), quotes, brackets
-_JSON_TOKEN = re.compile(r'\\.|["\[\]{}]', re.S)
+#: a JSON string (an unclosed one runs to the end), and what is not a bracket
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\Z)', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
 
 
 class _Refused(ValueError):
     """A document past the bounds (its message says which), refused before or while parsing."""
 
 
-def _too_long(source: str, size: int, unit: str) -> _Refused:
-    return _Refused(
-        f"{source} is too large ({size} {unit}); a document may have at most "
-        f"{MAX_DOCUMENT_CHARS} characters"
-    )
+def _too_long(source: str, size: int, unit: str, most: int = MAX_DOCUMENT_CHARS) -> _Refused:
+    return _Refused(f"{source} is too large ({size} {unit}); at most {most} characters are read")
 
 
 def _too_deep(source: str) -> _Refused:
@@ -55,24 +54,15 @@ def _too_deep(source: str) -> _Refused:
 
 
 def _check_json_depth(text: str, source: str) -> None:
-    """Refuse JSON text nested past :data:`MAX_DEPTH`, from its brackets outside strings (one
-    pass, no recursion; text that is not JSON is left to the parser to refuse: it stops at the
-    first character out of place, before any nesting that follows it)."""
-    depth, quoted = 0, False
-    for match in _JSON_TOKEN.finditer(text):
-        token = match.group()
-        if len(token) == 2:  # an escape: its character neither quotes nor nests
-            continue
-        if token == '"':
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif token in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise _too_deep(source)
-        else:
-            depth -= 1
+    """Refuse JSON text nested past :data:`MAX_DEPTH`, from its brackets outside strings (in
+    linear time, no recursion; text that is not JSON is left to the parser to refuse: it stops
+    at the first character out of place, before any nesting that follows it)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii")
+    steps = np.frombuffer(brackets, np.uint8)
+    opening = (steps == ord("[")) | (steps == ord("{"))
+    depths = np.cumsum(np.where(opening, 1, -1), dtype=np.int32)
+    if depths.size and int(depths.max()) > MAX_DEPTH:
+        raise _too_deep(source)
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -128,12 +118,14 @@ def read_document(path: Path, source: str) -> str:
         ) from exc
 
 
-def read_mapping(text: str, source: str, *, as_json: bool = False) -> dict[str, Any]:
+def read_mapping(
+    text: str, source: str, *, as_json: bool = False, max_chars: int = MAX_DOCUMENT_CHARS
+) -> dict[str, Any]:
     """Parse ``text`` (YAML, or strict JSON with ``as_json``) into a mapping; ``ValueError``
     naming ``source`` otherwise. YAML is read with the safe loader only, without aliases; at
-    most :data:`MAX_DOCUMENT_CHARS` characters, nested at most :data:`MAX_DEPTH` levels."""
-    if len(text) > MAX_DOCUMENT_CHARS:
-        raise _too_long(source, len(text), "characters")
+    most ``max_chars`` characters, nested at most :data:`MAX_DEPTH` levels."""
+    if len(text) > max_chars:
+        raise _too_long(source, len(text), "characters", max_chars)
     try:
         if as_json:
             _check_json_depth(text, source)

@@ -14,12 +14,13 @@ C++ unpickler).
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from reconstruction.bounded import check_zip
+from reconstruction.documents import read_mapping
 
 __all__ = ["ModelError", "ModelFormat", "detect_format", "pickled_members", "sha256_file"]
 
@@ -30,6 +31,9 @@ EXPORT_ADVICE = (
     "export the network to ONNX (torch.onnx.export), to a torch.export program "
     "(torch.export.save, .pt2) or, as a legacy format, to TorchScript (torch.jit.save)"
 )
+#: the largest ``*_config.json`` member of a torch.export archive read (a few hundred bytes a
+#: tensor)
+MAX_CONFIG_BYTES = 4 * 2**20
 
 
 class ModelError(ValueError):
@@ -77,13 +81,37 @@ def _check_pt2(z: zipfile.ZipFile, names: list[str]) -> None:
                 "save it again with a current torch.export.save"
             )
         if name.endswith("_config.json"):
-            config = json.loads(z.read(name))
-            for entry in config.get("config", {}).values():
+            for entry in _payload_config(z, name):
                 if entry.get("use_pickle"):
                     raise ModelError(
                         f"the torch.export archive stores {entry.get('path_name')} as a pickle; "
                         "only raw tensor payloads are accepted"
                     )
+
+
+def _payload_config(z: zipfile.ZipFile, name: str) -> list[dict[str, Any]]:
+    """The entries of a weights or constants ``*_config.json`` member (how each tensor is
+    stored), read bounded (:data:`MAX_CONFIG_BYTES`, the documents' nesting bound) and checked
+    to be ``{"config": {name: {...}, ...}}``; :class:`ModelError` otherwise."""
+    member = f"the torch.export archive member {name}"
+    size = z.getinfo(name).file_size
+    if size > MAX_CONFIG_BYTES:
+        raise ModelError(f"{member} has {size} bytes; at most {MAX_CONFIG_BYTES} are accepted")
+    try:
+        document = read_mapping(
+            z.read(name).decode("utf-8"), member, as_json=True, max_chars=MAX_CONFIG_BYTES
+        )
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{member} is not UTF-8 JSON (byte {exc.start}: {exc.reason})") from exc
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
+    entries = document.get("config", {})
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise ModelError(
+            f"{member} is not a torch.export tensor configuration: its 'config' must map each "
+            "tensor's name to an object; save it again with torch.export.save"
+        )
+    return list(entries.values())
 
 
 def pickled_members(names: list[str]) -> list[str]:
@@ -111,8 +139,10 @@ def detect_format(path: str | Path) -> ModelFormat:
     if zipfile.is_zipfile(p):
         try:
             return _zip_format(p)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
             raise ModelError(f"{p.name} is a damaged zip archive: {exc}") from exc
+        except (NotImplementedError, RuntimeError) as exc:  # a compression method, encryption
+            raise ModelError(f"{p.name} is a zip archive we cannot read: {exc}") from exc
     # ONNX is a protobuf ModelProto: its first field is ir_version (tag 0x08)
     if head[:1] == b"\x08":
         return "onnx"

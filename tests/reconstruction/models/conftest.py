@@ -115,6 +115,17 @@ class _Witness:
         return (open, (str(self.path), "w"))
 
 
+def pt2_with_config(path: Path, config: bytes, *, compress_type: int = zipfile.ZIP_STORED) -> Path:
+    """A zip archive that reads as a torch.export archive (it has an ``archive_format``
+    member) whose weights ``*_config.json`` member is ``config``, written as is."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model/archive_format", "pt2")
+        archive.writestr(
+            "model/data/weights/model_weights_config.json", config, compress_type=compress_type
+        )
+    return path
+
+
 def hostile_pt2(folder: Path) -> tuple[Path, Path]:
     """A torch.export archive of :class:`Tiny` whose sample inputs are a pickle that creates a
     file when unpickled: the archive, and the file that must never appear."""

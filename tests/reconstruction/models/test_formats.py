@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from reconstruction.documents import MAX_DEPTH
 from reconstruction.models import ModelError, detect_format, sha256_file
-from reconstruction.models.formats import pickled_members
-from tests.reconstruction.models.conftest import Tiny, conv_model, hostile_pt2, rewrite_pt2
+from reconstruction.models.formats import MAX_CONFIG_BYTES, pickled_members
+from tests.reconstruction.models.conftest import (
+    Tiny,
+    conv_model,
+    hostile_pt2,
+    pt2_with_config,
+    rewrite_pt2,
+)
 
 
 def test_recognises_each_accepted_format(tmp_path: Path) -> None:
@@ -106,3 +113,50 @@ def test_a_damaged_zip_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "m.pt").write_bytes(bytes(data))
     with pytest.raises(ModelError, match="damaged zip archive"):
         detect_format(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b"[1, 2]", "must hold a mapping of fields, got list"),
+        (b"{not json", "is not valid JSON/YAML"),
+        (b'"text"', "must hold a mapping of fields, got str"),
+        (b'{"config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", f"more than {MAX_DEPTH} levels"),
+        (b'{"config": "\xff\xfe"}', "is not UTF-8 JSON"),
+        (b'{"config": [1]}', "is not a torch.export tensor configuration"),
+        (b'{"config": {"w": 3}}', "is not a torch.export tensor configuration"),
+        (
+            b'{"config": {"w": {"use_pickle": true}}, "x": "' + b"y" * MAX_CONFIG_BYTES + b'"}',
+            "at most",
+        ),
+    ],
+)
+def test_a_malformed_pt2_config_is_a_model_error(
+    tmp_path: Path, config: bytes, message: str
+) -> None:
+    archive = pt2_with_config(tmp_path / "m.pt2", config, compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(ModelError, match=message) as info:
+        detect_format(archive)
+    assert "model_weights_config.json" in str(info.value)
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_a_pt2_config_that_cannot_be_inflated_is_a_model_error(tmp_path: Path) -> None:
+    archive = pt2_with_config(tmp_path / "m.pt2", b"{}" * 1000, compress_type=zipfile.ZIP_DEFLATED)
+    data = bytearray(archive.read_bytes())
+    start = data.find(b"model_weights_config.json") + len("model_weights_config.json")
+    data[start : start + 4] = b"\xff" * 4  # the member's deflate stream, damaged
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="damaged zip archive"):
+        detect_format(archive)
+    with zipfile.ZipFile(tmp_path / "odd.pt2", "w") as odd:
+        odd.writestr("model/archive_format", "pt2")
+        odd.writestr("model/data/weights/model_weights_config.json", "{}", zipfile.ZIP_LZMA)
+    data = bytearray((tmp_path / "odd.pt2").read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # the member's method: 99 (AES)
+        at = data.rfind(header)
+        offset = 8 if header == b"PK\x03\x04" else 10
+        data[at + offset : at + offset + 2] = (99).to_bytes(2, "little")
+    (tmp_path / "odd.pt2").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="a zip archive we cannot read"):
+        detect_format(tmp_path / "odd.pt2")
