@@ -300,3 +300,34 @@ def test_status_polls_are_conditional(
     # the ETag never lets another user see the audit
     hidden = client.get(path, headers={**bearer(tokens["bob"]), "If-None-Match": "*"})
     assert hidden.status_code == 404
+
+
+def test_unbounded_inline_protocols_and_bodies_are_refused(
+    client: TestClient, db: Session, tokens: dict[str, str], model_id: str
+) -> None:
+    before = len(db.scalars(select(Audit)).all())
+    for protocol, message in (
+        ("name: " + "[" * 100_000, "levels deep"),
+        ('{"name": ' + "[" * 50_000 + "]" * 50_000 + "}", "levels deep"),
+        ("name: &n mine\nversion: *n\n", "aliases are not accepted"),
+        ("name: " + "x" * 2**20, "is too large"),
+    ):
+        response = client.post(
+            "/api/v1/audits",
+            headers=bearer(tokens["alice"]),
+            json={"model_id": model_id, "protocol": protocol},
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["field"] == "protocol"
+        assert response.json()["detail"].startswith("inline protocol ")
+        assert message in response.json()["detail"]
+    # a request body nested 100,000 deep: refused as it is parsed, in the one error format
+    deep = '{"model_id": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = client.post(
+        "/api/v1/audits",
+        headers={**bearer(tokens["alice"]), "Content-Type": "application/json"},
+        content=deep,
+    )
+    assert response.status_code == 400
+    assert response.json() == {"detail": "There was an error parsing the body", "field": None}
+    assert len(db.scalars(select(Audit)).all()) == before

@@ -31,7 +31,7 @@ from app.sandbox import SandboxResult, run_science
 from app.settings import Settings, get_settings
 from tests.app.conftest import bearer
 from tests.app.networks.test_router import _stored, _upload
-from tests.reconstruction.models.conftest import hostile_pt2
+from tests.reconstruction.models.conftest import conv_model, hostile_pt2, pt2_with_config
 
 
 class _Reads(torch.nn.Module):
@@ -130,7 +130,7 @@ def test_a_torch_export_archive_with_a_hostile_pickle_is_refused_in_the_jail(
     _assert_jailed(jailed_runs[0])
 
 
-@pytest.mark.parametrize("how", ["absolute", "relative", "ca-key", "signer-key", "etc-shadow"])
+@pytest.mark.parametrize("how", ["absolute", "relative", "signer-key", "etc-shadow"])
 def test_a_network_that_reads_files_learns_nothing(
     client: TestClient,
     db: Session,
@@ -140,8 +140,8 @@ def test_a_network_that_reads_files_learns_nothing(
     how: str,
 ) -> None:
     path, body = secret
-    if how in ("ca-key", "signer-key"):  # the service's own signing keys, in data_dir/pki
-        path = ensure_local_pki(get_settings().pki_dir).folder / f"{how.split('-')[0]}.key"
+    if how == "signer-key":  # the service's signing key, in data_dir/pki (no CA key is there)
+        path = ensure_local_pki(get_settings().pki_dir).signer_key
         body = path.read_bytes()
     target = {
         # from the upload's scratch folder (store/tmp/upload-*) up to the data directory
@@ -323,4 +323,55 @@ def test_a_network_that_prints_cannot_forge_the_summary(
     response = _upload(client, tokens["alice"], _torchscript(_Prints()), model_name="p.ts")
     assert response.status_code == 422, response.text
     assert "wrote to standard output" in response.json()["detail"]
+    assert _stored(db) == before
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b"[1, 2]", "must hold a mapping of fields, got list"),
+        (b"{not json", "is not valid JSON/YAML"),
+        (b'{"config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "levels deep"),
+    ],
+)
+def test_a_torch_export_archive_with_a_malformed_config_is_refused(
+    client: TestClient,
+    db: Session,
+    tokens: dict[str, str],
+    tmp_path: Path,
+    config: bytes,
+    message: str,
+) -> None:
+    before = _stored(db)
+    archive = pt2_with_config(tmp_path / "model.pt2", config)
+    response = _upload(client, tokens["alice"], archive.read_bytes(), model_name="model.pt2")
+    assert response.status_code == 415, response.text
+    body = response.json()
+    assert body["field"] == "model"
+    assert "model_weights_config.json" in body["detail"]
+    assert message in body["detail"]
+    assert _stored(db) == before
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (b'{"name": "caf\xe9"}', "manifest manifest.json is not UTF-8 text"),
+        (b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "manifest.json nests"),
+        (b"name: " + b"[" * 50_000, "manifest.json nests"),
+    ],
+)
+def test_an_unreadable_or_deep_manifest_is_refused_naming_only_its_file(
+    client: TestClient, db: Session, tokens: dict[str, str], manifest: bytes, message: str
+) -> None:
+    before = _stored(db)
+    onnx_model = io.BytesIO()
+    onnx.save_model(conv_model(), onnx_model)
+    response = _upload(client, tokens["alice"], onnx_model.getvalue(), manifest=manifest)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == "manifest"
+    assert message in body["detail"]
+    assert str(get_settings().data_dir.resolve()) not in body["detail"]
+    assert "/" not in body["detail"]  # no path of the service's
     assert _stored(db) == before
