@@ -286,8 +286,15 @@ def read_images(path: str | Path, *, slices: Slices | None = None) -> list[Loade
     p, array, metadata = _read(p)
     if array.ndim != 3:
         return [_finished(p, _to_2d(p, array, None, -1, metadata), metadata)]
+    chosen = slices.indices(int(array.shape[-1]), p)
+    pixels = math.prod(array.shape[:-1])
+    if pixels * len(chosen) > MAX_ELEMENTS:
+        raise SliceError(
+            p, f"the {len(chosen)} selected slices hold {pixels * len(chosen)} pixels; at most "
+            f"{MAX_ELEMENTS} are read per volume: select fewer slices"
+        )  # fmt: skip
     out = []
-    for index in slices.indices(int(array.shape[-1]), p):
+    for index in chosen:
         meta = dict(metadata)
         out.append(_finished(p, _to_2d(p, array, index, -1, meta), meta, f"{p}#slice={index}"))
     return out
@@ -350,7 +357,7 @@ def read_dicom_series(folder: str | Path, slices: Slices | None = None) -> list[
     return out
 
 
-def _read(path: str | Path) -> tuple[Path, np.ndarray, dict[str, Any]]:
+def _read(path: str | Path) -> tuple[Path, np.ndarray | _Volume, dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(p, "no such file")
@@ -390,9 +397,13 @@ def _finished(
 
 
 def _to_2d(
-    p: Path, array: np.ndarray, slice_index: int | None, axis: int, metadata: dict[str, Any]
+    p: Path,
+    array: np.ndarray | _Volume,
+    slice_index: int | None,
+    axis: int,
+    metadata: dict[str, Any],
 ) -> np.ndarray:
-    if array.ndim == 2:
+    if isinstance(array, np.ndarray) and array.ndim == 2:
         return array
     if array.ndim != 3:
         raise ImageReadError(p, f"expected a 2-D image or a 3-D volume, got shape {array.shape}")
@@ -401,23 +412,38 @@ def _to_2d(
     if not -n <= index < n:
         raise ImageReadError(p, f"slice {index} is out of range for {n} slices along axis {axis}")
     metadata.update(volume_shape=list(array.shape), slice_axis=axis, slice_index=index % n)
-    selected: np.ndarray = np.take(array, index, axis=axis)
+    selected: np.ndarray = array.take(index, axis)
     return selected
 
 
 def _luminance(array: np.ndarray, metadata: dict[str, Any]) -> np.ndarray:
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         metadata["converted"] = "RGB to luminance (ITU-R BT.601)"
-        weights = np.array([0.299, 0.587, 0.114])
-        return np.asarray(array[..., :3].astype(np.float64) @ weights)
+        out = np.zeros(array.shape[:2])
+        for channel, weight in enumerate((0.299, 0.587, 0.114)):  # one float64 plane at a time
+            out += weight * array[..., channel]
+        return out
     return array
 
 
 def _read_pillow(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    from PIL import Image
+    import warnings
 
-    with Image.open(p) as im:  # reads the header only; pixels are decoded below
-        _check_decoded(p, [*im.size, len(im.getbands())], 1)
+    from PIL import Image, ImageMode
+
+    Image.MAX_IMAGE_PIXELS = MAX_ELEMENTS  # Pillow's own bomb check, at this module's cap
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p, formats=["PNG"])  # the header only; pixels are decoded below
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageReadError(
+            p, f"the image declares more than {MAX_ELEMENTS} pixels; at most {MAX_ELEMENTS} "
+            "pixels are accepted"
+        ) from exc  # fmt: skip
+    with im:
+        itemsize = np.dtype(ImageMode.getmode(im.mode).typestr).itemsize
+        _check_decoded(p, [*im.size, 3 if im.mode == "P" else len(im.getbands())], itemsize)
         metadata: dict[str, Any] = {"format": im.format, "mode": im.mode}
         array = np.asarray(im.convert("RGB") if im.mode == "P" else im)
     return _luminance(array, metadata), metadata
@@ -427,6 +453,11 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
     with tifffile.TiffFile(p) as tiff:
+        pages = len(tiff.pages)  # walks the chain of page headers, parses none of them
+        if pages > MAX_SLICES:
+            raise ImageReadError(
+                p, f"the TIFF file holds {pages} pages; at most {MAX_SLICES} are accepted"
+            )
         series = tiff.series[0]
         _check_decoded(p, list(series.shape), series.dtype.itemsize)
         array = series.asarray()
@@ -492,6 +523,10 @@ def _read_dicom(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
         int(dataset.get("SamplesPerPixel", 1) or 1),
     ]
     _check_decoded(p, declared, max(int(dataset.get("BitsAllocated", 8) or 8) // 8, 1))
+    if declared[2] > MAX_SLICES:
+        raise ImageReadError(
+            p, f"the DICOM file declares {declared[2]} frames; at most {MAX_SLICES} are accepted"
+        )
     try:
         array = dataset.pixel_array.astype(np.float64)
     except Exception as exc:
@@ -530,7 +565,23 @@ def _plain(value: Any) -> Any:
         return str(value)
 
 
-def _read_nifti(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
+class _Volume:
+    """A NIfTI volume read slice by slice through nibabel's array proxy: only the slices taken
+    are read (a 512 x 512 x 300 CT volume holds more voxels than one file may decode to)."""
+
+    def __init__(self, p: Path, proxy: Any, shape: tuple[int, ...]) -> None:
+        self.p, self.proxy, self.shape, self.ndim = p, proxy, shape, len(shape)
+
+    def take(self, index: int, axis: int) -> np.ndarray:
+        key: list[Any] = [slice(None)] * len(self.proxy.shape)
+        key[axis % self.ndim] = index
+        try:
+            return np.asarray(self.proxy[tuple(key)], dtype=np.float64)
+        except Exception as exc:
+            raise ImageReadError(self.p, f"cannot read slice {index}: {exc}") from exc
+
+
+def _read_nifti(p: Path) -> tuple[np.ndarray | _Volume, dict[str, Any]]:
     import nibabel
 
     if _suffix(p) == ".nii.gz":
@@ -539,14 +590,22 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
         except ExpansionError as exc:
             raise ImageReadError(p, str(exc)) from exc
     image: Any = nibabel.load(p)
-    _check_decoded(p, list(image.shape), image.get_data_dtype().itemsize)
-    array = np.asarray(image.dataobj)
-    if array.ndim == 4 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim > 3:
-        raise ImageReadError(p, f"expected a 2-D or 3-D NIfTI image, got shape {array.shape}")
-    zooms = [float(z) for z in image.header.get_zooms()[: array.ndim]]
-    return array.astype(np.float64), {"format": "NIfTI", "voxel_size": zooms}
+    shape = tuple(int(n) for n in image.shape)
+    shape = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    if len(shape) not in (2, 3):
+        raise ImageReadError(p, f"expected a 2-D or 3-D NIfTI image, got shape {list(shape)}")
+    itemsize = image.get_data_dtype().itemsize
+    if _suffix(p) == ".nii" and image.dataobj.offset + math.prod(shape) * itemsize > (
+        p.stat().st_size
+    ):
+        raise ImageReadError(p, "the header declares more voxels than the file holds")
+    # one slice along any axis must decode within the cap; the volume, within the file
+    _check_decoded(p, list(shape) if len(shape) == 2 else sorted(shape)[1:], itemsize)
+    zooms = [float(z) for z in image.header.get_zooms()[: len(shape)]]
+    metadata = {"format": "NIfTI", "voxel_size": zooms}
+    if len(shape) == 2:
+        return np.asarray(image.dataobj, dtype=np.float64), metadata
+    return _Volume(p, image.dataobj, shape), metadata
 
 
 # ------------------------------------------------------------------------ preparation

@@ -215,3 +215,12 @@ def test_scaling_and_resizing() -> None:
     big = resize_image(shepp_logan(64), (32, 48))
     assert big.shape == (32, 48)
     assert resize_image(z, (4, 4)).dtype.kind == "c"
+
+
+def test_a_selection_is_capped_and_linear_in_its_size() -> None:
+    assert Slices("0:400,300:512").indices(10**6, "v") == list(range(512))
+    with pytest.raises(SliceError, match="select more than 512 of the volume's 1000000 slices"):
+        Slices("0:999999").indices(10**6, "v")  # refused before anything is listed
+    with pytest.raises(SliceError, match="at most 512 are read per volume"):
+        Slices("all").indices(513, "v")
+    assert len(Slices("all").indices(512, "v")) == 512
