@@ -1,8 +1,9 @@
 """The API process itself, as ``recon-audit serve --no-worker`` runs it: after an upload of every
 kind of test image (PNG, TIFF, NPY, DICOM and a DICOM series, NIfTI and gzipped NIfTI, fastMRI
-HDF5) and of a model, none of the libraries that parse uploaded data or run networks is loaded
-in it (their shared objects are not mapped: torch, h5py and HDF5, Pillow, onnx), and its peak
-memory stays small. Every byte was parsed in the jail."""
+HDF5), of a model, and of decompression and slice bombs, none of the libraries that parse
+uploaded data or run networks is loaded in it (their shared objects are not mapped: torch, h5py
+and HDF5, Pillow, onnx), and its peak memory stays below 400 MB. Every byte was parsed in the
+jail."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from tests.reconstruction import hostile_files as hostile
 from tests.reconstruction.measured_files import write_dicom_series, write_fastmri
 from tests.worker.test_tasks import Service, _service, _upload
 
@@ -60,7 +62,7 @@ def _files(tmp_path: Path) -> list[tuple[str, bytes]]:
     out = [("a.png", png.getvalue()), ("b.tif", tiff.getvalue()), ("c.npy", npy.getvalue())]
     out += [("d.nii", nii), ("e.nii.gz", gzip.compress(nii))]
     out += [(f"s{i}.dcm", p.read_bytes()) for i, p in enumerate(sorted(series.iterdir()))]
-    return out + [("knee.h5", write_fastmri(tmp_path / "knee.h5").read_bytes())]
+    return [*out, ("knee.h5", write_fastmri(tmp_path / "knee.h5").read_bytes())]
 
 
 def _mapped(pid: int) -> dict[str, bool]:
@@ -90,5 +92,20 @@ def test_the_api_parses_no_upload_itself(api: Service, tmp_path: Path) -> None:
     assert formats == {"PNG", "TIFF", "NPY", "NIfTI", "DICOM", "fastMRI HDF5"}, formats
     assert any("series" in entry for entry in response.json()["images"])
     _upload(api, token)  # a model too: its check runs in the jail
+    bombs = [
+        hostile.build_chunk_bomb(tmp_path / "chunk.h5"),  # 1 GiB of zeros in one gzip chunk
+        hostile.build_many_slices(tmp_path / "slices.h5"),
+        hostile.build_png_bomb(tmp_path / "bomb.png", 8192, 8192),
+        hostile.build_tiff_bomb(tmp_path / "bomb.tif", (8192, 8192)),
+    ]
+    for i, bomb in enumerate(bombs):
+        refused = httpx.post(
+            f"{api.url}/api/v1/images",
+            headers={"Authorization": f"Bearer {token}"},
+            data={"name": f"bomb-{i}", "slices": "all"},
+            files=[("files", (bomb.name, bomb.read_bytes()))],
+            timeout=300,
+        )
+        assert refused.status_code in (413, 422), refused.text
     assert _mapped(pid) == dict.fromkeys(PARSERS, False)
     assert _peak_rss(pid) < MAX_RSS_BYTES
