@@ -23,13 +23,15 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reconstruction.bounded import MAX_DECODED_BYTES
 from reconstruction.data import ImageReadError, LoadedImage, Slices
-from reconstruction.operators import LinearOperator
+
+if TYPE_CHECKING:  # the operators load torch, which reading a file does not need
+    from reconstruction.operators import LinearOperator
 
 __all__ = [
     "centre_crop",
@@ -110,6 +112,12 @@ def fit_kspace(image: LoadedImage, size: tuple[int, int]) -> tuple[np.ndarray, n
         return kspace, rss(_image(kspace)), "measured"
     recon = image.metadata.get("reconstruction_size")
     if recon is not None and tuple(recon) == tuple(size):
+        if recon[0] > measured[0] or recon[1] > measured[1]:
+            raise ImageReadError(
+                image.source,
+                f"the reconstruction size {list(recon)} is larger than the k-space grid "
+                f"{list(measured)}; it cannot be cropped from it",
+            )
         coil_images = centre_crop(_image(kspace), (int(recon[0]), int(recon[1])))
         return _kspace(coil_images).astype(np.complex64), rss(coil_images), "reconstruction"
     sizes = f"{list(measured)}" + (f" (reconstruction size {list(recon)})" if recon else "")

@@ -19,7 +19,9 @@ Submitter = Annotated[User, Depends(require_role("submitter", "admin"))]
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, responses=errors(400, 401, 403, 409, 413, 422, 429, 503)
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=errors(400, 401, 403, 409, 413, 422, 429, 503),
 )
 def upload_images(
     session: SessionDep,

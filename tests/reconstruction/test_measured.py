@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -56,6 +57,10 @@ def test_multicoil_slices_truth_and_metadata(tmp_path: Path) -> None:
     np.testing.assert_allclose(truth[16:48], reference, atol=1e-5 * reference.max())
     with pytest.raises(ImageReadError, match=r"does not match the network's image_size \[48, 48\]"):
         fit_kspace(first, (48, 48))
+    # a file whose declared reconstruction size is larger than its grid (gave ValueError)
+    claims = replace(first, metadata={**first.metadata, "reconstruction_size": [96, 32]})
+    with pytest.raises(ImageReadError, match=r"reconstruction size \[96, 32\] is larger"):
+        fit_kspace(claims, (96, 32))
 
 
 def test_default_is_the_middle_slice_and_all_is_every_slice(tmp_path: Path) -> None:

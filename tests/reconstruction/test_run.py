@@ -86,3 +86,42 @@ def test_the_module_exits_with_its_status_and_every_byte_written(tmp_path: Path)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
     assert done.returncode == 3
     assert done.stdout == b"x" * 200000
+
+
+def test_images_summarises_a_set_without_loading_torch(tmp_path: Path) -> None:
+    """The service's check of uploaded data: every entry's summary as JSON, or the refusal
+    with its field; a data check loads neither torch nor the networks' runtimes."""
+    from tests.reconstruction.measured_files import write_dicom_series, write_fastmri
+
+    write_fastmri(tmp_path / "knee.h5", slices=3)
+    write_dicom_series(tmp_path / "series", [2, 0, 1])
+    for dicom in (tmp_path / "series").iterdir():
+        dicom.rename(tmp_path / dicom.name)
+    names = ["knee.h5", *sorted(p.name for p in tmp_path.glob("*.dcm"))]
+    script = (
+        "import sys\nfrom reconstruction.run import main\ncode = main(sys.argv[1:])\n"
+        "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))\n"
+        "sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "images", *names, "--slices", "all"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    summary, loaded = done.stdout.splitlines()
+    assert loaded == "[]"
+    entries = json.loads(summary)["entries"]
+    assert [e["files"] for e in entries] == [["knee.h5"], names[1:]]
+    assert [e["images"] for e in entries] == [3, 3]
+    assert [e["measured"] for e in entries] == [True, False]
+    refused = subprocess.run(
+        [sys.executable, "-m", "reconstruction.run", "images", "knee.h5", "--slices", "7"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2
+    assert json.loads(refused.stdout)["refused"]["field"] == "slices"
+    assert refused.stderr.startswith("Error: knee.h5: slices '7' out of range")
