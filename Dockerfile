@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # recon-audit: one image for every role; the command picks the role (see docker-compose.yml):
-#   recon-audit serve --host 0.0.0.0 --port 8000 --no-worker   the API (default CMD)
+#   recon-audit serve --host 0.0.0.0 --port 8000 --no-worker --no-signer   the API (default CMD)
 #   recon-audit worker --concurrency 1                          a Celery worker (one per GPU)
+#   recon-audit signer                                          the one holding the signing key
 #   recon-audit migrate                                         Alembic to head, then exit
 #
 #   docker build -t recon-audit .                    # GPU-ready: onnxruntime-gpu ("gpu" extra)
@@ -42,13 +43,18 @@ RUN apt-get update \
         curl \
     && rm -rf /var/lib/apt/lists/*
 
-# An unprivileged user (uid 10001) owns only the data volume and its home (matplotlib's and
-# torch's caches); the code and the virtual environment stay root-owned and read-only to it.
+# An unprivileged user (uid 10001) owns only the volumes' mount points and its home
+# (matplotlib's and torch's caches); the code and the virtual environment stay root-owned and
+# read-only to it. The volumes start with these owners: /data (the store), /pki (the signer's
+# key, 0700; mounted in the signer's container only), /trust (the CA's certificate and signed
+# list) and /run/signer (the signer's socket); see docker-compose.yml.
 RUN groupadd --gid 10001 recon \
     && useradd --uid 10001 --gid recon --create-home --home-dir /home/recon \
         --shell /usr/sbin/nologin recon \
-    && mkdir -p /data \
+    && mkdir -p /data /pki /trust /run/signer \
     && chown recon:recon /data \
+    && chown recon:recon /pki /trust /run/signer \
+    && chmod 0700 /pki \
     && python -m venv /opt/venv \
     && pip install --no-cache-dir --upgrade pip
 
@@ -102,4 +108,4 @@ USER 10001:10001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8000/healthz || exit 1
 
-CMD ["recon-audit", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker"]
+CMD ["recon-audit", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker", "--no-signer"]

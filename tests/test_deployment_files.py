@@ -36,8 +36,10 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SYSTEM_DEPS = ROOT / "scripts" / "ensure-system-deps.sh"
 
-SERVICES = {"postgres", "redis", "migrate", "api", "worker", "worker-cpu"}
+SERVICES = {"postgres", "redis", "migrate", "signer", "api", "worker", "worker-cpu"}
 APP_SERVICES = ("migrate", "api", "worker", "worker-cpu")
+#: the signer runs the same image, with none of the app services' database, store or jail
+SIGNER = "signer"
 DATA = "/data"
 #: variables that configure the container runtime (or the jail's threads, which the sandbox
 #: passes to the run: app.sandbox.PASSED) rather than the service
@@ -190,7 +192,7 @@ def duration_seconds(text: str) -> float:
 def recon_audit_commands() -> list[list[str]]:
     """Every ``recon-audit ...`` command the image and the compose file run."""
     found = [i.args() for i in instructions("CMD") + instructions("ENTRYPOINT")]
-    found += [list(map(str, service(name)["command"])) for name in APP_SERVICES]
+    found += [list(map(str, service(name)["command"])) for name in (*APP_SERVICES, SIGNER)]
     return [words for words in found if words and words[0] == "recon-audit"]
 
 
@@ -277,7 +279,9 @@ def test_app_services_run_one_image_built_from_this_dockerfile() -> None:
     )
     declared = {i.rest.split("=", 1)[0] for i in instructions("ARG")}
     assert set(build.get("args", {})) <= declared, "build args the Dockerfile does not declare"
-    for name in SERVICES - set(APP_SERVICES):
+    assert service(SIGNER)["image"] == service("api")["image"]
+    assert service(SIGNER)["build"] == builds[0]
+    for name in SERVICES - {*APP_SERVICES, SIGNER}:
         assert "build" not in service(name)
 
 
@@ -345,6 +349,66 @@ def test_app_environment_configures_the_settings(
     assert url.database == postgres["POSTGRES_DB"]
     broker = urlsplit(given["BROKER_URL"])
     assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379)
+
+
+def _mounts(name: str) -> dict[str, tuple[str, bool]]:
+    """A service's volumes: mount point -> (volume, read-only)."""
+    out = {}
+    for volume in service(name).get("volumes", []):
+        source, target, *mode = str(volume).split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
+def test_the_signing_key_is_mounted_into_the_signer_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    signer = service(SIGNER)
+    assert list(map(str, signer["command"])) == ["recon-audit", "signer"]
+    given = service_env(SIGNER)
+    assert set(given) <= _settings_variables()
+    for key in list(os.environ):
+        if key in _settings_variables():
+            monkeypatch.delenv(key)
+    for key, value in given.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    # no credentials: the signer needs no database or broker
+    assert settings.database_url is None
+    assert settings.broker_url is None
+    mounts = _mounts(SIGNER)
+    key_volume, read_only = mounts[str(settings.pki_dir)]
+    assert key_volume in compose()["volumes"]
+    assert not read_only
+    assert DATA not in mounts, "the signer has no business with the store"
+    assert "security_opt" not in signer or signer["security_opt"] == []  # no jail to make
+    for name in SERVICES - {SIGNER}:
+        volumes = {source for source, _ in _mounts(name).values()}
+        assert key_volume not in volumes, f"{name} mounts the signing key's volume"
+        assert "RECON_AUDIT_SIGNING_DIR" not in service_env(name)
+    # the others reach it through its socket, and read its public files, read-only
+    trust_volume = mounts[str(settings.trust_folder)][0]
+    socket_volume = mounts[str(settings.signer_address.parent)][0]
+    for name in APP_SERVICES:
+        theirs = _mounts(name)
+        app = Settings(
+            **{
+                "trust_dir": service_env(name)["RECON_AUDIT_TRUST_DIR"],
+                "signer_socket": service_env(name)["RECON_AUDIT_SIGNER_SOCKET"],
+            }
+        )
+        assert theirs[str(app.trust_folder)] == (trust_volume, True), name
+        assert theirs[str(app.signer_address.parent)] == (socket_volume, False), name
+        assert app.signer_address == settings.signer_address
+    for name in ("api", "worker", "worker-cpu"):
+        assert service(name)["depends_on"][SIGNER]["condition"] == "service_healthy"
+    assert "identity" in " ".join(signer["healthcheck"]["test"])
+    assert parsed(list(map(str, service("api")["command"])))["with_signer"] is False
+    # the image gives the volumes' mount points to its user, the key's folder private
+    commands = run_commands()
+    assert any(
+        c.startswith("mkdir -p") and all(p in c.split() for p in ("/pki", "/trust", "/run/signer"))
+        for c in commands
+    )
+    assert "chmod 0700 /pki" in commands
 
 
 def test_worker_runs_audits_on_its_reserved_gpu() -> None:
@@ -586,7 +650,7 @@ def test_health_endpoints_exist() -> None:
     assert {"/healthz", "/readyz"} <= paths
 
 
-@pytest.mark.parametrize("sub", ["serve", "migrate", "worker"])
+@pytest.mark.parametrize("sub", ["serve", "migrate", "worker", "signer"])
 def test_commands_the_containers_run_are_cli_commands(sub: str) -> None:
     used = {words[1] for words in recon_audit_commands()}
     assert sub in used
