@@ -1,6 +1,6 @@
-"""``recon-audit serve`` (embedded: SQLite and the filesystem broker) stops its worker when it
-is stopped (SIGTERM, SIGINT), and its worker dies with it when it is killed (SIGKILL); so do
-the jailed runs of an audit in progress."""
+"""``recon-audit serve`` (embedded: SQLite and the filesystem broker) stops its worker and its
+signer process when it is stopped (SIGTERM, SIGINT), and they die with it when it is killed
+(SIGKILL); so do the jailed runs of an audit in progress."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from tests.worker.test_tasks import _free_port, _service, _upload
 
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
-    """``serve`` on a free port, once /healthz answers and its worker has its pool process:
-    the process and every process under it."""
+    """``serve`` on a free port, once /healthz answers, its signer process runs and its worker
+    has its pool process: the process and every process under it."""
     env = {**os.environ, "RECON_AUDIT_DATA_DIR": str(tmp_path / "data")}
     for key in ("DATABASE_URL", "BROKER_URL"):
         env.pop(key, None)
@@ -39,7 +39,7 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
     healthy = False
     tree: set[int] = set()
     try:
-        while len(tree) < 2 or not healthy:  # the worker and its pool process
+        while len(tree) < 3 or not healthy:  # the signer, the worker and its pool process
             assert serve.poll() is None, (tmp_path / "serve.log").read_text()
             assert time.monotonic() < deadline, "serve did not come up"
             if not healthy:
@@ -49,10 +49,23 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
                     pass
             time.sleep(0.3)
             tree = descendants(serve.pid)
+        assert _signer(tree) is not None
     except BaseException:
         _kill(serve, tree | descendants(serve.pid))
         raise
     return serve, tree
+
+
+def _signer(tree: set[int]) -> int | None:
+    """The pid of the signer process (``python -m app.cli signer``) in ``tree``."""
+    for pid in tree:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command[1:4] == [b"-m", b"app.cli", b"signer"]:
+            return pid
+    return None
 
 
 def _kill(serve: subprocess.Popen[bytes], tree: set[int]) -> None:
@@ -92,6 +105,8 @@ def test_a_stopped_service_stops_its_worker(tmp_path: Path, signum: int) -> None
         left = _gone(serve, tree, STOPPED_WITHIN, tmp_path / "serve.log")
         assert not left, f"still running after {signum!r}: {sorted(left)}"
         assert serve.returncode == -signum  # it dies of the signal it got, after the worker
+        assert "signer stopped (exit 0)" in (tmp_path / "serve.log").read_text()
+        assert not (tmp_path / "data" / "signer.sock").exists()  # the signer removed it
     finally:
         _kill(serve, tree)
 
