@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sys
 import textwrap
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from app.certificates.pki import ensure_local_pki
 from app.processes import alive
 from app.sandbox import (
     NOBODY,
@@ -117,6 +119,39 @@ def test_files_outside_the_job_cannot_be_read_or_written(
     assert text not in result.stdout + result.stderr
     assert not (tmp_path / "escape").exists()
     assert not (tmp_path / "data" / "store" / "scratch" / "escape").exists()
+
+
+def test_no_key_and_no_signer_are_within_reach(tmp_path: Path) -> None:
+    """The service's real signing key and CA certificate (a pki folder beside the job's data
+    directory, as the embedded service has it), and the signer process's socket: the jail can
+    neither read the key nor ask the signer to sign."""
+    pki = ensure_local_pki(tmp_path / "data" / "pki")
+    key = pki.signer_key.read_text()
+    address = tmp_path / "data" / "signer.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(str(address))
+        listening.listen()
+        result = _jailed(
+            tmp_path,
+            f"""
+            import os, socket
+            for target in [{str(pki.signer_key)!r}, {str(pki.ca_cert)!r},
+                           "../../../pki/signer.key", "../../../pki/signers.json"]:
+                try:
+                    print("READ", target, open(target).read())
+                except OSError as exc:
+                    print("refused", type(exc).__name__)
+            for target in [{str(address)!r}, "../../../signer.sock"]:
+                try:
+                    socket.socket(socket.AF_UNIX).connect(target)
+                    print("CONNECTED", target)
+                except OSError as exc:
+                    print("refused", type(exc).__name__)
+            """,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["refused", "FileNotFoundError"] * 6
+    assert key not in result.stdout + result.stderr
 
 
 def test_no_network_and_no_new_namespaces(tmp_path: Path) -> None:
