@@ -390,10 +390,8 @@ def test_the_signing_key_is_mounted_into_the_signer_only(monkeypatch: pytest.Mon
     for name in APP_SERVICES:
         theirs = _mounts(name)
         app = Settings(
-            **{
-                "trust_dir": service_env(name)["RECON_AUDIT_TRUST_DIR"],
-                "signer_socket": service_env(name)["RECON_AUDIT_SIGNER_SOCKET"],
-            }
+            trust_dir=Path(service_env(name)["RECON_AUDIT_TRUST_DIR"]),
+            signer_socket=Path(service_env(name)["RECON_AUDIT_SIGNER_SOCKET"]),
         )
         assert theirs[str(app.trust_folder)] == (trust_volume, True), name
         assert theirs[str(app.signer_address.parent)] == (socket_volume, False), name

@@ -153,8 +153,7 @@ def _ask(settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
             answer = _receive(connection)
         except TimeoutError as exc:
             raise SignerUnavailable(
-                f"signing is unavailable: {where} did not answer within "
-                f"{settings.signer_timeout} s"
+                f"signing is unavailable: {where} did not answer within {settings.signer_timeout} s"
             ) from exc
         except (OSError, ValueError) as exc:
             raise SignerUnavailable(f"signing is unavailable: {where} failed: {exc}") from exc
