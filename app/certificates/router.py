@@ -26,6 +26,7 @@ MAX_PDF_BYTES = 64 * 2**20
     status_code=status.HTTP_201_CREATED,
     responses={
         **errors(400, 401, 404, 413, 422),
+        503: {"model": ErrorOut, "description": "the signer process is not running"},
         403: {
             "model": ErrorOut,
             "description": "the token entered is not the caller's, or the caller created the "
