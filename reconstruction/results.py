@@ -62,6 +62,8 @@ class ModelRecord(Open):
     format: str
     sha256: str | None
     gradient_access: Literal["white-box", "black-box"]
+    #: where the search's gradient came from (older results: absent)
+    gradient_route: Literal["exact", "straight-through surrogate", "gradient-free"] | None = None
     modality: str
     operator: str
 

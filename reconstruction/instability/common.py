@@ -57,6 +57,11 @@ class Subject(Protocol):
     fixed_size: bool
     fixed_size_reason: str | None
 
+    @property
+    def gradient_route(self) -> Literal["exact", "straight-through surrogate", "gradient-free"]:
+        """Where the search's gradient comes from (``LoadedModel.gradient_route``)."""
+        ...
+
     def reconstructor(
         self, op: LinearOperator | None = None, *, differentiable: bool = True
     ) -> Callable[[Tensor], Tensor]: ...
@@ -257,6 +262,10 @@ class BaselineSubject:
     def name(self) -> str:
         return f"{self.config.method} baseline"
 
+    @property
+    def gradient_route(self) -> Literal["exact", "straight-through surrogate", "gradient-free"]:
+        return "exact"
+
     def reconstructor(
         self, op: LinearOperator | None = None, *, differentiable: bool = True
     ) -> Callable[[Tensor], Tensor]:
@@ -268,6 +277,7 @@ class BaselineSubject:
             "format": "baseline",
             "sha256": None,
             "gradient_access": self.gradient_access,
+            "gradient_route": self.gradient_route,
             "modality": self.manifest.modality,
             "operator": type(self.operator).__name__,
             "baseline": self.config.model_dump(),

@@ -46,9 +46,20 @@ from reconstruction.models.torch_model import (
 )
 from reconstruction.operators import LinearOperator
 
-__all__ = ["PLAUSIBLE_FACTOR", "LoadedModel", "from_module", "load", "probe_image"]
+__all__ = [
+    "PLAUSIBLE_FACTOR",
+    "GradientRoute",
+    "LoadedModel",
+    "from_module",
+    "load",
+    "probe_image",
+]
 
 GradientAccess = Literal["white-box", "black-box"]
+#: how the search gets its gradient: the network's own (``exact``), a differentiable stand-in
+#: that the real network's forward passes are judged by (``straight-through surrogate``: a
+#: quantized network's), or none (``gradient-free``: forward queries only)
+GradientRoute = Literal["exact", "straight-through surrogate", "gradient-free"]
 #: an output whose largest magnitude exceeds this many times the intensity range's largest
 #: magnitude is implausible (a network that does not take the manifest's scaling)
 PLAUSIBLE_FACTOR = 4.0
@@ -86,6 +97,15 @@ class LoadedModel:
     validation: dict[str, Any] = field(default_factory=dict)
     forward_backend: Literal["torch", "onnxruntime"] = "torch"
     notes: list[str] = field(default_factory=list)
+    #: where the search's gradient comes from (see :data:`GradientRoute`); ``None``: from
+    #: ``gradient_access`` (``exact`` when white-box, else ``gradient-free``)
+    route: GradientRoute | None = None
+
+    @property
+    def gradient_route(self) -> GradientRoute:
+        if self.route is not None:
+            return self.route
+        return "exact" if self.gradient_access == "white-box" else "gradient-free"
 
     def reconstructor(
         self, op: LinearOperator | None = None, *, differentiable: bool = True
@@ -125,6 +145,7 @@ class LoadedModel:
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "gradient_access": self.gradient_access,
+            "gradient_route": self.gradient_route,
             "modality": self.manifest.modality,
             "operator": type(self.operator).__name__,
             "manifest_sha256": self.manifest_sha256,
