@@ -18,9 +18,21 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.errors import AppError
 from app.orm import Audit, AuditEvent, AuditResult
+from app.storage import Store
 
-__all__ = ["GENESIS", "Anchor", "ChainReport", "Head", "chain_head", "record", "verify_chain"]
+__all__ = [
+    "GENESIS",
+    "TERMINAL",
+    "Anchor",
+    "ChainReport",
+    "Head",
+    "chain_head",
+    "record",
+    "results_digest",
+    "verify_chain",
+]
 
 GENESIS = "0" * 64
 
@@ -104,33 +116,99 @@ class ChainReport:
     anchors: int = 0
 
 
-def _verdicts_problem(session: Session) -> str | None:
-    """Every finished audit's verdicts and results are those its ``audit.succeeded`` event
-    recorded (an audit row changed behind the service's back, its trigger dropped, shows)."""
-    logged = {
-        event.subject.removeprefix("audit:"): event.details
-        for event in session.scalars(
-            select(AuditEvent).where(AuditEvent.action == "audit.succeeded")
+def results_digest(results: Any) -> str:
+    """SHA-256 of a results document's content (canonical JSON: sorted keys, no spaces), so
+    the JSON the service serves can be checked against the hash its event recorded, however
+    the database stored it."""
+    canonical = json.dumps(results, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: the events that end an audit, and the status each leaves it in
+TERMINAL = {
+    "audit.succeeded": "succeeded",
+    "audit.failed": "failed",
+    "audit.cancelled": "cancelled",
+}
+
+
+def _recorded_content(details: dict[str, Any], store: Store | None) -> str | None:
+    """The content hash of the results an ``audit.succeeded`` recorded: in the event (since it
+    records it), else from the stored ``results.json`` its file hash names (older events)."""
+    if "results_content_sha256" in details:
+        return str(details["results_content_sha256"])
+    if store is None or "results_sha256" not in details:
+        return None
+    try:
+        return results_digest(
+            json.loads(store.verified(str(details["results_sha256"])).read_text())
         )
-    }
-    for audit in session.scalars(select(Audit).where(Audit.status == "succeeded")):
-        details = logged.get(audit.id)
-        if details is None:
-            if audit.verdicts is None:
-                continue
-            return f"audit {audit.id} has verdicts but the log has no audit.succeeded event"
-        if details.get("verdicts") != audit.verdicts:
-            return f"audit {audit.id}: its verdicts differ from those its audit.succeeded recorded"
-        result = session.get(AuditResult, audit.id)
-        if result is not None and result.results_sha256 != details.get("results_sha256"):
-            return f"audit {audit.id}: its results differ from those its audit.succeeded recorded"
+    except (AppError, OSError, ValueError):
+        return "unreadable"
+
+
+def _succeeded_problem(
+    session: Session, audit: Audit, details: dict[str, Any], store: Store | None
+) -> str | None:
+    if details.get("verdicts") != audit.verdicts:
+        return f"audit {audit.id}: its verdicts differ from those its audit.succeeded recorded"
+    result = session.get(AuditResult, audit.id)
+    if result is None:
+        return f"audit {audit.id} succeeded in the log but its results were deleted"
+    if result.results_sha256 != details.get("results_sha256"):
+        return f"audit {audit.id}: its results differ from those its audit.succeeded recorded"
+    recorded = _recorded_content(details, store)
+    if recorded is not None and results_digest(result.results) != recorded:
+        return (
+            f"audit {audit.id}: the results it serves differ from those its audit.succeeded "
+            "recorded (their content was edited)"
+        )
     return None
 
 
-def verify_chain(session: Session, anchors: Iterable[Anchor] = ()) -> ChainReport:
+def _record_problem(session: Session, store: Store | None) -> str | None:
+    """Every audit the log created still has its row; every finished audit has the status its
+    last terminal event gave it; a succeeded one the verdicts and results (their content, as
+    served) its ``audit.succeeded`` recorded; no audit has verdicts without that event (rows
+    changed, deleted or made up behind the service's back, their triggers dropped, show)."""
+    created: set[str] = set()
+    terminal: dict[str, tuple[str, dict[str, Any]]] = {}
+    query = select(AuditEvent).where(AuditEvent.action.in_(["audit.created", *TERMINAL]))
+    for event in session.scalars(query.order_by(AuditEvent.id)):
+        audit_id = event.subject.removeprefix("audit:")
+        if event.action == "audit.created":
+            created.add(audit_id)
+        else:
+            terminal[audit_id] = (event.action, event.details)
+    for audit_id in sorted(created | set(terminal)):
+        audit = session.get(Audit, audit_id)
+        if audit is None:
+            return f"audit {audit_id} is in the log but its row was deleted"
+        if audit_id not in terminal:
+            continue
+        action, details = terminal[audit_id]
+        if audit.status != TERMINAL[action]:
+            return (
+                f"audit {audit_id} is {audit.status} but the log recorded it "
+                f"{TERMINAL[action]} ({action})"
+            )
+        if action == "audit.succeeded" and (
+            problem := _succeeded_problem(session, audit, details, store)
+        ):
+            return problem
+    for audit in session.scalars(select(Audit).where(Audit.verdicts.is_not(None))):
+        if terminal.get(audit.id, ("",))[0] != "audit.succeeded":
+            return f"audit {audit.id} has verdicts but the log has no audit.succeeded event"
+    return None
+
+
+def verify_chain(
+    session: Session, anchors: Iterable[Anchor] = (), store: Store | None = None
+) -> ChainReport:
     """Check each event's hash and link, then the chain against ``anchors`` (the event at each
     anchor's position must be the anchored head: a recomputed chain fails, and so does one
-    shorter than an anchor), then the finished audits against their events."""
+    shorter than an anchor), then the audits against their events (:func:`_record_problem`;
+    ``store``: where older events' results files are, to check the results' content)."""
     previous = GENESIS
     hashes: list[str] = []
     for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id)):
@@ -164,5 +242,5 @@ def verify_chain(session: Session, anchors: Iterable[Anchor] = ()) -> ChainRepor
                 "the chain was rewritten",
                 checked,
             )
-    problem = _verdicts_problem(session)
+    problem = _record_problem(session, store)
     return ChainReport(count, problem is None, problem, checked)

@@ -141,9 +141,10 @@ def verify_events() -> ChainReport:
     ensure_database()
     settings = get_settings()
     with session_factory()() as session:
+        store = Store(settings.store_dir)
         anchors = checkpoints.read_all(settings)
-        anchors += checkpoints.certificate_anchors(session, Store(settings.store_dir))
-        return verify_chain(session, anchors)
+        anchors += checkpoints.certificate_anchors(session, store)
+        return verify_chain(session, anchors, store)
 
 
 def run_signer() -> None:

@@ -377,7 +377,9 @@ def _certify(
 def _finish(
     audit_id: str, results: dict[str, Any], files: dict[str, str], signed: SignedReport
 ) -> None:
-    """Store the results once and mark the audit succeeded."""
+    """Store the results once and mark the audit succeeded; then anchor the log's head, its
+    ``audit.succeeded`` included, in a signed checkpoint (the certificate, signed before it,
+    carries the head before it), so the newest audit is anchored outside the database too."""
     with session_factory()() as session:
         audit = session.get(Audit, audit_id, with_for_update=True)
         if audit is None or audit.status == "cancelled":
@@ -397,9 +399,15 @@ def _finish(
             ACTOR,
             "audit.succeeded",
             f"audit:{audit_id}",
-            {"verdicts": results["verdicts"], "results_sha256": files["results.json"]},
+            {
+                "verdicts": results["verdicts"],
+                "results_sha256": files["results.json"],
+                "results_content_sha256": events.results_digest(results),
+            },
         )
         session.commit()
+        head = events.chain_head(session)
+    checkpoints.write(get_settings(), head, f"audit.succeeded audit:{audit_id}")
 
 
 _LOST_MESSAGES = leases.LostMessages()

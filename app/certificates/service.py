@@ -8,11 +8,13 @@ Issuing, approving and verifying are recorded in the audit log (``certificate.si
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -218,11 +220,24 @@ def _database_check(session: Session, verification: Verification) -> None:
             f"this file is not a version of certificate {audit_id} that the service stored",
         )
     embedded = verification.attachments.get("results.json")
-    check["results_match"] = embedded == result.results_sha256
+    check["results_match"] = embedded == result.results_sha256 and _same_content(
+        verification.files.get("results.json"), result.results
+    )
     if not check["results_match"]:
         verification.downgrade(
             "invalid", "the attached results.json is not the results the service stored"
         )
+
+
+def _same_content(attached: bytes | None, stored: Any) -> bool:
+    """The certificate's signed results.json holds the results the service serves (their
+    content, not a stored hash of it: an edited results row shows)."""
+    if attached is None:
+        return False
+    try:
+        return events.results_digest(json.loads(attached)) == events.results_digest(stored)
+    except ValueError:
+        return False
 
 
 def verify_upload(session: Session, settings: Settings, user: User, data: bytes) -> Verification:

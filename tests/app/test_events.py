@@ -6,6 +6,7 @@ against a signed checkpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,99 @@ def test_each_tamper_is_caught_against_a_signed_checkpoint_on_postgres(
     report = verify_chain(db, checkpoints.read_all(settings))
     assert not report.valid
     assert expected in str(report.problem)
+
+
+def _drop_triggers(db: Session) -> None:
+    """As an attacker with write access to the database: the finished audits' and results'
+    triggers off."""
+    db.execute(text("ALTER TABLE audits DISABLE TRIGGER audits_finished_immutable"))
+    db.execute(text("ALTER TABLE audit_results DISABLE TRIGGER audit_results_append_only"))
+
+
+def _with_content(db: Session) -> Audit:
+    """A finished audit whose results have content, recorded as the worker records it now."""
+    audit = _succeeded(db)
+    results = {"verdicts": audit.verdicts, "tests": {"perturbation": {"worst": 0.25}}}
+    db.execute(
+        text("ALTER TABLE audit_results DISABLE TRIGGER audit_results_append_only")
+    )  # the helper stored {} first
+    db.get_one(AuditResult, audit.id).results = results
+    db.flush()
+    db.execute(text("ALTER TABLE audit_results ENABLE TRIGGER audit_results_append_only"))
+    events.record(
+        db,
+        "worker",
+        "audit.succeeded",
+        f"audit:{audit.id}",
+        {
+            "verdicts": audit.verdicts,
+            "results_sha256": "d" * 64,
+            "results_content_sha256": events.results_digest(results),
+        },
+    )
+    db.flush()
+    return audit
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (
+            """UPDATE audit_results SET results = jsonb_set(results::jsonb,
+               '{tests,perturbation,worst}', '0.01')::json WHERE audit_id = :id""",
+            "the results it serves differ from those its audit.succeeded recorded",
+        ),
+        ("UPDATE audits SET status = 'failed' WHERE id = :id", "is failed but the log recorded"),
+        ("DELETE FROM audit_results WHERE audit_id = :id", "its results were deleted"),
+    ],
+    ids=["results-content", "status", "results-row"],
+)
+def test_a_finished_audits_record_changed_behind_the_service_is_caught(
+    db: Session, tamper: str, expected: str
+) -> None:
+    audit = _with_content(db)
+    assert verify_chain(db).valid, verify_chain(db).problem
+    _drop_triggers(db)
+    db.execute(text(tamper), {"id": audit.id})
+    db.expire_all()
+    report = verify_chain(db)
+    assert not report.valid
+    assert expected in str(report.problem)
+
+
+def test_a_deleted_audit_is_caught(db: Session) -> None:
+    audit_id = _with_content(db).id
+    _drop_triggers(db)
+    db.execute(text("DELETE FROM audit_results WHERE audit_id = :id"), {"id": audit_id})
+    db.execute(text("DELETE FROM audits WHERE id = :id"), {"id": audit_id})
+    db.expire_all()
+    report = verify_chain(db)
+    assert report.problem == f"audit {audit_id} is in the log but its row was deleted"
+
+
+def test_older_events_are_checked_against_the_stored_results_file(
+    db: Session, tmp_path: Path
+) -> None:
+    """An ``audit.succeeded`` recorded before it carried the content hash: the content is
+    checked against the results.json the store keeps under the hash the event recorded."""
+    from app.storage import Store
+
+    store = Store(tmp_path / "store")
+    results = {"verdicts": {"perturbation": "unstable"}, "n": 1}
+    folder = store.workdir("r-")
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    sha = store.add(folder / "results.json")
+    audit = _succeeded(db)
+    _drop_triggers(db)
+    stored = db.get_one(AuditResult, audit.id)
+    stored.results, stored.results_sha256 = results, sha
+    db.execute(text("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only"))
+    event = db.scalars(select(AuditEvent).where(AuditEvent.action == "audit.succeeded")).one()
+    event.details = {"verdicts": audit.verdicts, "results_sha256": sha}
+    db.flush()
+    _rewrite_from(db, event.id)
+    assert verify_chain(db, store=store).valid, verify_chain(db, store=store).problem
+    stored.results = {**results, "n": 2}
+    db.flush()
+    report = verify_chain(db, store=store)
+    assert "the results it serves differ" in str(report.problem)

@@ -222,11 +222,14 @@ def test_upload_audit_and_download(service: Service) -> None:
     assert verified["database"]["audit_id"] == audit_id
     assert [s["meaning"] for s in verified["signatures"]] == ["issued"]
     # the signed certificate carries the audit log's head at issue, and a checkpoint was written
+    # then, and another at the finish, its certificate.signed and audit.succeeded included
     head = verified["certificate"]["event_chain"]
     assert head["events"] >= 4
     assert len(head["head"]) == 64
     checkpoints = sorted((Path(service.env["RECON_AUDIT_DATA_DIR"]) / "checkpoints").glob("*.json"))
-    assert [json.loads(c.read_text())["head"] for c in checkpoints] == [head["head"]]
+    anchored = [json.loads(c.read_text()) for c in checkpoints]
+    assert [a["head"] for a in anchored][:1] == [head["head"]]
+    assert [a["events"] for a in anchored] == [head["events"], head["events"] + 2]
     figure = httpx.get(
         f"{service.url}/api/v1/audits/{audit_id}/figures/perturbation_image_curves.png",
         headers=headers,
@@ -234,7 +237,7 @@ def test_upload_audit_and_download(service: Service) -> None:
     assert figure.headers["content-type"] == "image/png"
     chain = json.loads(service.cli("admin", "verify-events"))
     assert chain["valid"] is True
-    assert chain["anchors"] == 2  # the checkpoint and the certificate
+    assert chain["anchors"] == 3  # the two checkpoints and the certificate
 
 
 def test_a_running_audit_is_cancelled(service: Service) -> None:

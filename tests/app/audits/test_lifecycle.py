@@ -4,17 +4,21 @@ counts an attempt nor starts the audit again. A shard's run stops once its audit
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from app import checkpoints, events
 from app.audits import lifecycle
+from app.certificates.service import SignedReport
 from app.db import get_engine, session_factory
 from app.orm import Audit, AuditEvent, AuditShard
 from app.settings import get_settings
-from tests.app.conftest import audit_row
+from tests.app.conftest import audit_row, running_signer
 
 
 @pytest.fixture
@@ -92,3 +96,51 @@ def test_a_shards_run_stops_once_its_audit_ended() -> None:
         lifecycle._Progress(audit_id, "perturbation", 1)(
             {"stage": "perturbation", "done": 2, "total": 4}
         )
+
+
+@pytest.mark.usefixtures("embedded")
+def test_a_finish_is_anchored_at_once_so_the_newest_audit_cannot_be_rewritten(
+    tmp_path: Path,
+) -> None:
+    """The worker's last step writes a signed checkpoint whose head holds the audit's own
+    ``audit.succeeded``: rewriting that audit's verdicts with the chain recomputed (triggers
+    dropped) is caught, although no other event came after it."""
+    settings = get_settings()
+    with session_factory()() as session:
+        audit_id = audit_row(session, status="running", attempts=1).id
+    results = {"verdicts": {"perturbation": "unstable"}, "tests": {}}
+    signed = SignedReport("5" * 64, "CN=recon-audit service", "signer process")
+    with running_signer(tmp_path / "signer.log"):
+        lifecycle._finish(audit_id, results, {"results.json": "4" * 64}, signed)
+    with session_factory()() as session:
+        head = events.chain_head(session)
+        anchors = checkpoints.read_all(settings)
+        last = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
+        assert last is not None
+        assert last.action == "audit.succeeded"
+        assert [a.head for a in anchors] == [head]  # anchored with its audit.succeeded
+        assert events.verify_chain(session, anchors).valid
+    connection = sqlite3.connect(settings.data_dir / "recon-audit.db")
+    for (trigger,) in connection.execute("SELECT name FROM sqlite_master WHERE type='trigger'"):
+        connection.execute(f"DROP TRIGGER {trigger}")
+    forged = {"perturbation": "stable"}
+    connection.execute(
+        "UPDATE audits SET verdicts = ? WHERE id = ?", (json.dumps(forged), audit_id)
+    )
+    connection.execute(
+        "UPDATE audit_results SET results = ? WHERE audit_id = ?",
+        (json.dumps({**results, "verdicts": forged}), audit_id),
+    )
+    connection.commit()
+    connection.close()
+    with session_factory()() as session:
+        event = session.get_one(AuditEvent, last.id)
+        details = dict(event.details)
+        details["verdicts"] = forged
+        details["results_content_sha256"] = events.results_digest({**results, "verdicts": forged})
+        event.details = details
+        event.hash = events._digest(event)  # the last event: nothing after it to recompute
+        session.commit()
+        report = events.verify_chain(session, checkpoints.read_all(settings))
+    assert not report.valid
+    assert "the chain was rewritten" in str(report.problem)

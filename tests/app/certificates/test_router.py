@@ -218,6 +218,28 @@ def test_verify_checks_the_signatures_and_the_database(
     assert verify_chain(db).valid
 
 
+def test_verify_compares_the_signed_results_with_the_content_served(
+    client: TestClient, db: Session, tokens: dict[str, str], stored: Stored
+) -> None:
+    """The stored results edited behind the service (their trigger dropped, their hash column
+    left alone): the genuine certificate no longer matches what the service serves."""
+    _audit(db, stored)  # verified valid as stored: test_verify_checks_the_signatures_...
+    db.execute(text("ALTER TABLE audit_results DISABLE TRIGGER audit_results_append_only"))
+    db.execute(
+        text(
+            "UPDATE audit_results SET results = jsonb_set(results::jsonb, '{verdicts}', "
+            """'{"perturbation": "stable"}')::json WHERE audit_id = :id"""
+        ),
+        {"id": AUDIT_ID},
+    )
+    db.commit()  # as the attacker's own transaction would (a request's rollback keeps it)
+    db.expire_all()
+    report = _verify(client, tokens["bob"], stored.pdf)
+    assert report["status"] == "invalid"
+    assert report["database"]["results_match"] is False  # type: ignore[index]
+    assert "not the results the service stored" in str(report["reason"])
+
+
 _OPENED: list[list[str]] = []
 """While a list is in it, every file this process opens is appended to the last one."""
 
