@@ -33,12 +33,14 @@ from reconstruction.models.onnx_model import (
     convert_to_torch,
     read_onnx,
 )
+from reconstruction.models.quantized import reduced_precision
 from reconstruction.models.signature import (
     check_export,
     check_onnx,
     check_torchscript,
     expected_inputs,
 )
+from reconstruction.models.surrogate import SURROGATE_TOLERANCE, build_surrogate, check_overflow
 from reconstruction.models.torch_model import (
     NumberArguments,
     load_torch_export,
@@ -100,6 +102,9 @@ class LoadedModel:
     #: where the search's gradient comes from (see :data:`GradientRoute`); ``None``: from
     #: ``gradient_access`` (``exact`` when white-box, else ``gradient-free``)
     route: GradientRoute | None = None
+    #: the reduced-precision forms of an ONNX graph (``QDQ``, ``QOperator``, ``dynamic``,
+    #: ``float16``); empty for float32
+    precision: list[str] = field(default_factory=list)
 
     @property
     def gradient_route(self) -> GradientRoute:
@@ -113,7 +118,8 @@ class LoadedModel:
         """``f(y)`` for ``op`` (default: the manifest's operator).
 
         ``differentiable=False`` picks the faster forward backend (onnxruntime or torch, as
-        measured at load); ``True`` needs white-box access."""
+        measured at load; onnxruntime for a straight-through surrogate, whose forward pass is
+        onnxruntime's); ``True`` needs white-box access."""
         if differentiable and self.gradient_access != "white-box":
             raise ModelError(f"{self.name} is black-box (no gradient route): only forward passes")
         network: Network
@@ -146,6 +152,7 @@ class LoadedModel:
             "size_bytes": self.size_bytes,
             "gradient_access": self.gradient_access,
             "gradient_route": self.gradient_route,
+            "precision": ", ".join(self.precision) if self.precision else "float32",
             "modality": self.manifest.modality,
             "operator": type(self.operator).__name__,
             "manifest_sha256": self.manifest_sha256,
@@ -295,6 +302,8 @@ class _Intake:
     parity: dict[str, Any] | None = None
     max_batch: int | None = None
     notes: list[str] = field(default_factory=list)
+    route: GradientRoute | None = None
+    precision: list[str] = field(default_factory=list)
 
 
 Probed = tuple[Tensor, Tensor, list[Tensor]]
@@ -327,14 +336,18 @@ def _finish(intake: _Intake, device: str, probed: Probed) -> LoadedModel:
     rec = Reconstructor(network, op, manifest, max_batch=max_batch)
     validation = _validate(rec, y, truth, manifest)
     gradient_access: GradientAccess = "black-box"
+    route = intake.route
     if module is not None:
         problem = _gradient_reaches_input(rec, y)
         if problem is None:
             gradient_access = "white-box"
         else:
             notes.append(f"black-box: {problem}")
+            route = None
     backend: Literal["torch", "onnxruntime"] = "torch" if module is not None else "onnxruntime"
-    if ort is not None and module is not None:
+    if route == "straight-through surrogate":
+        backend = "onnxruntime"  # the surrogate's forward pass is onnxruntime's
+    elif ort is not None and module is not None:
         x = rec.network_input(y)
         timings = {
             name: _median_seconds(Reconstructor(net, op, manifest).run_network, x)
@@ -371,12 +384,66 @@ def _finish(intake: _Intake, device: str, probed: Probed) -> LoadedModel:
         validation=validation,
         forward_backend=backend,
         notes=notes,
+        route=route if gradient_access == "white-box" else None,
+        precision=intake.precision,
     )
 
 
 def _manifest_parts(manifest: Manifest, base_dir: Path) -> tuple[np.ndarray | None, LinearOperator]:
     mask = None if manifest.modality == "ct" else sampling_mask(manifest, base_dir)
     return mask, build_operator(manifest, base_dir, mask=mask)
+
+
+def _take_float(
+    intake: _Intake, proto: Any, arguments: list[list[Tensor]], parity_tolerance: float
+) -> None:
+    """A float32 graph: its torch conversion, when one matches onnxruntime (exact gradients)."""
+    assert intake.ort is not None
+    conversion = convert_to_torch(proto, intake.ort, arguments, tol=parity_tolerance)
+    intake.module = conversion.module
+    intake.parity = {
+        "route": conversion.route,
+        "max_relative_difference": conversion.max_relative_difference,
+        "tolerance": parity_tolerance,
+        "probes": f"validation image and a {PROBE_PERTURBATION:g} relative perturbation",
+        "attempts": conversion.attempts,
+    }
+    if conversion.module is None:
+        intake.notes.append("no torch conversion matched onnxruntime: black-box, forward only")
+
+
+def _take_reduced(
+    intake: _Intake,
+    proto: Any,
+    arguments: list[list[Tensor]],
+    parity_tolerance: float,
+    surrogate_tolerance: float,
+) -> None:
+    """A quantized or float16 graph: exact autograd through its rounding is zero almost
+    everywhere, so its gradient route is the straight-through surrogate, or none."""
+    assert intake.ort is not None
+    forms = ", ".join(intake.precision)
+    if "float16" in intake.precision:
+        check_overflow(proto, intake.ort, arguments[0])
+    surrogate = build_surrogate(
+        proto, intake.ort, arguments, tol=surrogate_tolerance, conversion_tol=parity_tolerance
+    )
+    intake.parity = {
+        **surrogate.parity(surrogate_tolerance, parity_tolerance),
+        "probes": f"validation image and a {PROBE_PERTURBATION:g} relative perturbation",
+    }
+    if surrogate.module is None:
+        intake.notes.append(
+            f"{forms} network without a straight-through surrogate ({surrogate.problem}): "
+            "black-box, forward only"
+        )
+        return
+    intake.module, intake.route = surrogate.module, "straight-through surrogate"
+    intake.notes.append(
+        f"{forms} network: forward passes are onnxruntime's; gradients are those of its "
+        "float32 shadow (straight-through surrogate), within "
+        f"{surrogate.max_relative_difference:.3g} of it on the validation probes"
+    )
 
 
 def load(
@@ -386,11 +453,14 @@ def load(
     device: str = "cpu",
     max_bytes: int = MAX_MODEL_BYTES,
     parity_tolerance: float = PARITY_TOLERANCE,
+    surrogate_tolerance: float = SURROGATE_TOLERANCE,
 ) -> LoadedModel:
     """Load a network (ONNX, torch.export ``.pt2``, TorchScript) with its manifest, adapt it to
-    ``f(y)`` and validate it on a real input. :class:`ModelError` (or its subclass
-    ``ManifestError``) on any problem, with a message naming the manifest field when one is at
-    fault."""
+    ``f(y)`` and validate it on a real input. A quantized or float16 ONNX graph gets a
+    straight-through surrogate (:mod:`reconstruction.models.surrogate`) when its float shadow
+    is within ``surrogate_tolerance`` of it; ``parity_tolerance`` bounds every conversion.
+    :class:`ModelError` (or its subclass ``ManifestError``) on any problem, with a message
+    naming the manifest field when one is at fault."""
     model_path, manifest_path = Path(model_path), Path(manifest_path)
     if not model_path.is_file():
         raise ModelError(f"model file {model_path} not found")
@@ -421,19 +491,13 @@ def load(
         if isinstance(ort.input_shape[0], int):
             intake.max_batch = ort.input_shape[0]
             probes = [p.expand(intake.max_batch, *p.shape[1:]) for p in probes]
-        conversion = convert_to_torch(
-            proto, ort, [shaper.network_arguments(p) for p in probes], tol=parity_tolerance
-        )
-        intake.ort, intake.module = ort, conversion.module
-        intake.parity = {
-            "route": conversion.route,
-            "max_relative_difference": conversion.max_relative_difference,
-            "tolerance": parity_tolerance,
-            "probes": f"validation image and a {PROBE_PERTURBATION:g} relative perturbation",
-            "attempts": conversion.attempts,
-        }
-        if conversion.module is None:
-            intake.notes.append("no torch conversion matched onnxruntime: black-box, forward only")
+        arguments = [shaper.network_arguments(p) for p in probes]
+        intake.ort = ort
+        intake.precision = reduced_precision(proto)
+        if intake.precision:
+            _take_reduced(intake, proto, arguments, parity_tolerance, surrogate_tolerance)
+        else:
+            _take_float(intake, proto, arguments, parity_tolerance)
     else:
         shaper = Reconstructor(lambda *a: a[0], op, manifest)
         expected = expected_inputs(manifest, shaper.network_arguments(probed[2][0]))

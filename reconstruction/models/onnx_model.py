@@ -26,6 +26,11 @@ from onnx import ModelProto, TensorProto
 from torch import Tensor
 
 from reconstruction.models.formats import ModelError
+from reconstruction.models.quantized import (
+    CONTRIB_DOMAIN,
+    QUANTIZATION_CONTRIB_OPS,
+    check_scales,
+)
 
 __all__ = [
     "ALLOWED_DOMAINS",
@@ -37,9 +42,11 @@ __all__ = [
     "OrtNetwork",
     "convert_to_torch",
     "read_onnx",
+    "relative_difference",
 ]
 
-#: operator domains an uploaded graph may use (the default ONNX domain only: no custom ops)
+#: the default ONNX operator domain (nodes may also use onnxruntime's built-in quantized
+#: operators, :data:`~reconstruction.models.quantized.QUANTIZATION_CONTRIB_OPS`; no custom ops)
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx"})
 #: default-domain opsets accepted (onnxruntime 1.2x runs these; the converters need >= 13)
 OPSET_RANGE = (13, 22)
@@ -61,27 +68,42 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 
 def _check_domains(model: ModelProto) -> None:
-    for opset in model.opset_import:
-        if opset.domain not in ALLOWED_DOMAINS:
+    """Judge a graph by the operators its nodes use, not by the domains it imports.
+
+    Quantization tools list domains no node uses (onnxruntime's pre-processing imports nine:
+    ``ai.onnx.ml``, ``com.microsoft``, ``ai.onnx.training``, ...); those imports are ignored.
+    Every node must be a default-domain operator or one of onnxruntime's built-in quantized
+    operators (:data:`~reconstruction.models.quantized.QUANTIZATION_CONTRIB_OPS`); the
+    default domain's opset must lie in :data:`OPSET_RANGE`."""
+    default = [o.version for o in model.opset_import if o.domain in ALLOWED_DOMAINS]
+    if not default:
+        raise ModelError("the ONNX model imports no default-domain opset")
+    for version in default:
+        if not OPSET_RANGE[0] <= version <= OPSET_RANGE[1]:
             raise ModelError(
-                f"the ONNX model imports operator domain {opset.domain!r}: custom operators "
-                "are not accepted (only the default ONNX domain)"
-            )
-        if not OPSET_RANGE[0] <= opset.version <= OPSET_RANGE[1]:
-            raise ModelError(
-                f"ONNX opset {opset.version} is not supported (accepted: "
+                f"ONNX opset {version} is not supported (accepted: "
                 f"{OPSET_RANGE[0]} to {OPSET_RANGE[1]})"
             )
     if model.functions:
         raise ModelError("ONNX model-local functions are not accepted; inline them on export")
     for graph in _graphs(model.graph):
         for node in graph.node:
-            if node.domain not in ALLOWED_DOMAINS:
+            if node.domain in ALLOWED_DOMAINS:
+                continue
+            name = node.name or node.op_type
+            if node.domain == CONTRIB_DOMAIN:
+                if node.op_type in QUANTIZATION_CONTRIB_OPS:
+                    continue
                 raise ModelError(
-                    f"node {node.name or node.op_type!r} uses the custom operator "
-                    f"{node.domain}::{node.op_type}; only default-domain ONNX operators are "
-                    "accepted"
+                    f"node {name!r} uses {node.domain}::{node.op_type}, which is not one of the "
+                    "built-in quantized operators accepted (com.microsoft::"
+                    f"{', '.join(sorted(QUANTIZATION_CONTRIB_OPS))})"
                 )
+            raise ModelError(
+                f"node {name!r} uses the custom operator {node.domain}::{node.op_type} (domain "
+                f"{node.domain!r}): custom operators are not accepted, only default-domain ONNX "
+                "operators and onnxruntime's built-in quantized ones"
+            )
 
 
 def _external_files(model: ModelProto) -> set[str]:
@@ -143,6 +165,7 @@ def read_onnx(path: Path, workdir: Path, *, max_bytes: int = MAX_MODEL_BYTES) ->
         loaded = onnx.load(str(private))
     except Exception as exc:
         raise ModelError(f"{path.name} fails the ONNX checker: {exc}") from exc
+    check_scales(loaded)
     return loaded
 
 
@@ -244,7 +267,8 @@ ROUTES: tuple[tuple[str, Callable[[ModelProto], torch.nn.Module]], ...] = (
 )
 
 
-def _relative_difference(a: Tensor, b: Tensor) -> float:
+def relative_difference(a: Tensor, b: Tensor) -> float:
+    """``max |a - b|`` over ``max |b|`` (the reference's)."""
     scale = float(b.abs().max()) or 1.0
     return float((a - b).abs().max()) / scale
 
@@ -273,7 +297,7 @@ def convert_to_torch(
                         got = module(*probe)
                     if tuple(got.shape) != tuple(want.shape):
                         raise ValueError(f"output shape {list(got.shape)} != {list(want.shape)}")
-                    diffs.append(_relative_difference(got, want))
+                    diffs.append(relative_difference(got, want))
                 x = probes[0][0].clone().requires_grad_(True)
                 module(x, *probes[0][1:]).square().sum().backward()
                 if x.grad is None or not bool(torch.isfinite(x.grad).all()):
