@@ -4,11 +4,13 @@ a worker or the signer, create users, verify the audit log, run the offline CA."
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from app.db import get_engine, session_factory
@@ -59,12 +62,74 @@ def _unreachable(exc: OperationalError) -> DatabaseNotReady:
     return DatabaseNotReady(f"cannot reach the database {url}: {reason}")
 
 
+#: the databases the service runs on, by the URL's scheme
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+#: the PostgreSQL advisory lock migrations hold (one migration at a time per database)
+MIGRATION_LOCK = 7267002
+
+
+def _check_configuration() -> None:
+    """:class:`DatabaseNotReady`, in one line, for a data directory that is no folder or a
+    ``DATABASE_URL`` the service cannot use (empty, malformed, another database)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    settings = get_settings()
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise DatabaseNotReady(f"RECON_AUDIT_DATA_DIR {settings.data_dir} is not a folder")
+    url = settings.database_url
+    if url is None:
+        return
+    if not url.strip():
+        raise DatabaseNotReady(
+            "DATABASE_URL is set but empty: unset it for the embedded SQLite, or give "
+            "postgresql+psycopg://user@host:5432/database"
+        )
+    try:
+        scheme = make_url(url).drivername
+    except ArgumentError:
+        raise DatabaseNotReady(
+            "DATABASE_URL is not a database URL; give postgresql+psycopg://user@host:5432/database"
+        ) from None
+    if scheme == "postgres":
+        raise DatabaseNotReady(
+            "DATABASE_URL uses the scheme postgres://, which SQLAlchemy does not know; write "
+            "postgresql+psycopg:// instead"
+        )
+    if scheme not in SCHEMES:
+        raise DatabaseNotReady(
+            f"DATABASE_URL names a {scheme.split('+')[0]} database; the service runs on "
+            "PostgreSQL (postgresql+psycopg://...) or, with DATABASE_URL unset, the embedded "
+            "SQLite"
+        )
+
+
+@contextlib.contextmanager
+def _migration_lock() -> Iterator[None]:
+    """One migration at a time: on the embedded SQLite a lock file beside the database (held
+    by the kernel for its process), on PostgreSQL an advisory lock (taken in the migration's
+    transaction: :func:`upgrade_database`)."""
+    settings = get_settings()
+    if settings.database_url is not None:
+        yield
+        return
+    with open(settings.data_dir / "migrate.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
 def upgrade_database() -> None:
-    """Bring the database to the latest revision (creating it, for the embedded SQLite)."""
+    """Bring the database to the latest revision (creating it, for the embedded SQLite), one
+    process at a time: processes started together on a fresh data directory or an empty
+    database each find it migrated (the first migrates, the others wait and find nothing to
+    do)."""
+    _check_configuration()
     get_settings().data_dir.mkdir(parents=True, exist_ok=True)
     config = _alembic_config()
     try:
-        with get_engine().begin() as connection:
+        with _migration_lock(), get_engine().begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:
@@ -78,6 +143,7 @@ def ensure_database() -> None:
     if get_settings().database_url is None:
         upgrade_database()
         return
+    _check_configuration()
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     try:
         with get_engine().connect() as connection:
@@ -247,7 +313,7 @@ def serve(
         signal.signal(signum, _stop)
     worker = signer = None
     try:
-        upgrade_database()
+        ensure_database()
         if with_signer:
             signer = _start_signer()
         if with_worker:

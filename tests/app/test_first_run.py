@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +30,8 @@ def _invoke(*args: str) -> Result:
     try:
         return CliRunner().invoke(main, list(args))
     finally:
-        get_engine().dispose()
+        if get_engine.cache_info().currsize:  # the command made one (an unusable URL: none)
+            get_engine().dispose()
         get_settings.cache_clear()
         get_engine.cache_clear()
 
@@ -123,3 +126,85 @@ def test_an_unreachable_database_is_one_line(
     result = _invoke(*args)
     _refused_in_one_line(result, "cannot reach the database", "postgres:***@127.0.0.1:1/none")
     assert "secret" not in result.output
+
+
+@pytest.mark.parametrize("args", [("serve", "--port", "1"), ("migrate",), ("worker",)])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("", "DATABASE_URL is set but empty"),
+        ("postgres://postgres@127.0.0.1:5432/test", "write postgresql+psycopg://"),
+        ("mysql://root@127.0.0.1/test", "names a mysql database"),
+        ("not a url at all", "is not a database URL"),
+    ],
+    ids=["empty", "postgres-scheme", "mysql", "garbage"],
+)
+def test_an_unusable_database_url_is_one_line(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], url: str, expected: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    _refused_in_one_line(_invoke(*args), expected)
+    assert not (data_dir / "recon-audit.db").exists()
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(data_dir: Path) -> None:
+    data_dir.write_text("not a folder")
+    for args in (("migrate",), ("admin", "verify-events"), ("serve", "--port", "1")):
+        _refused_in_one_line(_invoke(*args), "RECON_AUDIT_DATA_DIR", "is not a folder")
+
+
+@pytest.mark.usefixtures("empty_postgres")
+def test_serve_refuses_an_empty_configured_database() -> None:
+    """As the README says: migrations on a configured database are the operator's step."""
+    result = _invoke("serve", "--no-worker", "--no-signer", "--port", "1")
+    _refused_in_one_line(result, "recon-audit migrate", "none (empty)")
+    assert _tables() == []
+
+
+def _together(
+    commands: list[list[str]], env: dict[str, str]
+) -> list[subprocess.CompletedProcess[str]]:
+    """``commands`` (``recon-audit`` arguments) started at the same moment, each to its end."""
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    done = []
+    for process, args in zip(started, commands, strict=True):
+        out, err = process.communicate(timeout=240)
+        done.append(subprocess.CompletedProcess(args, process.returncode, out, err))
+    return done
+
+
+def test_commands_started_together_on_a_fresh_data_dir_all_come_up(data_dir: Path) -> None:
+    """Migrations run one at a time (a lock file beside the database): ``migrate``, ``admin``
+    commands and the worker's start started at the same moment each find the database at the
+    latest revision (before: "table audit_events already exists", exit 2)."""
+    env = {**os.environ}
+    commands = [
+        ["migrate"],
+        ["admin", "create-user", "alice", "--role", "admin"],
+        ["admin", "verify-events"],
+        ["migrate"],
+        ["admin", "create-user", "bob", "--role", "submitter"],
+    ]
+    for result in _together(commands, env):
+        assert result.returncode == 0, (result.args, result.stderr[-2000:])
+    with sqlite3.connect(data_dir / "recon-audit.db") as connection:
+        names = sorted(r[0] for r in connection.execute("SELECT name FROM users"))
+    assert names == ["alice", "bob"]
+
+
+@pytest.mark.usefixtures("empty_postgres")
+def test_migrations_started_together_on_an_empty_postgresql_all_succeed() -> None:
+    """Concurrent ``migrate`` on one empty PostgreSQL: an advisory lock serialises them."""
+    results = _together([["migrate"]] * 3, {**os.environ})
+    for result in results:
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert "audit_events" in _tables()
