@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconstruction.protocols import (
     Local,
+    Masking,
     PerturbationThresholds,
     Pnas,
     SamplingThresholds,
@@ -30,14 +31,19 @@ __all__ = [
     "DetailScore",
     "EpsRow",
     "Finding",
+    "GradientMasking",
+    "GradientRoute",
     "Interval",
     "LadderRow",
     "LocalRecord",
+    "MaskingCost",
+    "MaskingRow",
     "Outcome",
     "Perturbation",
     "RoleRecord",
     "Sampling",
     "SearchRecord",
+    "SearchStrength",
     "Skipped",
     "Structural",
     "ThreatBlock",
@@ -46,6 +52,8 @@ __all__ = [
 
 ThreatModel = Literal["image", "measurement"]
 Judged = Literal["stable", "unstable", "inconclusive"]
+#: where the search's gradient comes from (``reconstruction.models.LoadedModel.gradient_route``)
+GradientRoute = Literal["exact", "straight-through surrogate", "gradient-free"]
 
 
 class Record(BaseModel):
@@ -148,12 +156,28 @@ class LocalRecord(Damage):
     search: SearchRecord
 
 
+class MaskingRow(Record):
+    """The network's side of the gradient-masking checks at one eps
+    (:mod:`reconstruction.instability.masking`): per image the largest value of the search's
+    objective over the random directions at the radius; and, where the network has a gradient,
+    at a random point at half the radius, the objective, and per direction (the radial one
+    first, then the random ones) the gradient's directional derivative and the central finite
+    difference (in units of the radius)."""
+
+    random_best: list[float]
+    point_value: list[float] | None = None
+    gradient_slope: list[list[float]] | None = None
+    difference_slope: list[list[float]] | None = None
+
+
 class EpsRow(Record):
     eps: float
     network: RoleRecord
     baseline: RoleRecord
     local_network: LocalRecord | None = None
     local_baseline: LocalRecord | None = None
+    #: absent from documents written before the masking checks
+    masking: MaskingRow | None = None
 
     def role(self, role: str) -> RoleRecord:
         record: RoleRecord = getattr(self, role)
@@ -173,12 +197,21 @@ class Amplification(Record):
     method: str | None = None
 
 
+class MaskingCost(Record):
+    """What the masking checks of one threat model cost and the seeds they drew from (one per
+    unit of the audit, each derived from the protocol's seed)."""
+
+    seeds: list[int]
+    passes: int
+
+
 class ThreatBlock(Record):
     eps: list[float]
     normalisation: str | None = None
     results: list[EpsRow]
     amplification: Amplification | None = None
     passes: dict[str, int] | None = None
+    masking: MaskingCost | None = None
 
 
 class Finding(Record):
@@ -202,6 +235,27 @@ class Finding(Record):
 class Convergence(Record):
     converged: bool
     problems: list[str]
+
+
+class GradientMasking(Record):
+    """The masking checks' outcome: whether every eps row was checked, the signs of masking
+    found (with their figures; the first 20), and the network passes the checks spent."""
+
+    checked: bool
+    masked: bool
+    signs: list[str]
+    passes: int
+
+
+class SearchStrength(Record):
+    """Whether the search's gradient route was shown strong enough to sign ``stable``: the
+    fraction of a reference search's worst case its search was measured to reach
+    (``docs/verdicts.md``; ``None``: not measured) against the fraction ``required``."""
+
+    route: GradientRoute
+    measured: float | None
+    required: float
+    shown: bool
 
 
 class PnasRole(Record):
@@ -239,6 +293,12 @@ class Perturbation(Outcome):
     thresholds: PerturbationThresholds
     local: Local | None = None
     convergence: Convergence | None = None
+    #: absent from documents written before test 1 recorded them (as are the masking
+    #: settings and checks)
+    gradient_route: GradientRoute | None = None
+    strength: SearchStrength | None = None
+    masking: Masking | None = None
+    gradient_masking: GradientMasking | None = None
     pnas: PnasNumbers | None = None
     evidence: list[Finding] = Field(default_factory=list)
     borderline: list[Finding] = Field(default_factory=list)

@@ -18,8 +18,10 @@ Verdict (thresholds from the protocol; ``docs/verdicts.md`` gives the reasons):
   SSIM by ``min_ssim_drop``, or its worst window's error grows by ``local_min_psnr_drop_db``;
 * ``inconclusive`` -- the change exceeds the margin but the damage is not material; or no
   evidence was found but the network's search did not converge (a start still improving at its
-  cap, or its two best starts disagreeing by more than ``max_restart_spread``): absence of
-  evidence from a search that was not finished is not evidence of absence;
+  cap, or its two best starts disagreeing by more than ``max_restart_spread``), or its gradients
+  look masked (:mod:`~reconstruction.instability.masking`), or its gradient route was not shown
+  strong (:data:`MEASURED_STRENGTH`): absence of evidence from a search that was not finished,
+  or not shown to be strong, is not evidence of absence;
 * ``stable`` -- otherwise: "no instability found within the protocol's budget".
 """
 
@@ -60,14 +62,34 @@ from reconstruction.instability.common import (
     to_numpy,
 )
 from reconstruction.instability.local import local_damage, window_change, window_masks
-from reconstruction.protocols import PerturbationThresholds, Protocol
+from reconstruction.instability.masking import probe, signs
+from reconstruction.instability.numbers import GradientRoute
+from reconstruction.protocols import Masking, PerturbationThresholds, Protocol
 
-__all__ = ["merge_perturbation", "run_perturbation"]
+__all__ = ["MEASURED_STRENGTH", "REQUIRED_STRENGTH", "merge_perturbation", "run_perturbation"]
 
 Progress = Callable[[int], None]
 ROLES = ("network", "baseline")
 #: what the threat models' budgets are relative to
 NORMALISATION = {"image": "||r|| / ||x||", "measurement": "||e|| / ||y||"}
+#: a search may sign ``stable`` only where its gradient route was measured to reach this
+#: fraction of an independent reference search's worst change at every eps and image
+REQUIRED_STRENGTH = 0.95
+#: the fraction each gradient route's search was measured to reach (``None``: not measured);
+#: every figure here is stated, with where it was measured, in docs/verdicts.md ("Gradient
+#: routes"), which a test checks. ``exact``: tests/reconstruction/test_attack_strength.py and
+#: benchmarks/attack_strength.py at ``standard``'s settings
+MEASURED_STRENGTH: dict[GradientRoute, float | None] = {
+    "exact": 0.95,
+    "straight-through surrogate": None,
+    "gradient-free": None,
+}
+#: how a reason names each route whose strength is not shown
+ROUTE_WORDS: dict[GradientRoute, str] = {
+    "exact": "exact gradient",
+    "straight-through surrogate": "straight-through surrogate gradient",
+    "gradient-free": "gradient-free search only",
+}
 
 
 def _roi(protocol: Protocol, shape: tuple[int, ...], device: torch.device) -> Tensor | None:
@@ -295,6 +317,20 @@ def run_perturbation(
                 progress=progress,
             )
         runs = {role: searches[role].results for role in ROLES}
+        masking_seed = seeded(seed, 7, t_index)
+        checks = probe(
+            f_net,
+            op,
+            truth,
+            y,
+            threat_model=threat_model,
+            eps=cfg.budget.eps,
+            objective=cfg.budget.objective,
+            roi=roi,
+            settings=cfg.masking,
+            gradients=white,
+            seed=masking_seed,
+        )
         # the network's worst window at the largest eps: where it is damaged most
         target = local_damage(
             clean["network"], runs["network"][-1].reconstruction, truth, window
@@ -389,6 +425,7 @@ def run_perturbation(
                         "targeted": targeted,
                         "search": _search_record(local),
                     }
+            row["masking"] = checks.rows[k]
             rows.append(row)
         amplification = {
             role: None if s.amplification is None else _floats(s.amplification)
@@ -403,6 +440,7 @@ def run_perturbation(
                 "method": searches["network"].jacobian_method,
             },
             "passes": {role: s.passes for role, s in searches.items()},
+            "masking": {"seeds": [masking_seed], "passes": checks.passes},
         }
         worst = runs["network"][-1]
         # the arrays behind the worst case's figure (the numbers are in ``per_threat``): at the
@@ -425,11 +463,13 @@ def run_perturbation(
         ),
         "objective": cfg.budget.objective,
         "gradient_access": subject.gradient_access,
+        "gradient_route": subject.gradient_route,
         "baseline": protocol.baseline.method,
         "baseline_attack_iterations": protocol.baseline.attack_iterations,
         "threat_models": per_threat,
         "thresholds": th.model_dump(),
         "local": cfg.local.model_dump(),
+        "masking": cfg.masking.model_dump(),
     }
     if cfg.pnas is not None and "image" in cfg.threat_models and part in (None, "image") and white:
         numbers["pnas"], figures["pnas"] = _run_pnas(
@@ -438,16 +478,54 @@ def run_perturbation(
     return _judged(numbers, figures)
 
 
+def _route(numbers: dict[str, Any]) -> GradientRoute:
+    """The search's gradient route (documents written before routes were recorded: from the
+    gradient access, when only the exact and gradient-free routes existed)."""
+    route: GradientRoute | None = numbers.get("gradient_route")
+    if route is not None:
+        return route
+    return "exact" if numbers["gradient_access"] == "white-box" else "gradient-free"
+
+
+def _strength(route: GradientRoute) -> dict[str, Any]:
+    measured = MEASURED_STRENGTH[route]
+    return {
+        "route": route,
+        "measured": measured,
+        "required": REQUIRED_STRENGTH,
+        "shown": measured is not None and measured >= REQUIRED_STRENGTH,
+    }
+
+
+def _masking(numbers: dict[str, Any]) -> dict[str, Any]:
+    """The masking checks' signs in the numbers (none checked where the settings are absent:
+    documents written before the checks)."""
+    per_threat = numbers["threat_models"]
+    passes = sum(b.get("masking", {}).get("passes", 0) for b in per_threat.values())
+    if numbers.get("masking") is None:
+        return {"checked": False, "masked": False, "signs": [], "passes": passes}
+    settings = Masking.model_validate(numbers["masking"])
+    found, checked = signs(per_threat, numbers["objective"], settings)
+    return {"checked": checked, "masked": bool(found), "signs": found[:20], "passes": passes}
+
+
 def _judged(numbers: dict[str, Any], figures: dict[str, Any]) -> TestResult:
     """The verdict on the numbers of the searches (``threat_models``): the findings, the
-    searches' convergence, and the reason; set into ``numbers``."""
+    searches' convergence, the signs of gradient masking, whether the gradient route was shown
+    strong, and the reason; set into ``numbers``. Every test-1 verdict (one run, its parts, its
+    units) is drawn here."""
     th = PerturbationThresholds.model_validate(numbers["thresholds"])
     evidence, borderline, problems = _findings(numbers["threat_models"], th)
     evidence.sort(key=lambda e: (e["eps"], -e["change_ratio"]))
     numbers["convergence"] = {"converged": not problems, "problems": problems[:20]}
     numbers["evidence"] = evidence[:20]
     numbers["borderline"] = borderline[:20]
-    verdict, reason = _verdict(evidence, borderline, problems, th)
+    numbers["gradient_route"] = _route(numbers)
+    numbers["strength"] = _strength(numbers["gradient_route"])
+    numbers["gradient_masking"] = _masking(numbers)
+    verdict, reason = _verdict(
+        evidence, borderline, problems, th, numbers["strength"], numbers["gradient_masking"]
+    )
     if numbers["gradient_access"] != "white-box":
         reason += " (black-box search: weaker evidence)"
     return TestResult("perturbation", verdict, reason, numbers, figures)
@@ -511,11 +589,18 @@ def _findings(
     return evidence, borderline, problems
 
 
+def _first(items: list[str]) -> str:
+    more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+    return f"{items[0]}{more}"
+
+
 def _verdict(
     evidence: list[dict[str, Any]],
     borderline: list[dict[str, Any]],
     problems: list[str],
     th: PerturbationThresholds,
+    strength: dict[str, Any],
+    masking: dict[str, Any],
 ) -> tuple[Verdict, str]:
     if evidence:
         first = evidence[0]
@@ -540,11 +625,18 @@ def _verdict(
             f"({th.min_ssim_drop:g}), worst window "
             f"{first['network_local_error_increase_db']:+.1f} dB ({th.local_min_psnr_drop_db:g})"
         )
+    # no evidence: ``stable`` only from a search shown strong, unmasked and finished
+    doubts = []
+    if masking["signs"]:
+        doubts.append(f"gradients look masked: {_first(masking['signs'])}")
+    elif not masking["checked"]:
+        doubts.append("gradient masking not checked")
+    if not strength["shown"]:
+        doubts.append(f"{ROUTE_WORDS[strength['route']]}: its strength is not shown")
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        return "inconclusive", (
-            f"no instability found, but the search is not shown to be finished: {problems[0]}{more}"
-        )
+        doubts.append(f"the search is not shown to be finished: {_first(problems)}")
+    if doubts:
+        return "inconclusive", f"no instability found, but {'; and '.join(doubts)}"
     return "stable", STABLE_WORDING
 
 
@@ -696,6 +788,8 @@ _SETTINGS = (
     "baseline_attack_iterations",
     "thresholds",
     "local",
+    "gradient_route",
+    "masking",
 )
 
 
@@ -761,6 +855,11 @@ def merge_perturbation(
             "amplification": amplification,
             "passes": {role: sum(p["passes"][role] for p in parts) for role in block["passes"]},
         }
+        if "masking" in block:
+            per_threat[threat]["masking"] = {
+                "seeds": [s for p in parts for s in p["masking"]["seeds"]],
+                "passes": sum(p["masking"]["passes"] for p in parts),
+            }
     numbers["threat_models"] = per_threat
     if "pnas" in first:
         numbers["pnas"] = _merged_pnas([b["pnas"] for b in blocks], weights)

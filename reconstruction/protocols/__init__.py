@@ -193,6 +193,29 @@ class Local(_Strict):
     restarts: Annotated[int, Field(ge=1, le=64)] = 1
 
 
+class Masking(_Strict):
+    """The checks for gradient masking before a ``stable`` (Athalye et al. 2018, Carlini et
+    al. 2019), per threat model, eps and image (:mod:`reconstruction.instability.masking`).
+    Added after protocols were first issued: at its defaults it is left out of the canonical
+    hash, so a protocol keeps the hash it was issued with."""
+
+    #: random directions at the radius: masked when one of them changes the search's objective
+    #: by more than ``1 + random_tolerance`` times the search's worst case
+    random_draws: Annotated[int, Field(ge=1, le=64)] = 4
+    random_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    #: the gradient against central finite differences at a random point at half the radius,
+    #: along the radial direction and this many random ones
+    directions: Annotated[int, Field(ge=0, le=16)] = 2
+    #: the finite difference's half step, as a fraction of the radius
+    fd_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.25
+    #: a difference is material when the objective changes across it by at least this fraction
+    #: of its value at the point ...
+    fd_material: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    #: ... and the gradient is masked there when its directional derivative is below this
+    #: fraction of the difference's (or of the opposite sign)
+    vanishing: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+
+
 class Perturbation(_Strict):
     threat_models: list[Literal["image", "measurement"]] = Field(
         default=["image", "measurement"], min_length=1
@@ -204,6 +227,7 @@ class Perturbation(_Strict):
     roi: tuple[int, int, int, int] | None = None
     local: Local = Local()
     thresholds: PerturbationThresholds = PerturbationThresholds()
+    masking: Masking = Masking()
 
     def check_image_size(self, image_size: Sequence[int]) -> None:
         """Raise :class:`ProtocolError` naming ``perturbation.roi`` when the region of interest
@@ -349,13 +373,15 @@ class Protocol(_Strict):
             self.perturbation.check_image_size(image_size)
 
     def canonical_json(self) -> str:
-        """Every field, defaults filled in, keys sorted, no whitespace; but ``metrics`` (added
-        after protocols were first issued) enters only when it is not the default, so a
-        protocol that keeps the default keeps the hash it was issued with (as does one without
-        ``images.per_unit``)."""
+        """Every field, defaults filled in, keys sorted, no whitespace; but ``metrics`` and
+        ``perturbation.masking`` (added after protocols were first issued) enter only when they
+        are not the default, so a protocol that keeps the defaults keeps the hash it was issued
+        with (as does one without ``images.per_unit``)."""
         data = self.model_dump(mode="json")
         if self.metrics == Metrics():
             del data["metrics"]
+        if self.perturbation is not None and self.perturbation.masking == Masking():
+            del data["perturbation"]["masking"]
         if self.images.per_unit is None:
             del data["images"]["per_unit"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
