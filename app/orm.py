@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -113,6 +113,10 @@ class Audit(Base):
     #: time; renewed while it runs): a lost lease is taken over (worker/tasks.py)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires: Mapped[float | None] = mapped_column(default=None)
+    #: its task was handed to the broker (the API stores an audit unsent and marks it once
+    #: sent; the workers' sweep sends what stayed unsent): an unsent audit does not count
+    #: against its owner's limit of active audits
+    enqueued: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

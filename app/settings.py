@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     max_active_audits: int = 10
     #: the ``Retry-After`` seconds a refused audit (the limit above) is told to wait
     active_audits_retry_after: int = 60
+    #: the ``Retry-After`` seconds an audit refused because the broker is down is told to wait
+    broker_retry_after: int = 30
+    #: seconds after its creation an audit still unsent is sent by the workers' sweep (the API
+    #: sends it at once; this leaves that send its moment)
+    outbox_grace_seconds: int = 10
 
     def sandbox_limits(self, cpu_seconds: int | None = None) -> Limits:
         """The jail's limits (``cpu_seconds`` overrides the CPU time)."""

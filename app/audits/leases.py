@@ -26,17 +26,27 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import events
-from app.db import session_factory
+from app.db import session_factory, utcnow
 from app.orm import FINISHED, Audit, AuditShard
 from app.processes import alive
 from app.settings import get_settings
 
-__all__ = ["LostMessages", "Requeue", "claim", "holding", "interrupted", "lost", "unsent"]
+__all__ = [
+    "LostMessages",
+    "Requeue",
+    "claim",
+    "holding",
+    "interrupted",
+    "lost",
+    "never_sent",
+    "unsent",
+]
 
 ACTOR = "worker"
 Leased = Audit | AuditShard
@@ -219,7 +229,11 @@ def unsent(session: Session, waiting: set[tuple[str, str | None]]) -> set[tuple[
     took its message (the filesystem transport deletes it then) and before it claimed the row;
     only :class:`LostMessages` tells a lost message."""
     found: set[tuple[str, str | None]] = set()
-    audits = session.scalars(select(Audit).where(Audit.status.in_(("queued", "running")))).all()
+    query = select(Audit).where(
+        Audit.status.in_(("queued", "running")),
+        or_(Audit.enqueued.is_(True), Audit.status == "running"),  # the outbox's: never_sent
+    )
+    audits = session.scalars(query).all()
     unheld = _shards_of_running(session, Audit.lease_owner.is_(None))
     for audit in audits:
         if audit.status == "queued":
@@ -233,6 +247,19 @@ def unsent(session: Session, waiting: set[tuple[str, str | None]]) -> set[tuple[
                 needed = [None]
         found.update((audit.id, test) for test in needed if (audit.id, test) not in waiting)
     return found
+
+
+def never_sent(session: Session, grace: float) -> list[str]:
+    """The queued audits whose task was never handed to the broker (stored, then the broker
+    failed before the send), created at least ``grace`` seconds ago (the API's own send has
+    had its moment), oldest first: the outbox the sweep sends, on every broker."""
+    before = utcnow() - timedelta(seconds=grace)
+    query = (
+        select(Audit.id)
+        .where(Audit.status == "queued", Audit.enqueued.is_(False), Audit.created_at <= before)
+        .order_by(Audit.created_at)
+    )
+    return list(session.scalars(query))
 
 
 class LostMessages:

@@ -38,7 +38,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
 from app import checkpoints, events, queue
-from app.audits import leases, repository
+from app.audits import leases, repository, service
 from app.audits.runs import draw, message, run_jailed
 from app.certificates.identity import Certificate
 from app.certificates.service import SignedReport, sign_report
@@ -432,4 +432,18 @@ def requeue_interrupted() -> int:
         logger.warning(
             "requeued %s of audit %s: %s", item.test or "the run", item.audit_id, item.why
         )
-    return len(found)
+    return len(found) + send_outbox()
+
+
+def send_outbox() -> int:
+    """Send the audits the API stored but could not hand to the broker
+    (:func:`app.audits.leases.never_sent`), each marked sent once it is; a broker still down
+    leaves the rest to the next sweep (half a lease later). How many were sent."""
+    sent = 0
+    with session_factory()() as session:
+        for audit_id in leases.never_sent(session, get_settings().outbox_grace_seconds):
+            if not service.send(session, audit_id):
+                break
+            logger.warning("sent audit %s, which its creation left unsent", audit_id)
+            sent += 1
+    return sent

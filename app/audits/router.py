@@ -10,7 +10,6 @@ from fastapi import APIRouter, Header, Response, status
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from app import queue
 from app.api import conditional, errors
 from app.audits import repository, service
 from app.audits.schemas import AuditCreate, AuditOut
@@ -25,15 +24,18 @@ _FIGURE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
 @router.post(
-    "", status_code=status.HTTP_202_ACCEPTED, responses=errors(400, 401, 403, 404, 413, 422, 429)
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
 )
 def create_audit(
     request: AuditCreate, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> AuditOut:
     """Queue an audit. 429 (with ``Retry-After``) when the user has the most audits queued or
-    running allowed at once (setting ``max_active_audits``)."""
+    running allowed at once (setting ``max_active_audits``); 503 (with ``Retry-After``, nothing
+    stored) when the task queue cannot be reached."""
     audit = service.create_audit(session, settings, user, request)
-    queue.enqueue_audit(audit.id)
+    service.send(session, audit.id)
     return service.as_out(audit)
 
 

@@ -1,20 +1,25 @@
-"""Audits: created queued and enqueued only after the row is committed; read back with their
-progress, verdicts and artefacts."""
+"""Audits: created queued, stored *unsent* in the transaction that creates them and enqueued only
+after that commit (an outbox: :func:`send`; what a failing broker left unsent, the workers'
+sweep sends, :func:`app.audits.lifecycle.requeue_interrupted`); read back with their progress,
+verdicts and artefacts. A broker that cannot be reached refuses the creation (503 with
+``Retry-After``), and nothing is stored."""
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import events
+from app import events, queue
 from app.audits import repository
 from app.audits.schemas import AuditCreate, AuditOut, Progress
 from app.certificates.service import current_pdf
 from app.db import utcnow
-from app.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
+from app.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unavailable
 from app.images import repository as images
 from app.images.service import BUILTIN_SET
 from app.networks import repository as networks
@@ -30,7 +35,26 @@ from reconstruction.protocols import (
     shown_name,
 )
 
-__all__ = ["artefact", "as_out", "cancel_audit", "create_audit", "record_download"]
+__all__ = [
+    "BrokerUnavailable",
+    "artefact",
+    "as_out",
+    "cancel_audit",
+    "create_audit",
+    "mark_sent",
+    "record_download",
+    "send",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(Unavailable):
+    """The task queue cannot be reached: 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after)
 
 
 def _check_active_limit(session: Session, settings: Settings, user: User) -> None:
@@ -39,7 +63,12 @@ def _check_active_limit(session: Session, settings: Settings, user: User) -> Non
     Concurrent requests of one user are counted one after the other: before the count, a write
     to the user's row (it changes nothing) takes that row's lock on PostgreSQL and the
     database's write lock on SQLite (where ``FOR UPDATE`` is a no-op and pysqlite begins a
-    transaction only at its first write), both held until the insert of the audit commits."""
+    transaction only at its first write), both held until the insert of the audit commits.
+
+    An audit counts once it is sent, or while its send may still be under way (created within
+    ``outbox_grace_seconds``: another request's audit, committed but not yet marked sent); one
+    whose send failed (the broker went away after its commit) does not, until the sweep sent
+    it."""
     limit = settings.max_active_audits
     if limit <= 0:
         return
@@ -50,7 +79,15 @@ def _check_active_limit(session: Session, settings: Settings, user: User) -> Non
     active = session.scalar(
         select(func.count())
         .select_from(Audit)
-        .where(Audit.owner_id == user.id, Audit.status.in_(ACTIVE))
+        .where(
+            Audit.owner_id == user.id,
+            Audit.status.in_(ACTIVE),
+            or_(
+                Audit.enqueued.is_(True),
+                Audit.status == "running",
+                Audit.created_at > utcnow() - timedelta(seconds=settings.outbox_grace_seconds),
+            ),
+        )
     )
     if (active or 0) >= limit:
         raise TooManyRequests(
@@ -78,6 +115,13 @@ def create_audit(session: Session, settings: Settings, user: User, request: Audi
         if found is None:
             raise NotFound(f"no image set {request.image_set}")
         image_set = found.id
+    problem = queue.broker_problem()
+    if problem is not None:
+        raise BrokerUnavailable(
+            f"the task queue cannot be reached ({problem}); nothing was stored: send the "
+            "audit again shortly",
+            retry_after=settings.broker_retry_after,
+        )
     _check_active_limit(session, settings, user)
     audit = Audit(
         owner_id=user.id,
@@ -88,6 +132,7 @@ def create_audit(session: Session, settings: Settings, user: User, request: Audi
         protocol_yaml=protocol.to_yaml(),
         image_set=image_set,
         status="queued",
+        enqueued=False,
     )
     session.add(audit)
     session.flush()
@@ -100,6 +145,29 @@ def create_audit(session: Session, settings: Settings, user: User, request: Audi
     )
     session.commit()
     return audit
+
+
+def send(session: Session, audit_id: str) -> bool:
+    """Hand a stored audit's task to the broker and mark it sent; False (logged) when the
+    broker failed, which leaves it to the workers' sweep."""
+    try:
+        queue.enqueue_audit(audit_id)
+    except Exception:
+        logger.warning("audit %s could not be sent; the sweep sends it", audit_id, exc_info=True)
+        return False
+    mark_sent(session, audit_id)
+    session.commit()
+    return True
+
+
+def mark_sent(session: Session, audit_id: str) -> None:
+    """An audit's task was sent (a row finished meanwhile is left alone: it is immutable)."""
+    session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.enqueued.is_(False), Audit.status.in_(ACTIVE))
+        .values(enqueued=True)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def cancel_audit(session: Session, user: User, audit_id: str) -> Audit:

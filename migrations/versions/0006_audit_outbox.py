@@ -1,0 +1,32 @@
+"""outbox: whether an audit's task was handed to the broker (``enqueued``)
+
+An audit is stored with ``enqueued`` false in the transaction that creates it, and marked once
+its task was sent; the workers' sweep sends what stayed unsent (a broker that failed between
+the commit and the send), on every broker. Audits stored before this revision were sent.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("audits", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("enqueued", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("audits", schema=None) as batch_op:
+        batch_op.drop_column("enqueued")
