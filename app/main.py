@@ -101,7 +101,10 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
         loc = loc[:1]
     # ("query", "limit") -> "limit", ("body", "role") -> "role", ("body",) -> "body"
     field = ".".join(loc[1:] if len(loc) > 1 else loc) or None
-    detail = f"{field}: {first['msg']}" if field else str(first["msg"])
+    message = str(first["msg"])
+    if "<class " in message:  # a library's own words about a Python type
+        message = "must be a file" if "UploadFile" in message else "has the wrong type"
+    detail = f"{field}: {message}" if field else message
     if len(problems) > 1:
         detail += f" (and {len(problems) - 1} more)"
     return _error(422, detail, field)

@@ -76,18 +76,20 @@ def rotate_token(user_id: str, session: SessionDep, admin: Admin) -> CreatedUser
     return CreatedUser(**UserOut.model_validate(user).model_dump(), token=token)
 
 
-@router.post("/{user_id}/revoke-token", responses=_ERRORS)
+@router.post("/{user_id}/revoke-token", responses=errors(401, 403, 404, 409))
 def revoke_token(user_id: str, session: SessionDep, admin: Admin) -> UserOut:
-    """The user's token stops working (401) until it is rotated."""
+    """The user's token stops working (401) until it is rotated; 409 for the last active
+    admin."""
     user = service.find_user(session, user_id)
     service.revoke_token(session, user, actor=admin.id)
     session.commit()
     return UserOut.model_validate(user)
 
 
-@router.post("/{user_id}/disable", responses=_ERRORS)
+@router.post("/{user_id}/disable", responses=errors(401, 403, 404, 409))
 def disable_user(user_id: str, session: SessionDep, admin: Admin) -> UserOut:
-    """The user's token gets 401 until the user is enabled again."""
+    """The user's token gets 401 until the user is enabled again; 409 for the last active
+    admin."""
     user = service.find_user(session, user_id)
     service.set_disabled(session, user, True, actor=admin.id)
     session.commit()

@@ -94,3 +94,36 @@ def test_only_admins_change_users(client: TestClient, tokens: dict[str, str]) ->
     missing = client.post("/api/v1/users/nobody/disable", headers=bearer(tokens["root"]))
     assert missing.status_code == 404
     assert client.get("/api/v1/audits", headers=bearer(tokens["bob"])).status_code == 200
+
+
+def test_the_last_active_admin_cannot_lock_everyone_out(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    root = bearer(tokens["root"])
+    for change in ("disable", "revoke-token"):
+        refused = client.post(f"/api/v1/users/root/{change}", headers=root)
+        assert refused.status_code == 409, refused.text
+        assert "last active admin" in refused.json()["detail"]
+    assert client.get("/api/v1/users", headers=root).status_code == 200  # still in
+    second = client.post("/api/v1/users", headers=root, json={"name": "eve", "role": "admin"})
+    assert second.status_code == 201, second.text
+    eve = bearer(second.json()["token"])
+    assert client.post("/api/v1/users/root/disable", headers=eve).status_code == 200
+    last = client.post("/api/v1/users/eve/disable", headers=eve)
+    assert last.status_code == 409
+    assert client.post("/api/v1/users/eve/revoke-token", headers=eve).status_code == 409
+    assert client.post("/api/v1/users/root/enable", headers=eve).status_code == 200
+    assert client.post("/api/v1/users/eve/revoke-token", headers=root).status_code == 200
+
+
+def test_a_form_field_sent_instead_of_a_file_is_told_plainly(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    response = client.post(
+        "/api/v1/images",
+        headers=bearer(tokens["alice"]),
+        data={"name": "x", "files": "not a file"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"] == "files.0: must be a file"
+    assert "<class" not in response.text
