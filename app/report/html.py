@@ -106,6 +106,9 @@ def render_html(
             or {"name": "recon-audit", "description": METRIC_CONVENTIONS["recon-audit"]},
             stable_wording=STABLE_WORDING,
             black_box=model.get("gradient_access") == "black-box",
+            # results written before routes were recorded: from the gradient access
+            gradient_route=model.get("gradient_route")
+            or ("gradient-free" if model.get("gradient_access") == "black-box" else "exact"),
             certificate=certificate_view(certificate),
             approval_anchor=APPROVAL_ANCHOR,
             approval_box_mm=APPROVAL_BOX_MM,

@@ -18,6 +18,7 @@ from reconstruction.instability.common import STABLE_WORDING
 from reconstruction.instability.numbers import (
     Amplification,
     LocalRecord,
+    MaskingRow,
     Outcome,
     Perturbation,
     Record,
@@ -86,11 +87,37 @@ def _search_diagnostics(rec: RoleRecord | LocalRecord) -> dict[str, Any]:
     }
 
 
-def _threat_view(threat: str, block: ThreatBlock) -> dict[str, Any]:
-    """One threat model's tables: a row per eps and role, the searches' diagnostics and the
-    localized searches."""
-    rows, diagnostics, local = [], [], []
+def _masking_row(eps: float, worst: list[float], m: MaskingRow) -> dict[str, Any]:
+    """One eps's masking checks, over images: the best random direction against the search's
+    worst case, and the gradient's directional derivative as a fraction of the central
+    difference (the smallest over directions and images, and how many directions there
+    were)."""
+    ratios = [
+        g / d
+        for grads, diffs in zip(m.gradient_slope or [], m.difference_slope or [], strict=True)
+        for g, d in zip(grads, diffs, strict=True)
+        if d != 0
+    ]
+    return {
+        "eps": eps,
+        "random": _max(m.random_best),
+        "search": _max(worst),
+        "random_over_search": _max(
+            np.asarray(m.random_best, float) / np.maximum(np.asarray(worst, float), 1e-12)
+        ),
+        "gradient_over_difference": min(ratios) if ratios else None,
+        "directions": sum(len(g) for g in m.gradient_slope or []),
+    }
+
+
+def _threat_view(threat: str, block: ThreatBlock, objective: str) -> dict[str, Any]:
+    """One threat model's tables: a row per eps and role, the searches' diagnostics, the
+    localized searches and the masking checks."""
+    rows, diagnostics, local, masking = [], [], [], []
     for row in block.results:
+        if row.masking is not None:
+            worst = row.network.output_change if objective == "change" else row.network.error
+            masking.append(_masking_row(row.eps, worst, row.masking))
         net_change = np.asarray(row.network.output_change, float)
         base_change = np.asarray(row.baseline.output_change, float)
         ratio = _mean(net_change / np.maximum(base_change, 1e-12))
@@ -144,6 +171,10 @@ def _threat_view(threat: str, block: ThreatBlock) -> dict[str, Any]:
         "rows": rows,
         "diagnostics": diagnostics,
         "local": local,
+        "masking": masking,
+        "masking_passes": None if block.masking is None else block.masking.passes,
+        "masking_seeds": [] if block.masking is None else block.masking.seeds,
+        "search_passes": None if block.passes is None else block.passes.get("network"),
         "amplification": {
             "network": _mean(amplification.network) if amplification.network else None,
             "baseline": _mean(amplification.baseline) if amplification.baseline else None,
@@ -154,7 +185,9 @@ def _threat_view(threat: str, block: ThreatBlock) -> dict[str, Any]:
 
 def _perturbation_view(test: Outcome) -> dict[str, Any]:
     assert isinstance(test, Perturbation)
-    threats = [_threat_view(threat, block) for threat, block in test.threat_models.items()]
+    threats = [
+        _threat_view(threat, block, test.objective) for threat, block in test.threat_models.items()
+    ]
     pnas = []
     for role in ROLES:
         block = None if test.pnas is None else test.pnas.role(role)
@@ -174,6 +207,12 @@ def _perturbation_view(test: Outcome) -> dict[str, Any]:
     return {
         "threats": threats,
         "convergence": _plain(test.convergence),
+        # results written before routes were recorded: from the gradient access
+        "route": test.gradient_route
+        or ("exact" if test.gradient_access == "white-box" else "gradient-free"),
+        "strength": _plain(test.strength),
+        "masking": _plain(test.gradient_masking),
+        "masking_settings": None if test.masking is None else test.masking.model_dump(),
         "pnas": pnas,
         "pnas_settings": None if test.pnas is None else test.pnas.settings.model_dump(),
         "evidence": [_plain(e) for e in test.evidence[:5]],

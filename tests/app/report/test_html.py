@@ -64,6 +64,51 @@ def test_black_box_is_flagged_as_weaker_evidence(result: SuiteResult) -> None:
     assert "results are weaker evidence than a white-box search" in page
 
 
+def _text(document: dict[str, object]) -> str:
+    """The rendered report's text, tags left out, whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", render_html(document, {}, ""))).split())
+
+
+def test_the_certificate_names_the_gradient_route_and_the_masking_checks(
+    result: SuiteResult,
+) -> None:
+    document = copy.deepcopy(result.to_json())
+    perturbation = document["tests"]["perturbation"]
+    page = _text(document)
+    assert "Gradient route exact" in page  # the subject's table
+    section = page[page.index("4. Tiny worst-case perturbations") :]
+    assert "Gradient route: exact — its search measured to reach 0.95× an independent" in section
+    checks = perturbation["gradient_masking"]
+    assert f"Cost: {checks['passes']} network passes." in section
+    assert "no sign of masking." in section
+    table = section[section.index("Gradient masking checks Threat model") :]
+    seeds = perturbation["threat_models"]["image"]["masking"]["seeds"]
+    assert ", ".join(str(s) for s in seeds) in table
+    # a quantized network's route, its gradients masked
+    document["model"]["gradient_route"] = "straight-through surrogate"
+    perturbation["gradient_route"] = "straight-through surrogate"
+    perturbation["strength"] = dict(perturbation["strength"], measured=None, shown=False)
+    perturbation["gradient_masking"] = dict(
+        checks, masked=True, signs=["the search does not grow with the radius (<b>)"]
+    )
+    page = _text(document)
+    assert "Gradient route straight-through surrogate The search's gradient is not" in page
+    section = page[page.index("4. Tiny worst-case perturbations") :]
+    assert "Gradient route: straight-through surrogate — its strength is not shown" in section
+    assert "gradients look masked — the search does not grow with the radius (<b>)" in section
+    # results written before routes and masking checks: from the gradient access, no checks
+    for key in ("gradient_route", "strength", "gradient_masking", "masking"):
+        perturbation.pop(key)
+    del document["model"]["gradient_route"]
+    for block in perturbation["threat_models"].values():
+        block.pop("masking")
+        for row in block["results"]:
+            row.pop("masking")
+    page = _text(document)
+    assert "Gradient route: exact" in page
+    assert "Gradient masking checks" not in page
+
+
 def test_structural_and_sampling_sections_show_the_statistics(
     result: SuiteResult, report: ReportFiles
 ) -> None:
