@@ -25,7 +25,7 @@ class AuditOut(BaseModel):
     model_id: str
     owner_id: str
     protocol: dict[str, str | bool] = Field(
-        description="name (a built-in's name taken by another protocol reads custom:<name>), "
+        description="name (a built-in protocol's; every other reads custom:<name>), "
         "version, sha256, builtin (whether it is the built-in protocol itself)"
     )
     image_set: str

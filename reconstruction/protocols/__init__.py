@@ -357,6 +357,16 @@ class Protocol(_Strict):
     sampling: Sampling | None
 
     @model_validator(mode="after")
+    def _not_a_look_alike(self) -> Protocol:
+        builtin = look_alike(self.name)
+        if builtin is not None:
+            raise ValueError(
+                f"the name {self.name!r} differs from the built-in protocol {builtin!r} only by "
+                "case or punctuation; built-in names are reserved: choose another name"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _runs_a_test(self) -> Protocol:
         if self.perturbation is None and self.structural is None and self.sampling is None:
             raise ValueError(
@@ -433,12 +443,26 @@ def is_builtin(name: str, sha256: str) -> bool:
 
 
 def shown_name(name: str, sha256: str) -> str:
-    """Built-in names are reserved: a protocol that takes one without being that built-in
-    (its canonical hash differs: other values, or another version) is shown as
-    ``custom:<name>``; other names as they are (a name cannot hold ``:``)."""
-    if name in BUILTIN and not is_builtin(name, sha256):
-        return f"custom:{name}"
-    return name
+    """A built-in protocol is shown under its name; every other is shown as ``custom:<name>``,
+    a built-in's name taken by another protocol (its canonical hash differs: other values, or
+    another version) included (a name cannot hold ``:``, so none can pose as either; a name
+    already shown so, as audits store it, stays as it is)."""
+    if name.startswith("custom:") or is_builtin(name, sha256):
+        return name
+    return f"custom:{name}"
+
+
+def _plain(name: str) -> str:
+    """A name without case and punctuation: what a reader sees it as."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def look_alike(name: str) -> str | None:
+    """The built-in whose name ``name`` differs from only by case or punctuation (``Standard``,
+    ``s.t.a.n.d.a.r.d``, ``quick_``), or None: such names are reserved too."""
+    if name in BUILTIN:
+        return None
+    return next((b for b in BUILTIN if _plain(b) == _plain(name)), None)
 
 
 def protocol_json_schema() -> dict[str, Any]:

@@ -225,13 +225,27 @@ def test_a_builtin_name_taken_by_another_protocol_reads_custom(change: dict[str,
     assert protocols.shown_name("standard", spoofed.sha256) == "custom:standard"
 
 
-def test_other_names_are_shown_as_they_are() -> None:
-    data = load_protocol("quick").model_dump(mode="json") | {"name": "mine"}
-    mine = parse_protocol(yaml.safe_dump(data))
-    assert mine.shown_name == "mine"
-    assert mine.identity()["builtin"] is False
+@pytest.mark.parametrize("name", ["mine", "standard-v3", "quick2"])
+def test_every_other_protocol_is_shown_as_custom(name: str) -> None:
+    data = load_protocol("quick").model_dump(mode="json") | {"name": name}
+    other = parse_protocol(yaml.safe_dump(data))
+    assert other.shown_name == f"custom:{name}"
+    assert other.identity()["name"] == f"custom:{name}"
+    assert other.identity()["builtin"] is False
+    assert protocols.shown_name(name, other.sha256) == f"custom:{name}"
     with pytest.raises(ProtocolError, match="field 'name'"):  # a name cannot pose as custom:
         parse_protocol(yaml.safe_dump(data | {"name": "custom:x"}))
+
+
+@pytest.mark.parametrize(
+    ("name", "builtin"),
+    [("Standard", "standard"), ("QUICK", "quick"), ("s.t.a.n.d.a.r.d", "standard"),
+     ("quick_", "quick"), ("Genzel-2022", "genzel2022"), ("pnas.", "pnas")],
+)  # fmt: skip
+def test_names_that_only_look_like_a_builtin_are_reserved(name: str, builtin: str) -> None:
+    data = load_protocol("quick").model_dump(mode="json") | {"name": name}
+    with pytest.raises(ProtocolError, match=f"differs from the built-in protocol '{builtin}'"):
+        parse_protocol(yaml.safe_dump(data))
 
 
 def test_a_protocol_that_runs_no_test_is_refused() -> None:

@@ -77,7 +77,7 @@ def test_inline_protocol_and_its_errors(
         json={"model_id": model_id, "protocol": inline},
     )
     assert ok.status_code == 202
-    assert ok.json()["protocol"]["name"] == "mine"
+    assert ok.json()["protocol"]["name"] == "custom:mine"
     bad = client.post(
         "/api/v1/audits",
         headers=bearer(tokens["alice"]),
