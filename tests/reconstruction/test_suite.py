@@ -64,7 +64,7 @@ def test_results_json_shape_and_progress(mask_dir: Path, images: list[LoadedImag
     doc = json.loads(json.dumps(result.to_json()))
     assert doc["schema"] == RESULTS_SCHEMA
     assert doc["protocol"] == {
-        "name": "small",
+        "name": "custom:small",
         "version": "1",
         "sha256": protocol.sha256,
         "builtin": False,
