@@ -167,10 +167,10 @@ def check_overflow(model: ModelProto, real: OrtNetwork, probe: list[Tensor]) -> 
     if bool(torch.isfinite(out).all()):
         return
     culprit = _first_overflow(model, real, probe)
-    where = f" (first at node {culprit})" if culprit else ""
+    where = f", first at node {culprit}" if culprit else ""
     raise ModelError(
-        "the float16 network's output overflows on the validation input (inf or NaN"
-        f"{where}; float16's largest finite value is 65504): scale it or export in float32"
+        f"the float16 network's output overflows on the validation input (inf or NaN){where}: "
+        "float16's largest finite value is 65504; scale the network or export it in float32"
     )
 
 

@@ -168,13 +168,17 @@ def test_exact_autograd_through_the_rounding_is_zero(qdq: tuple[Path, Path]) -> 
     """Why the surrogate: the quantized graph as it rounds has no gradient almost anywhere
     (its QuantizeLinear rounds); the shadow has the network's."""
     proto = onnx.load(str(qdq[0]))
-    x = torch.rand(1, 2, SIZE, SIZE)
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    first = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    scale = float(values[first.input[1]])
+    zero = float(values[first.input[2]])
+    x = torch.rand(1, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    x = scale * (torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero)  # on its grid
     real = OrtNetwork(proto)(x)
     shadow = OrtNetwork(float_shadow(proto))(x)
     assert 0 < float((real - shadow).abs().max()) < SURROGATE_TOLERANCE * float(real.abs().max())
-    step = 1e-4 * float(x.abs().max())
     nudged = x.clone()
-    nudged[0, 0, 5, 5] += step
+    nudged[0, 0, 5, 5] += 0.1 * scale  # rounds back to the same input
     assert torch.equal(OrtNetwork(proto)(nudged), real)  # piecewise constant: zero gradient
     assert not torch.equal(OrtNetwork(float_shadow(proto))(nudged), shadow)
 
