@@ -10,10 +10,14 @@ Targets (issue "Verdicts you can trust I"): the product reaches >= 0.95x the ref
 relative output change at every eps and image, spending at most a fifth of the reference's
 forward+backward passes.
 
-Networks: the planted ones of the test suite (64x64, hidden responses known by construction)
-and, with ``--unet``, the reference U-Net of ``examples/unet-mri`` (128x128).
+Networks: the planted MRI ones of the test suite (64x64, hidden responses known by
+construction; image threat model) and, with ``--unet``, the reference U-Net of
+``examples/unet-mri`` (128x128); with ``--ct``, the planted CT ones instead (64x64, 30
+parallel-beam angles: switches hidden in the FBP image and in the sinogram, at two thresholds
+each, the decoy alone, and FBP with a 3x3 average), in both threat models (the reference
+searching the sinogram ball for the measurement threat model).
 
-Run: ``python -m benchmarks.attack_strength [--unet] [--images 2] [--protocol standard]
+Run: ``python -m benchmarks.attack_strength [--unet | --ct] [--images 2] [--protocol standard]
 [--reference-restarts 8 --reference-iterations 400]``
 """
 
@@ -28,14 +32,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reconstruction.attacks import SearchSettings, budget_search
+from reconstruction.attacks import SearchSettings, ThreatModel, budget_search
 from reconstruction.data import random_ellipses, shepp_logan
 from reconstruction.instability.common import Recon, network_reconstructor
 from reconstruction.models import load
 from reconstruction.operators import LinearOperator
 from reconstruction.protocols import load_protocol
 from tests.reconstruction.conftest import SIZE, subject, symmetric_mask
-from tests.reconstruction.planted import BeyondNorm, Decoy, Switch, reference_search
+from tests.reconstruction.planted import (
+    CT_SIZE,
+    BeyondNorm,
+    CTDecoy,
+    CTDomain,
+    CTImageSwitch,
+    CTSinogramSwitch,
+    Decoy,
+    Switch,
+    ct_subject,
+    reference_search,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PREVIOUS = SearchSettings(
@@ -51,28 +66,53 @@ PREVIOUS = SearchSettings(
 )
 
 
-def _planted(folder: Path, images: int) -> list[tuple[str, Recon, LinearOperator, torch.Tensor]]:
+Case = tuple[str, Recon, LinearOperator, torch.Tensor, tuple[ThreatModel, ...]]
+THREATS: tuple[ThreatModel, ...] = ("image", "measurement")
+
+
+def _phantoms(size: int, images: int) -> torch.Tensor:
+    x = np.stack([shepp_logan(size), *random_ellipses(max(images - 1, 0), size, 7)])[:images]
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def _planted(folder: Path, images: int) -> list[Case]:
     np.save(folder / "mask.npy", symmetric_mask())
-    x = np.stack([shepp_logan(SIZE), *random_ellipses(max(images - 1, 0), SIZE, 7)])[:images]
-    truth = torch.from_numpy(x.astype(np.float32))
+    truth = _phantoms(SIZE, images)
     nets: dict[str, Callable[[], torch.nn.Module]] = {
         "switch (t = 0.003)": lambda: Switch(SIZE, threshold=0.003),
         "switch (t = 0.004, sharp)": lambda: Switch(SIZE, threshold=0.004, sharpness=12.0),
         "beyond a norm": lambda: BeyondNorm(SIZE, threshold=0.01),
         "smooth decoy": lambda: Decoy(SIZE),
     }
-    out = []
+    out: list[Case] = []
     for name, make in nets.items():
         model = subject(make(), folder)
-        out.append((name, network_reconstructor(model), model.operator, truth))
+        out.append((name, network_reconstructor(model), model.operator, truth, ("image",)))
     return out
 
 
-def _unet(images: int) -> tuple[str, Recon, LinearOperator, torch.Tensor]:
+def _planted_ct(images: int) -> list[Case]:
+    truth = _phantoms(CT_SIZE, images)
+    nets: dict[str, tuple[Callable[[], torch.nn.Module], CTDomain]] = {
+        "FBP-image switch (t = 0.002)": (lambda: CTImageSwitch(0.002), "image"),
+        "FBP-image switch (t = 0.003)": (lambda: CTImageSwitch(0.003), "image"),
+        "sinogram switch (t = 0.002)": (lambda: CTSinogramSwitch(0.002), "measurements"),
+        "sinogram switch (t = 0.003)": (lambda: CTSinogramSwitch(0.003), "measurements"),
+        "decoy": (lambda: CTDecoy(), "image"),
+        "FBP + 3x3 average": (lambda: CTDecoy(gain=0.0), "image"),
+    }
+    out: list[Case] = []
+    for name, (make, domain) in nets.items():
+        model = ct_subject(make(), domain)
+        out.append((name, network_reconstructor(model), model.operator, truth, THREATS))
+    return out
+
+
+def _unet(images: int) -> Case:
     folder = EXAMPLES / "unet-mri"
     model = load(folder / "model.onnx", folder / "manifest.json")
     x = torch.from_numpy(random_ellipses(images, model.manifest.image_size[0], 5))
-    return "unet-mri (examples/)", network_reconstructor(model), model.operator, x
+    return "unet-mri (examples/)", network_reconstructor(model), model.operator, x, ("image",)
 
 
 def main() -> None:
@@ -80,6 +120,9 @@ def main() -> None:
     parser.add_argument("--protocol", default="standard")
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--unet", action="store_true", help="also the reference U-Net (slow)")
+    parser.add_argument(
+        "--ct", action="store_true", help="the planted CT networks instead, both threat models"
+    )
     parser.add_argument("--reference-restarts", type=int, default=8)
     parser.add_argument("--reference-iterations", type=int, default=400)
     args = parser.parse_args()
@@ -91,59 +134,67 @@ def main() -> None:
         f"per image and eps; {torch.get_num_threads()} threads"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        cases = _planted(Path(tmp), args.images)
+        cases = _planted_ct(args.images) if args.ct else _planted(Path(tmp), args.images)
         if args.unet:
             cases.append(_unet(args.images))
         worst_ratio, worst_cost = np.inf, 0.0
-        for name, f, op, x in cases:
+        for name, f, op, x, threats in cases:
             y = op.A(x)
-            start = time.perf_counter()
-            ours = budget_search(
-                f,
-                op,
-                x,
-                y,
-                threat_model="image",
-                eps=budget.eps,
-                settings=budget.settings(),
-                seed=0,
-            )
-            ours_s = time.perf_counter() - start
-            start = time.perf_counter()
-            previous = [
-                budget_search(f, op, x, y, threat_model="image", eps=[e], settings=PREVIOUS, seed=0)
-                for e in budget.eps
-            ]
-            previous_s = time.perf_counter() - start
-            print(f"\n{name}: ours {ours_s:.1f} s, previous settings {previous_s:.1f} s")
-            print("  eps     image  reference  ours    ratio   previous ratio")
-            ref_passes = 0
-            for k, e in enumerate(budget.eps):
-                best, passes = reference_search(
+            for threat in threats:
+                start = time.perf_counter()
+                ours = budget_search(
                     f,
                     op,
                     x,
-                    e,
-                    restarts=args.reference_restarts,
-                    iterations=args.reference_iterations,
+                    y,
+                    threat_model=threat,
+                    eps=budget.eps,
+                    settings=budget.settings(),
+                    seed=0,
                 )
-                ref_passes += passes
-                for i in range(x.shape[0]):
-                    got = float(ours.results[k].change[i])
-                    old = float(previous[k].results[0].change[i])
-                    ratio = got / max(float(best[i]), 1e-12)
-                    worst_ratio = min(worst_ratio, ratio)
-                    print(
-                        f"  {e:<7g} {i:<6d} {float(best[i]):<10.4f} {got:<7.4f} {ratio:<7.3f} "
-                        f"{old / max(float(best[i]), 1e-12):.3f}"
+                ours_s = time.perf_counter() - start
+                start = time.perf_counter()
+                previous = [
+                    budget_search(
+                        f, op, x, y, threat_model=threat, eps=[e], settings=PREVIOUS, seed=0
                     )
-            cost = ours.passes / x.shape[0] / ref_passes
-            worst_cost = max(worst_cost, cost)
-            print(
-                f"  passes per image: ours {ours.passes / x.shape[0]:.0f}, reference {ref_passes}, "
-                f"previous {sum(p.passes for p in previous) / x.shape[0]:.0f}; "
-                f"ours / reference = {cost:.3f}"
-            )
+                    for e in budget.eps
+                ]
+                previous_s = time.perf_counter() - start
+                print(
+                    f"\n{name}, {threat} threat model: ours {ours_s:.1f} s, "
+                    f"previous settings {previous_s:.1f} s"
+                )
+                print("  eps     image  reference  ours    ratio   previous ratio")
+                ref_passes = 0
+                for k, e in enumerate(budget.eps):
+                    best, passes = reference_search(
+                        f,
+                        op,
+                        x,
+                        e,
+                        restarts=args.reference_restarts,
+                        iterations=args.reference_iterations,
+                        threat_model=threat,
+                    )
+                    ref_passes += passes
+                    for i in range(x.shape[0]):
+                        got = float(ours.results[k].change[i])
+                        old = float(previous[k].results[0].change[i])
+                        ratio = got / max(float(best[i]), 1e-12)
+                        worst_ratio = min(worst_ratio, ratio)
+                        print(
+                            f"  {e:<7g} {i:<6d} {float(best[i]):<10.4f} {got:<7.4f} "
+                            f"{ratio:<7.3f} {old / max(float(best[i]), 1e-12):.3f}"
+                        )
+                cost = ours.passes / x.shape[0] / ref_passes
+                worst_cost = max(worst_cost, cost)
+                print(
+                    f"  passes per image: ours {ours.passes / x.shape[0]:.0f}, reference "
+                    f"{ref_passes}, previous "
+                    f"{sum(p.passes for p in previous) / x.shape[0]:.0f}; "
+                    f"ours / reference = {cost:.3f}"
+                )
     print(
         f"\nworst ratio ours / reference: {worst_ratio:.3f} (target >= 0.95); "
         f"largest cost ours / reference: {worst_cost:.3f} (target <= 0.2)"
