@@ -21,12 +21,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("audits", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("enqueued", sa.Boolean(), nullable=False, server_default=sa.true())
-        )
+    # a plain ADD COLUMN (SQLite takes it with a constant default): a batch operation would
+    # rebuild the table on SQLite and drop its finished-audit triggers with it
+    op.add_column(
+        "audits", sa.Column("enqueued", sa.Boolean(), nullable=False, server_default=sa.true())
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("audits", schema=None) as batch_op:
-        batch_op.drop_column("enqueued")
+    op.drop_column("audits", "enqueued")
