@@ -288,6 +288,27 @@ def _command(pid: int) -> str:
         return ""
 
 
+def _query(svc: Service, query: str, value: str) -> object:
+    """One value from the service's database (``{}``: the placeholder for ``value``)."""
+    if "DATABASE_URL" in svc.env:
+        with psycopg.connect(svc.env["DATABASE_URL"].replace("+psycopg", "")) as connection:
+            row = connection.execute(query.format("%s"), (value,)).fetchone()
+    else:
+        with sqlite3.connect(Path(svc.env["RECON_AUDIT_DATA_DIR"]) / "recon-audit.db") as db:
+            row = db.execute(query.format("?"), (value,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _search_running(svc: Service, audit_id: str) -> bool:
+    """Whether the audit's perturbation shard is running (held by a worker), so that killing
+    the worker interrupts it (a short shard may finish first and report progress alone)."""
+    query = (
+        "SELECT count(*) FROM audit_shards WHERE audit_id = {} AND status = 'running' "
+        "AND substr(test, 1, 12) = 'perturbation'"
+    )
+    return bool(_query(svc, query, audit_id))
+
+
 def _run_counts(svc: Service, audit_id: str) -> tuple[int, int, int]:
     """The audit's stored results, its shards' most attempts, and its ``audit.requeued``
     events, read from the service's database."""
@@ -299,13 +320,7 @@ def _run_counts(svc: Service, audit_id: str) -> tuple[int, int, int]:
             f"audit:{audit_id}",
         ),
     ]
-    if "DATABASE_URL" in svc.env:
-        with psycopg.connect(svc.env["DATABASE_URL"].replace("+psycopg", "")) as connection:
-            found = [connection.execute(q.format("%s"), (v,)).fetchone() for q, v in queries]
-    else:
-        with sqlite3.connect(Path(svc.env["RECON_AUDIT_DATA_DIR"]) / "recon-audit.db") as db:
-            found = [db.execute(q.format("?"), (v,)).fetchone() for q, v in queries]
-    counts = [row[0] for row in found if row is not None]
+    counts = [c for c in (_query(svc, q, v) for q, v in queries) if isinstance(c, int)]
     assert len(counts) == 3
     return counts[0], counts[1], counts[2]
 
@@ -334,12 +349,12 @@ def test_a_killed_worker_does_not_lose_or_duplicate_an_audit(tmp_path: Path, mod
         ).json()["id"]
         _wait(svc, token, audit_id, {"running"})
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # until a shard is computing and reporting progress
+        while time.monotonic() < deadline:  # until the search's shard computes and reports
             audit = httpx.get(
                 f"{svc.url}/api/v1/audits/{audit_id}",
                 headers={"Authorization": f"Bearer {token}"},
             ).json()
-            if audit["progress"]["percent"] > 0:
+            if audit["progress"]["percent"] > 0 and _search_running(svc, audit_id):
                 break
             time.sleep(0.2)
         svc.kill("worker")  # the machine dies mid-audit
