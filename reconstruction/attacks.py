@@ -415,13 +415,30 @@ def _ascend(
     return _Ascent(best_u, best.clamp_min(0.0), iters, plateaued, curves, passes)
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """The real inner product ``Re <a, b>`` per item (complex tensors through their real view,
+    the geometry the search moves in)."""
+    ra = torch.view_as_real(a.resolve_conj()) if a.is_complex() else a
+    rb = torch.view_as_real(b.resolve_conj()) if b.is_complex() else b
+    return (ra * rb).reshape(a.shape[0], -1).sum(1)
+
+
 def _top_singular(
     prob: _Problem, iterations: int, gen: torch.Generator
 ) -> tuple[Tensor, Tensor, str]:
     """The Jacobian of ``u -> f(y + M(u ||x||))`` at ``u = 0``: its top right-singular vector
-    per image and the singular value divided by ``||f(y)||`` (relative units), by power
-    iteration on ``J^T J`` with exact products (double backward), or central differences for
-    ``J v`` where the network has no second derivative."""
+    per image and the singular value divided by ``||f(y)||`` (relative units), by Lanczos on
+    ``J^T J`` (``iterations`` products, a Krylov basis kept orthonormal, Rayleigh-Ritz on it)
+    with exact products (double backward), or central differences for ``J v`` where the
+    network has no second derivative.
+
+    Not power iteration: power iteration converges at the ratio of the two largest singular
+    values, which is close to 1 for every network that passes its input through (a residual
+    or data-consistent network is near the identity or a projection on the sampled band, a
+    flat spectrum), so a response that lifts one singular value a little above the rest, a
+    saturating switch among them, stays hidden after a few products. A Krylov method is
+    shift-invariant: the flat part costs it nothing, and a direction that lifts the spectrum
+    by a low-rank amount lies in a basis of a few products."""
     b = prob.shape[0]
     u0 = prob.zeros(b).requires_grad_(True)
     value = prob.f(prob.y + prob.measurement(u0 * per_item(prob.scale, u0)))
@@ -453,10 +470,40 @@ def _top_singular(
     except RuntimeError:
         method = "finite differences"
         jvp = jvp_fd
+    basis: list[Tensor] = []
+    products: list[Tensor] = []
+    q = v
     for _ in range(iterations):
-        v = _unit(vjp(jvp(v)))
+        basis.append(q)
+        products.append(vjp(jvp(q)).detach())
+        z = products[-1]
+        for _ in range(2):  # Gram-Schmidt twice: the basis stays orthonormal in float32
+            for prev in basis:
+                z = z - per_item(_dot(prev, z), z) * prev
+        size = norms(z)
+        # an invariant subspace reached (the image's Jacobian has low rank): a fresh direction
+        fresh = prob.random(b, gen)
+        for prev in basis:
+            fresh = fresh - per_item(_dot(prev, fresh), fresh) * prev
+        q = _unit(torch.where(per_item(size > 1e-6 * norms(products[-1]), z), z, fresh))
+    k = len(basis)
+    gram = torch.stack(
+        [torch.stack([_dot(basis[i], products[j]) for j in range(k)], -1) for i in range(k)], -2
+    )
+    _, vectors = torch.linalg.eigh(0.5 * (gram + gram.transpose(-2, -1)))
+    top = vectors[..., -1]  # [B, k]: the Ritz vector's coordinates in the basis
+    v = _unit(sum(per_item(top[:, i], basis[i]) * basis[i] for i in range(k)))  # type: ignore[misc]
     sigma = norms(jvp(v)) / norms(prob.clean).clamp_min(1e-12)
     return v.detach(), sigma.detach(), method
+
+
+def _signed(prob: _Problem, v: Tensor, images: Tensor, radius: Tensor) -> Tensor:
+    """``v`` or ``-v``, per image, whichever changes the output more at the full radius: a
+    singular vector has no sign, the network's response (a switch, a clipped path) may have."""
+    with torch.no_grad():
+        plus, _ = prob.change2(v, images, radius)
+        minus, _ = prob.change2(-v, images, radius)
+    return torch.where(per_item(plus >= minus, v), v, -v)
 
 
 def budget_search(
@@ -525,8 +572,9 @@ def budget_search(
             starts += [_unit(w) for w in warm[:n_warm]]
             names += ["warm"] * n_warm
         if jac is not None and len(starts) < settings.restarts:
-            starts.append(jac)
+            starts.append(_signed(prob, jac, images, radius))
             names.append("jacobian")
+            passes[k] += 2 * b
         while len(starts) < settings.restarts:
             starts.append(prob.random(b, gen))
             names.append("random")

@@ -17,7 +17,7 @@ is also the pattern their own smoothing removes, so the decoy dominates their gr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "CTImageSwitch",
     "CTSinogramSwitch",
     "Decoy",
+    "SaturatingSwitch",
     "Switch",
     "ct_subject",
     "gaussian_blob",
@@ -127,6 +128,59 @@ class BeyondNorm(Decoy):
         up = torch.nn.functional.interpolate(low, scale_factor=8.0, mode="nearest")[:, 0]
         size = per_item(low.flatten(1).norm(dim=1).clamp_min(1e-12), up)
         out = self.base(x) + self.big * per_item(excess * scale, up) * up / size / 8
+        return torch.stack([out, torch.zeros_like(out)], 1)
+
+
+def band_pattern(mask: Tensor, seed: int, cutoff: float = 0.125) -> Tensor:
+    """A seeded real unit image whose k-space lies on the sampled locations of a centred
+    ``mask`` (closed under ``k -> -k``) beyond ``cutoff`` of the size from the centre (in
+    ``|k_y| + |k_x|``): a high-frequency pattern inside the sampled band."""
+    size = mask.shape[-1]
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.arange(size) - size // 2
+    far = (k[:, None].abs() + k[None, :].abs()) > cutoff * size
+    noise = torch.complex(
+        torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    )
+    z = noise * (far & mask.bool())
+    image = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(z), norm="ortho")).real
+    unit: Tensor = image / image.norm()
+    return unit
+
+
+class SaturatingSwitch(torch.nn.Module):
+    """The zero-filled image's real part plus ``amplitude * tanh(<w, Re z> / temperature)``
+    times a Gaussian blob: a switch on the *real* part, which every clean image feeds, so on
+    most images it sits saturated on one side and its gradient there is exponentially small
+    (``sech^2``); ``w`` is a seeded unit high-frequency pattern inside the sampled band
+    (:func:`band_pattern`), so the Jacobian at the clean input is the identity path's flat
+    spectrum (every in-band direction has singular value 1) lifted only slightly along ``w``:
+    the switch's direction is not what power iteration returns. Tripping it means moving
+    ``<w, Re z>`` across zero, against the sign the clean image gives it, by a perturbation
+    along ``w`` (:attr:`trigger`, for a reference search that knows the construction)."""
+
+    trigger: Tensor
+    blob: Tensor
+
+    def __init__(
+        self,
+        mask: Tensor,
+        temperature: float,
+        amplitude: float = 0.8,
+        seed: int = 2,
+        blob_sigma: float = 1.5,
+    ) -> None:
+        super().__init__()
+        size = mask.shape[-1]
+        self.temperature, self.amplitude = temperature, amplitude
+        self.register_buffer("trigger", band_pattern(mask, seed))
+        self.register_buffer("blob", gaussian_blob(size, 0.4 * size, 0.55 * size, blob_sigma))
+
+    def gate(self, x: Tensor) -> Tensor:
+        return torch.tanh((x[:, 0] * self.trigger).sum((-2, -1)) / self.temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x[:, 0] + self.amplitude * self.gate(x).reshape(-1, 1, 1) * self.blob
         return torch.stack([out, torch.zeros_like(out)], 1)
 
 
@@ -296,6 +350,7 @@ def reference_search(
     iterations: int = 400,
     seed: int = 1234,
     threat_model: ThreatModel = "image",
+    directions: Sequence[Tensor] = (),
 ) -> tuple[Tensor, int]:
     """A plain, long search on the ball ``||r|| <= eps ||x||`` of image perturbations (the
     network sees ``y + A r``), or with ``threat_model="measurement"`` on the ball
@@ -305,8 +360,11 @@ def reference_search(
     quarter of the radius over ``sqrt(n)``; odd restarts: projected gradient ascent with
     steps of a quarter of the radius along the normalised gradient (Adam's diagonal steps can
     stall short of a constrained maximum; these cannot). Both with the step cosine-decayed to
-    zero, the best iterate of every restart kept. Returns the worst relative output change per
-    image and the forward+backward passes spent per image."""
+    zero, the best iterate of every restart kept. ``directions``: image-domain directions
+    known by construction (a planted trigger), each started from with both signs (projected
+    gradient ascent, the measurement threat model along ``A d``) after the random starts.
+    Returns the worst relative output change per image and the forward+backward passes spent
+    per image."""
     image = threat_model == "image"
     gen = torch.Generator().manual_seed(seed)
     best = torch.zeros(x.shape[0])
@@ -319,10 +377,18 @@ def reference_search(
         dtype = (complex_dtype(x.dtype) if op.in_complex else x.dtype) if image else y.dtype
         n = math.prod(start.shape[1:])
         radius = float(eps * start.norm())
-        for k in range(restarts):
-            r = torch.randn(start.shape, generator=gen, dtype=dtype)
+        known = [
+            (sign * (d.to(dtype) if image else op.A(d.to(dtype)[None])[0])).expand(start.shape)
+            for d in directions
+            for sign in (1.0, -1.0)
+        ]
+        for k in range(restarts + len(known)):
+            if k < restarts:
+                r = torch.randn(start.shape, generator=gen, dtype=dtype)
+            else:
+                r = known[k - restarts].clone()
             r = (r * radius / r.norm()).requires_grad_(True)
-            adam = k % 2 == 0
+            adam = k < restarts and k % 2 == 0
             opt = torch.optim.Adam([r], lr=0.25 * radius / math.sqrt(n)) if adam else None
             for t in range(iterations):
                 decay = 0.5 * (1 + math.cos(math.pi * t / iterations))
@@ -338,4 +404,4 @@ def reference_search(
                     else:
                         r.add_(0.25 * radius * decay * grad / grad.norm().clamp_min(1e-30))
                     r.mul_(min(1.0, radius / float(r.norm())))
-    return best, restarts * iterations
+    return best, (restarts + 2 * len(directions)) * iterations

@@ -57,6 +57,34 @@ def test_budget_search_reaches_the_linear_bound_and_plateaus() -> None:
     assert search.passes >= sum(r.passes for r in search.results)
 
 
+@pytest.mark.parametrize("lift", [0.05, 0.003])
+def test_the_jacobian_start_finds_a_small_lift_of_a_flat_spectrum(lift: float) -> None:
+    """f(y) = A^H y + lift <w, A^H y> w (w a unit in-band pattern): the Jacobian is the
+    projection A^H A, whose in-band singular values are all 1, lifted to 1 + lift along w. Power
+    iteration converges at (1 / (1 + lift))^2 a product, so a few products leave it near a
+    random in-band direction; the Krylov start must return w itself, and sigma = 1 + lift."""
+    op, x, y = _setup()
+    gen = torch.Generator().manual_seed(3)
+    w = op.A_adjoint(op.A(torch.randn(SIZE, SIZE, generator=gen)[None]))[0]
+    w = w / w.norm()
+
+    def f(meas: torch.Tensor) -> torch.Tensor:
+        z = op.A_adjoint(meas)
+        along = (z * w.conj()).sum((-2, -1)).real
+        return z + lift * along[:, None, None] * w
+
+    search = budget_search(f, op, x, y, threat_model="image", eps=[0.01], settings=QUICK, seed=0)
+    clean = f(y)
+    expected = (1 + lift) * relative_norm(x.to(torch.complex64), clean)
+    assert search.amplification is not None
+    torch.testing.assert_close(search.amplification, expected, rtol=1e-4, atol=0)
+    # the start itself: the first result's "jacobian" start reaches the lifted bound
+    result = search.results[0]
+    k = result.starts.index("jacobian")
+    bound = 0.01 * expected
+    assert min(result.restart_changes[k]) >= bound.min() * (1 - 1e-3)
+
+
 def test_a_search_stopped_at_its_cap_does_not_claim_a_plateau() -> None:
     op, x, y = _setup()
     capped = SearchSettings(restarts=1, keep=1, iterations=3, min_iterations=1, plateau_window=5)

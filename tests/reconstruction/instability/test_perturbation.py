@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from reconstruction.data import LoadedImage
 from reconstruction.instability import STABLE_WORDING, run_perturbation
 from reconstruction.protocols import Protocol
-from tests.reconstruction.conftest import SIZE, Leaky, subject, truth_of
-from tests.reconstruction.planted import Decoy, Switch
+from tests.reconstruction.conftest import SIZE, Leaky, subject, symmetric_mask, truth_of
+from tests.reconstruction.planted import Decoy, SaturatingSwitch, Switch
 
 
 def test_large_gain_along_one_direction_is_unstable(
@@ -61,6 +63,19 @@ def test_a_hidden_switch_is_found_and_unstable(
         smallest = result.numbers["threat_models"][threat]["results"][0]
         # the blob is tripped at every image: far beyond the decoy's linear change
         assert min(smallest["network"]["output_change"]) > 5 * smallest["eps"]
+
+
+def test_a_saturated_switch_off_the_top_singular_direction_is_unstable(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    """A switch on the real part that the Shepp-Logan image holds five temperatures deep in
+    saturation (its gradient there 1e-4 of the identity path's, along a direction the flat
+    spectrum hides): the larger ball reaches across it, and the verdict is unstable."""
+    module = SaturatingSwitch(torch.from_numpy(symmetric_mask()), 0.255 / 5, seed=1)
+    result = run_perturbation(subject(module, mask_dir), truth_of(images), small_protocol)
+    assert result.verdict == "unstable", result.reason
+    largest = result.numbers["threat_models"]["image"]["results"][-1]
+    assert largest["network"]["output_change"][0] > 5 * largest["eps"]
 
 
 def test_a_fake_lesion_is_unstable_though_the_global_psnr_hides_it(
