@@ -492,7 +492,10 @@ def _top_singular(
     )
     _, vectors = torch.linalg.eigh(0.5 * (gram + gram.transpose(-2, -1)))
     top = vectors[..., -1]  # [B, k]: the Ritz vector's coordinates in the basis
-    v = _unit(sum(per_item(top[:, i], basis[i]) * basis[i] for i in range(k)))  # type: ignore[misc]
+    ritz = torch.zeros_like(basis[0])
+    for i in range(k):
+        ritz = ritz + per_item(top[:, i], basis[i]) * basis[i]
+    v = _unit(ritz)
     sigma = norms(jvp(v)) / norms(prob.clean).clamp_min(1e-12)
     return v.detach(), sigma.detach(), method
 

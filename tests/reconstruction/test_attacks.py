@@ -71,7 +71,8 @@ def test_the_jacobian_start_finds_a_small_lift_of_a_flat_spectrum(lift: float) -
     def f(meas: torch.Tensor) -> torch.Tensor:
         z = op.A_adjoint(meas)
         along = (z * w.conj()).sum((-2, -1)).real
-        return z + lift * along[:, None, None] * w
+        out: torch.Tensor = z + lift * along[:, None, None] * w
+        return out
 
     search = budget_search(f, op, x, y, threat_model="image", eps=[0.01], settings=QUICK, seed=0)
     clean = f(y)
