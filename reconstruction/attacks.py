@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from reconstruction.batch import norms, per_item
+from reconstruction.batch import dots, norms, per_item
 from reconstruction.operators import LinearOperator
 from reconstruction.operators.base import complex_dtype
 
@@ -415,12 +415,11 @@ def _ascend(
     return _Ascent(best_u, best.clamp_min(0.0), iters, plateaued, curves, passes)
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """The real inner product ``Re <a, b>`` per item (complex tensors through their real view,
-    the geometry the search moves in)."""
-    ra = torch.view_as_real(a.resolve_conj()) if a.is_complex() else a
-    rb = torch.view_as_real(b.resolve_conj()) if b.is_complex() else b
-    return (ra * rb).reshape(a.shape[0], -1).sum(1)
+def _orthogonal(z: Tensor, basis: list[Tensor]) -> Tensor:
+    """``z`` less its components along an orthonormal ``basis``, per item (Gram-Schmidt)."""
+    for prev in basis:
+        z = z - per_item(dots(prev, z), z) * prev
+    return z
 
 
 def _top_singular(
@@ -476,19 +475,15 @@ def _top_singular(
     for _ in range(iterations):
         basis.append(q)
         products.append(vjp(jvp(q)).detach())
-        z = products[-1]
-        for _ in range(2):  # Gram-Schmidt twice: the basis stays orthonormal in float32
-            for prev in basis:
-                z = z - per_item(_dot(prev, z), z) * prev
+        # twice: the basis stays orthonormal in float32
+        z = _orthogonal(_orthogonal(products[-1], basis), basis)
         size = norms(z)
         # an invariant subspace reached (the image's Jacobian has low rank): a fresh direction
-        fresh = prob.random(b, gen)
-        for prev in basis:
-            fresh = fresh - per_item(_dot(prev, fresh), fresh) * prev
+        fresh = _orthogonal(prob.random(b, gen), basis)
         q = _unit(torch.where(per_item(size > 1e-6 * norms(products[-1]), z), z, fresh))
     k = len(basis)
     gram = torch.stack(
-        [torch.stack([_dot(basis[i], products[j]) for j in range(k)], -1) for i in range(k)], -2
+        [torch.stack([dots(basis[i], products[j]) for j in range(k)], -1) for i in range(k)], -2
     )
     _, vectors = torch.linalg.eigh(0.5 * (gram + gram.transpose(-2, -1)))
     top = vectors[..., -1]  # [B, k]: the Ritz vector's coordinates in the basis
