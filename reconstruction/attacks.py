@@ -8,8 +8,9 @@ Two searches, with exact autograd through ``f`` and ``A``:
   image, for every ``eps`` of a grid. The search variable ``u`` lives in the unit ball
   (``r = u eps ||x||``), so one step rule fits every image and every ``eps``. Its starts run
   side by side along the batch dimension: the top right-singular vector of the Jacobian at the
-  clean input (the locally worst direction, by power iteration with Jacobian-vector and
-  vector-Jacobian products), seeded random directions at the full radius, and the best few
+  clean input (the locally worst direction, by Lanczos on ``J^T J`` with Jacobian-vector and
+  vector-Jacobian products, its sign chosen by the larger change at the radius), seeded
+  random directions at the full radius, and the best few
   points of the neighbouring ``eps`` (warm starts carried down the grid from the largest
   ball, where a response hidden beyond a norm is easiest to reach, then carried back up).
   Steps are normalised gradients starting at ``step_size`` times the radius, with
@@ -126,6 +127,8 @@ class SearchSettings:
     plateau_tolerance: float = 0.01
     #: start from the top right-singular vector of the Jacobian at the clean input
     jacobian_start: bool = True
+    #: ``J^T J v`` products for it: the size of its Lanczos basis (the name kept from the power
+    #: iteration it replaced: a protocol field)
     power_iterations: int = 6
     #: after the pass down the grid (largest ``eps`` first, each warm-started from the larger
     #: one's best points), carry each ``eps``'s best point up to the next larger one and search
@@ -477,10 +480,12 @@ def _top_singular(
         products.append(vjp(jvp(q)).detach())
         # twice: the basis stays orthonormal in float32
         z = _orthogonal(_orthogonal(products[-1], basis), basis)
-        size = norms(z)
-        # an invariant subspace reached (the image's Jacobian has low rank): a fresh direction
-        fresh = _orthogonal(prob.random(b, gen), basis)
-        q = _unit(torch.where(per_item(size > 1e-6 * norms(products[-1]), z), z, fresh))
+        spent = per_item(norms(z) <= 1e-6 * norms(products[-1]), z)
+        if bool(spent.any()):
+            # an invariant subspace reached (the image's Jacobian has low rank): a fresh
+            # direction (drawn only then, so the starts' random stream stays the same)
+            z = torch.where(spent, _orthogonal(prob.random(b, gen), basis), z)
+        q = _unit(z)
     k = len(basis)
     gram = torch.stack(
         [torch.stack([dots(basis[i], products[j]) for j in range(k)], -1) for i in range(k)], -2

@@ -115,6 +115,8 @@ class Budget(_Strict):
     plateau_window: Annotated[int, Field(ge=1, le=10000)] = 10
     plateau_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     jacobian_start: bool = True
+    #: Jacobian products (J^T J v) for that start: the size of its Lanczos basis (the name kept
+    #: from the power iteration it replaced)
     power_iterations: Annotated[int, Field(ge=1, le=100)] = 6
     #: the grid is searched from the largest eps down (warm starts carried down); then each
     #: eps's best point is carried up to the next larger eps and searched again from there

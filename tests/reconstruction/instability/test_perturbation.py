@@ -108,8 +108,12 @@ def test_identity_like_networks_are_stable(
     assert result.numbers["convergence"]["converged"]
     for threat in ("image", "measurement"):
         block = result.numbers["threat_models"][threat]
-        # the decoy's gain of one: the Jacobian's top singular value is about 1 in these units
-        assert all(0.9 < a < 1.3 for a in block["amplification"]["network"])
+        # a linear map: its worst change on the ball is its top singular value times eps, so
+        # the reported amplification is the gain the search itself reached (a Lanczos estimate
+        # below it, or above it, would show here)
+        row = block["results"][0]
+        for a, change in zip(block["amplification"]["network"], row["network"]["output_change"]):
+            assert abs(a - change / row["eps"]) < 0.01 * a, (a, change)
         assert block["amplification"]["baseline"] is not None
 
 
