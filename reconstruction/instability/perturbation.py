@@ -242,11 +242,13 @@ def _resume_baseline(
     if not ks:
         return base
     points = _unit_points(base, scale)
-    more = search(eps=[base.results[k].eps for k in ks], initial=[points[k] for k in ks])
-    results = list(base.results)
-    for k, resumed in zip(ks, more.results, strict=True):
-        results[k] = _resumed(results[k], resumed)
-    return replace(base, results=results, passes=base.passes + more.passes)
+    results, passes = list(base.results), base.passes
+    for k in ks:
+        # each eps on its own: from its best point only (no warm start from a larger ball)
+        more = search(eps=[base.results[k].eps], initial=[points[k]])
+        results[k] = _resumed(results[k], more.results[0])
+        passes += more.passes
+    return replace(base, results=results, passes=passes)
 
 
 def _resumed(first: BudgetResult, then: BudgetResult) -> BudgetResult:

@@ -112,7 +112,8 @@ def test_identity_like_networks_are_stable(
         # the reported amplification is the gain the search itself reached (a Lanczos estimate
         # below it, or above it, would show here)
         row = block["results"][0]
-        for a, change in zip(block["amplification"]["network"], row["network"]["output_change"]):
+        gains = zip(block["amplification"]["network"], row["network"]["output_change"], strict=True)
+        for a, change in gains:
             assert abs(a - change / row["eps"]) < 0.01 * a, (a, change)
         assert block["amplification"]["baseline"] is not None
 
