@@ -71,6 +71,9 @@ __all__ = ["MEASURED_STRENGTH", "REQUIRED_STRENGTH", "merge_perturbation", "run_
 
 Progress = Callable[[int], None]
 ROLES = ("network", "baseline")
+#: budgets the baseline's search may be resumed by where a case against the network waits on
+#: its finishing (a convex-regularised solver's search climbs slowly but does finish)
+RESUMPTIONS = 3
 #: what the threat models' budgets are relative to
 NORMALISATION = {"image": "||r|| / ||x||", "measurement": "||e|| / ||y||"}
 #: a search may sign ``stable`` only where its gradient route was measured to reach this
@@ -228,26 +231,28 @@ def _resume_baseline(
     scale: Tensor,
     margin: float,
 ) -> BudgetSearch:
-    """The baseline's search, resumed from its best points for one more budget (one start
-    each) at every eps where it stopped at its cap on an image whose network change reaches
+    """The baseline's search, resumed from its best points (one start each, a budget at a time,
+    at most ``RESUMPTIONS`` times) at every eps where it stopped at its cap on an image whose network change reaches
     the margin over it: a case against the network then rests on a baseline search that
     finished, not on where the baseline's cap fell (an unfinished one understates the
     baseline's change and so makes the case only borderline)."""
     base, net = searches["baseline"], searches["network"]
-    ks = [
-        k
-        for k, (b, n) in enumerate(zip(base.results, net.results, strict=True))
-        if bool((~b.plateaued & (n.change.cpu() >= margin * b.change.cpu())).any())
-    ]
-    if not ks:
-        return base
-    points = _unit_points(base, scale)
     results, passes = list(base.results), base.passes
-    for k in ks:
-        # each eps on its own: from its best point only (no warm start from a larger ball)
-        more = search(eps=[base.results[k].eps], initial=[points[k]])
-        results[k] = _resumed(results[k], more.results[0])
-        passes += more.passes
+
+    def waiting(k: int) -> bool:
+        b, n = results[k], net.results[k]
+        return bool((~b.plateaued & (n.change.cpu() >= margin * b.change.cpu())).any())
+
+    for k in range(len(results)):
+        for _ in range(RESUMPTIONS):
+            if not waiting(k):
+                break
+            # each eps on its own: from its best point only (no warm start from a larger ball)
+            r = results[k].perturbation
+            point = r / per_item(scale * results[k].eps, r)
+            more = search(eps=[results[k].eps], initial=[point])
+            results[k] = _resumed(results[k], more.results[0])
+            passes += more.passes
     return replace(base, results=results, passes=passes)
 
 

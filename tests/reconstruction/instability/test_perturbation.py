@@ -139,6 +139,35 @@ def test_no_stable_verdict_from_a_search_stopped_at_its_cap(
     assert not result.numbers["convergence"]["converged"]
 
 
+def test_a_baseline_search_at_its_cap_is_resumed_under_a_case_against_the_network(
+    mask_dir: Path, images: list[LoadedImage], small_protocol: Protocol
+) -> None:
+    """Eight iterations (the plateau window five): the baseline's searches stop at the cap while
+    still climbing; where the network's change reaches the margin over them, the baseline's
+    search goes on from its best point until it plateaus, so the case is evidence, resting on a
+    finished baseline search, and not borderline because of where the cap fell (the
+    window-targeted searches are not resumed: their cases may stay borderline)."""
+    budget = small_protocol.perturbation.budget  # type: ignore[union-attr]
+    capped = small_protocol.model_copy(
+        update={
+            "perturbation": small_protocol.perturbation.model_copy(  # type: ignore[union-attr]
+                update={"budget": budget.model_copy(update={"iterations": 8, "min_iterations": 8})}
+            )
+        }
+    )
+    result = run_perturbation(subject(Leaky(gain=40.0), mask_dir), truth_of(images), capped)
+    assert result.verdict == "unstable", result.reason
+    whole = [e for e in result.numbers["borderline"] if e["objective"] == "whole image"]
+    assert whole == [], whole
+    resumed = 0
+    for block in result.numbers["threat_models"].values():
+        for row in block["results"]:
+            search = row["baseline"]["search"]
+            assert all(search["plateaued"]), (row["eps"], search)
+            resumed += sum(n > 8 for n in search["iterations"])
+    assert resumed, "the cap must stop some baseline search for this test to mean anything"
+
+
 def test_units_whose_window_searches_differ_merge_their_records() -> None:
     """A baseline's window search runs for the units whose images need it only (elsewhere its
     record is the whole-image search's): their records still merge, per image."""
