@@ -231,11 +231,11 @@ def _resume_baseline(
     scale: Tensor,
     margin: float,
 ) -> BudgetSearch:
-    """The baseline's search, resumed from its best points (one start each, a budget at a time,
-    at most ``RESUMPTIONS`` times) at every eps where it stopped at its cap on an image whose network change reaches
-    the margin over it: a case against the network then rests on a baseline search that
-    finished, not on where the baseline's cap fell (an unfinished one understates the
-    baseline's change and so makes the case only borderline)."""
+    """The baseline's search, resumed from its best points (one start each, a budget at a
+    time, at most ``RESUMPTIONS`` times) at every eps where it stopped at its cap on an image
+    whose network change reaches the margin over it: a case against the network then rests
+    on a baseline search that finished, not on where the baseline's cap fell (an unfinished
+    one understates the baseline's change and so makes the case only borderline)."""
     base, net = searches["baseline"], searches["network"]
     results, passes = list(base.results), base.passes
 
