@@ -95,7 +95,14 @@ def running_signer(log: Path) -> Iterator[subprocess.Popen[bytes]]:
         yield process
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            # ended all the same (no process outlives the test), and the log shown: where it hung
+            process.kill()
+            process.wait()
+            tail = log.read_text()[-3000:]
+            raise AssertionError(f"the signer ignored SIGTERM for 30 s: {tail}") from exc
 
 
 @pytest.fixture(scope="session")
