@@ -18,7 +18,7 @@ each, the decoy alone, and FBP with a 3x3 average), in both threat models (the r
 searching the sinogram ball for the measurement threat model); with ``--switches``, saturating
 switches on the real part instead (64x64: the identity path's flat spectrum hides them from the
 Jacobian's top singular direction, and their gradient at the clean image is ``sech^2`` of 3 to
-8 temperatures), the reference also started from each trigger, which it knows by
+6.5 temperatures), the reference also started from each trigger, which it knows by
 construction.
 
 Run: ``python -m benchmarks.attack_strength [--unet | --ct | --switches [--verdicts]]
@@ -117,9 +117,7 @@ def _saturating_models(folder: Path, images: int) -> list[tuple[str, LoadedModel
     for seed, depth in SATURATING:
         module = SaturatingSwitch(torch.from_numpy(symmetric_mask()), 1.0, seed=seed)
         model = subject(module, folder)
-        op = model.operator
-        argument = (op.A_adjoint(op.A(truth)).real * module.trigger).sum((-2, -1))
-        module.temperature = float(argument.abs().max()) / depth
+        module.saturate(model.operator, truth, depth)
         name = f"saturating switch (seed {seed}, {depth:g} temperatures deep)"
         out.append((name, model, truth, module.trigger))
     return out

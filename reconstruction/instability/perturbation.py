@@ -220,9 +220,13 @@ def _finding(
     )
 
 
+def _unit_point(result: BudgetResult, scale: Tensor) -> Tensor:
+    """An eps's worst case as a point of the unit ball (the search's own variable)."""
+    return result.perturbation / per_item(scale * result.eps, result.perturbation)
+
+
 def _unit_points(search: BudgetSearch, scale: Tensor) -> list[Tensor]:
-    """Each eps's worst case as a point of the unit ball (the search's own variable)."""
-    return [r.perturbation / per_item(scale * r.eps, r.perturbation) for r in search.results]
+    return [_unit_point(r, scale) for r in search.results]
 
 
 def _resume_baseline(
@@ -248,9 +252,7 @@ def _resume_baseline(
             if not waiting(k):
                 break
             # each eps on its own: from its best point only (no warm start from a larger ball)
-            r = results[k].perturbation
-            point = r / per_item(scale * results[k].eps, r)
-            more = search(eps=[results[k].eps], initial=[point])
+            more = search(eps=[results[k].eps], initial=[_unit_point(results[k], scale)])
             results[k] = _resumed(results[k], more.results[0])
             passes += more.passes
     return replace(base, results=results, passes=passes)

@@ -179,6 +179,14 @@ class SaturatingSwitch(torch.nn.Module):
     def gate(self, x: Tensor) -> Tensor:
         return torch.tanh((x[:, 0] * self.trigger).sum((-2, -1)) / self.temperature)
 
+    def saturate(self, op: LinearOperator, x: Tensor, depth: float) -> Tensor:
+        """Set the temperature so that the more saturated of the images ``x`` holds the switch
+        ``depth`` temperatures from zero; returns the switch's argument ``<w, Re z>`` per image
+        (``z`` the zero-filled image)."""
+        argument = (op.A_adjoint(op.A(x)).real * self.trigger).sum((-2, -1))
+        self.temperature = float(argument.abs().max()) / depth
+        return argument
+
     def forward(self, x: Tensor) -> Tensor:
         out = x[:, 0] + self.amplitude * self.gate(x).reshape(-1, 1, 1) * self.blob
         return torch.stack([out, torch.zeros_like(out)], 1)

@@ -72,8 +72,7 @@ def test_standard_search_trips_saturating_switches_off_the_top_singular_directio
     module = SaturatingSwitch(torch.from_numpy(symmetric_mask()), 1.0, seed=seed)
     model = subject(module, mask_dir)
     op = model.operator
-    argument = (op.A_adjoint(op.A(x)).real * module.trigger).sum((-2, -1))
-    module.temperature = float(argument.abs().max()) / depth
+    argument = module.saturate(op, x, depth)
     f = network_reconstructor(model)
     budget = load_protocol("standard").perturbation.budget  # type: ignore[union-attr]
     ours = budget_search(
