@@ -82,7 +82,9 @@ THREATS: tuple[ThreatModel, ...] = ("image", "measurement")
 
 
 def _phantoms(size: int, images: int) -> torch.Tensor:
-    x = np.stack([shepp_logan(size), *random_ellipses(max(images - 1, 0), size, 7)])[:images]
+    x = shepp_logan(size)[None]
+    if images > 1:
+        x = np.concatenate([x, random_ellipses(images - 1, size, 7)])
     return torch.from_numpy(x.astype(np.float32))
 
 
